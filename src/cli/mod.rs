@@ -1,0 +1,79 @@
+//! The command line: one file per subcommand, this file holds the argument types, logging
+//! set-up and dispatch.
+
+mod check_config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Default configuration file when neither `--config` nor `$IPN_BRIDGE_CONFIG` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/ipn-bridge/connectors.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ipn-bridge",
+    version,
+    about = "Receives Digistore24 IPNs and imports the orders into Konnektive CRM, durably and exactly once.",
+    long_about = None
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// The configuration file.
+    #[arg(short, long, env = "IPN_BRIDGE_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: receive IPNs and deliver them (stops on SIGTERM or SIGINT).
+    ///
+    /// Example: ipn-bridge run -c /etc/ipn-bridge/connectors.toml
+    Run(ConfigArg),
+    /// Validate the configuration and report every error at once (exit 0 valid, 1 invalid).
+    ///
+    /// Example: ipn-bridge check-config -c connectors.toml
+    CheckConfig(ConfigArg),
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the default level (`info`).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::app::run(&args.config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig(args) => Ok(check_config::run(&args.config)),
+    }
+}

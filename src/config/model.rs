@@ -1,0 +1,186 @@
+//! The resolved, validated configuration: what the rest of the program sees. Produced only
+//! by `config::load` / `config::parse`; every value here has passed validation, every
+//! default is filled in and every secret is resolved.
+
+use crate::domain::{ActionKind, OrderEvent};
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from (for messages).
+    pub path: PathBuf,
+    pub server: Server,
+    pub store: Store,
+    /// `[delivery]` as written (defaults filled in); each target carries its merged copy.
+    pub delivery: Delivery,
+    pub alerts: Option<Alerts>,
+    pub sources: BTreeMap<String, Source>,
+    pub targets: BTreeMap<String, Target>,
+    pub integrations: BTreeMap<String, Integration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Default 65536.
+    pub max_body_bytes: usize,
+    /// Optional, e.g. `https://ipn.example.com` (no trailing slash).
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// Default `ipn-bridge.db`; a relative path is relative to the working directory.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Default 30s.
+    pub timeout: Duration,
+    /// Default 30s.
+    pub retry_initial: Duration,
+    /// Default 1h.
+    pub retry_max: Duration,
+    /// Default 10d.
+    pub give_up_after: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Alerts {
+    pub smtp_url: String,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<SecretString>,
+    pub from: String,
+    pub to: Vec<String>,
+    /// Default 15m.
+    pub digest_window: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    /// At least one, none empty (`passphrase` or `passphrases`).
+    pub passphrases: Vec<SecretString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    Konnektive,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub kind: TargetKind,
+    /// Default `https://api.konnektive.com`, no trailing slash.
+    pub base_url: String,
+    pub login_id: String,
+    pub password: SecretString,
+    /// Default 2.0; > 0.
+    pub requests_per_second: f64,
+    /// Default 2; >= 1.
+    pub burst: u32,
+    /// Default 1; >= 1.
+    pub max_in_flight: u32,
+    /// `[delivery]` with this target's overrides (`timeout`, `retry_initial`, `retry_max`,
+    /// `give_up_after` may be set in `[target.NAME]`).
+    pub delivery: Delivery,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProductFilter {
+    All,
+    List(Vec<u64>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Newsletter {
+    Any,
+    OptedIn,
+}
+
+/// `[integration.NAME.product_map]`: Digistore24 product id → Konnektive campaign product id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProductMap {
+    pub entries: BTreeMap<u64, u64>,
+    /// The `"*"` entry.
+    pub fallback: Option<u64>,
+}
+
+impl ProductMap {
+    /// The campaign product for a Digistore24 product: its own entry, else `"*"`.
+    pub fn lookup(&self, ds24_product_id: u64) -> Option<u64> {
+        self.entries
+            .get(&ds24_product_id)
+            .copied()
+            .or(self.fallback)
+    }
+}
+
+/// A `fields` value: literal text with `{ipn_field}` placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Literal(String),
+    Field(String),
+}
+
+impl Template {
+    /// Renders with `lookup(field)`; a placeholder of an absent field renders empty.
+    pub fn render<'a>(&self, lookup: impl Fn(&str) -> Option<&'a str>) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                TemplatePart::Literal(s) => out.push_str(s),
+                TemplatePart::Field(name) => out.push_str(lookup(name).unwrap_or("")),
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Integration {
+    pub name: String,
+    /// Resolved: may be omitted in the file when there is exactly one source.
+    pub source: String,
+    /// Resolved: may be omitted in the file when there is exactly one target.
+    pub target: String,
+    /// Default true.
+    pub active: bool,
+    pub campaign_id: u64,
+    /// Default `All`.
+    pub products: ProductFilter,
+    /// Default true.
+    pub addons: bool,
+    /// Lower-case language codes; empty = all.
+    pub languages: Vec<String>,
+    /// Default true.
+    pub followup_payments: bool,
+    /// Default false.
+    pub test_orders: bool,
+    /// Default `Any`.
+    pub newsletter: Newsletter,
+    /// Default 0s.
+    pub delay: Duration,
+    pub error_emails: Vec<String>,
+    /// Default `custom1`.
+    pub order_ref_field: String,
+    /// Default false.
+    pub auto_approve: bool,
+    pub product_map: ProductMap,
+    /// Events not listed are skipped for this integration.
+    pub on: BTreeMap<OrderEvent, ActionKind>,
+    /// Extra Konnektive fields in file order.
+    pub fields: Vec<(String, Template)>,
+}

@@ -1,0 +1,1120 @@
+//! The `connectors.toml` schema: walks the span-carrying TOML tree, checks every key, type,
+//! range and cross-reference of SPEC §4, fills in defaults, resolves secrets and builds the
+//! runtime [`Config`].
+//!
+//! Every problem becomes one finding at the span of the offending key or value, and the walk
+//! always goes on, so that `check-config` shows *every* error at once; an invalid value is
+//! replaced by its default (or a placeholder) only to keep walking, and a file with any error
+//! never yields a `Config`. References (`source`, `target`) are checked against the tables
+//! that exist, even invalid ones, so one mistake is not reported twice; a required key that is
+//! merely misspelt is reported once, as the unknown key with a "did you mean". This file
+//! knows the schema but not line/column positions or TOML syntax (see `reader`, `diagnostic`,
+//! `document`), nor how secrets are fetched (see `secret`), nor file permissions (`load`).
+//!
+//! Decisions beyond SPEC §4:
+//! - `[alerts].to` must list at least one address: alerts that belong to no integration
+//!   (a target paused by a bad login, a dead letter without `error_emails`) need a recipient.
+//! - `smtp_username` and `smtp_password` come together or not at all; `smtp_url` must not
+//!   carry credentials (it is logged), and neither may `public_url` or `base_url`.
+//! - `[integration.NAME.fields]` may not set `loginId`, `password` or the integration's
+//!   `order_ref_field` (which carries the bridge's own order reference).
+//! - A `products` list must not be empty (it would match nothing; `active = false` says that).
+//! - Warnings: no integration at all; a listed product without a `product_map` entry and
+//!   without `"*"`; a plain-`http` `base_url` to a non-loopback host (the password would
+//!   travel unencrypted). (Plain-text secrets in a readable file are `load`'s warning.)
+
+use super::diagnostic::{Findings, closest, suggestion};
+use super::model::*;
+use super::reader::{Field, Section, type_name};
+use super::secret::{Environment, SecretResolver};
+use super::template::{is_name, parse_template};
+use crate::domain::{ActionKind, OrderEvent};
+use secrecy::{ExposeSecret, SecretString};
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+const DEFAULT_MAX_BODY_BYTES: usize = 65_536;
+const MIN_BODY_BYTES: usize = 1024;
+const DEFAULT_STORE_PATH: &str = "ipn-bridge.db";
+const DEFAULT_TIMEOUT_SECS: u64 = 30;
+const DEFAULT_RETRY_INITIAL_SECS: u64 = 30;
+const DEFAULT_RETRY_MAX_SECS: u64 = 3600;
+const DEFAULT_GIVE_UP_AFTER_SECS: u64 = 10 * 86_400;
+const DEFAULT_DIGEST_WINDOW_SECS: u64 = 15 * 60;
+const DEFAULT_BASE_URL: &str = "https://api.konnektive.com";
+const DEFAULT_REQUESTS_PER_SECOND: f64 = 2.0;
+const DEFAULT_BURST: u32 = 2;
+const DEFAULT_MAX_IN_FLIGHT: u32 = 1;
+const DEFAULT_ORDER_REF_FIELD: &str = "custom1";
+
+const ROOT_KEYS: [&str; 7] = [
+    "server",
+    "store",
+    "delivery",
+    "alerts",
+    "source",
+    "target",
+    "integration",
+];
+const SERVER_KEYS: [&str; 3] = ["listen", "max_body_bytes", "public_url"];
+const STORE_KEYS: [&str; 1] = ["path"];
+const DELIVERY_KEYS: [&str; 4] = ["timeout", "retry_initial", "retry_max", "give_up_after"];
+const ALERTS_KEYS: [&str; 6] = [
+    "smtp_url",
+    "smtp_username",
+    "smtp_password",
+    "from",
+    "to",
+    "digest_window",
+];
+const SOURCE_KEYS: [&str; 2] = ["passphrase", "passphrases"];
+const TARGET_KEYS: [&str; 11] = [
+    "kind",
+    "base_url",
+    "login_id",
+    "password",
+    "requests_per_second",
+    "burst",
+    "max_in_flight",
+    "timeout",
+    "retry_initial",
+    "retry_max",
+    "give_up_after",
+];
+const INTEGRATION_KEYS: [&str; 17] = [
+    "source",
+    "target",
+    "active",
+    "campaign_id",
+    "products",
+    "addons",
+    "languages",
+    "followup_payments",
+    "test_orders",
+    "newsletter",
+    "delay",
+    "error_emails",
+    "order_ref_field",
+    "auto_approve",
+    "product_map",
+    "on",
+    "fields",
+];
+const ORDER_REF_FIELDS: [&str; 5] = ["custom1", "custom2", "custom3", "custom4", "custom5"];
+const NEWSLETTER_VALUES: [&str; 2] = ["any", "opted_in"];
+/// Konnektive parameters `fields` must not set: the credentials come from the target.
+const RESERVED_FIELDS: [&str; 2] = ["loginId", "password"];
+
+/// The result of one walk over a parsed file.
+pub(crate) struct Walked {
+    /// Meaningful only when `findings.errors` is empty.
+    pub config: Config,
+    pub findings: Findings,
+    /// Where secrets are written in plain text (for `load`'s permission warning).
+    pub plain_secret_spans: Vec<Range<usize>>,
+}
+
+/// Validates `tree` (parsed from `text`, the file at `path`) and builds the [`Config`].
+pub(crate) fn walk(
+    text: &str,
+    tree: &Spanned<DeTable<'_>>,
+    path: &Path,
+    env: &dyn Environment,
+) -> Walked {
+    let mut walker = Walker {
+        text,
+        out: Findings::default(),
+        secrets: SecretResolver::new(env, path),
+    };
+    let config = walker.config(&Section::root(tree), path);
+    Walked {
+        config,
+        findings: walker.out,
+        plain_secret_spans: walker.secrets.plain_spans,
+    }
+}
+
+fn default_delivery() -> Delivery {
+    Delivery {
+        timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+        retry_initial: Duration::from_secs(DEFAULT_RETRY_INITIAL_SECS),
+        retry_max: Duration::from_secs(DEFAULT_RETRY_MAX_SECS),
+        give_up_after: Duration::from_secs(DEFAULT_GIVE_UP_AFTER_SECS),
+    }
+}
+
+fn default_server() -> Server {
+    Server {
+        listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        public_url: None,
+    }
+}
+
+fn default_store() -> Store {
+    Store {
+        path: PathBuf::from(DEFAULT_STORE_PATH),
+    }
+}
+
+/// `[A-Za-z0-9_-]+`, the form of source, target and integration names.
+fn is_table_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `30s`, `15m`, … as short as exact.
+fn format_duration(d: Duration) -> String {
+    let millis = d.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if millis != 0 && millis.is_multiple_of(size) {
+            return format!("{}{unit}", millis / size);
+        }
+    }
+    if millis == 0 {
+        "0s".to_owned()
+    } else {
+        format!("{millis}ms")
+    }
+}
+
+struct Walker<'t, 'e> {
+    /// The original file text (template errors point into string values).
+    text: &'t str,
+    out: Findings,
+    secrets: SecretResolver<'e>,
+}
+
+impl Walker<'_, '_> {
+    fn config(&mut self, root: &Section<'_, '_>, path: &Path) -> Config {
+        root.reject_unknown(&ROOT_KEYS, &mut self.out);
+
+        let server = match root.child("server", &mut self.out) {
+            Some(s) => self.server(&s),
+            None => default_server(),
+        };
+        let store = match root.child("store", &mut self.out) {
+            Some(s) => self.store(&s),
+            None => default_store(),
+        };
+        let delivery = match root.child("delivery", &mut self.out) {
+            Some(s) => {
+                s.reject_unknown(&DELIVERY_KEYS, &mut self.out);
+                self.delivery(&s, &default_delivery())
+            }
+            None => default_delivery(),
+        };
+
+        let source_tables = self.named_tables(root, "source");
+        let target_tables = self.named_tables(root, "target");
+        let integration_tables = self.named_tables(root, "integration");
+
+        let source_is_table = root
+            .get("source")
+            .is_none_or(|f| matches!(f.node.get_ref(), DeValue::Table(_)));
+        if source_tables.is_empty() && source_is_table {
+            self.out.missing(
+                root.span.clone(),
+                "at least one [source.NAME] table is required",
+                Some(
+                    "e.g. [source.ds24] with passphrase = { env = \"DS24_IPN_PASSPHRASE\" }".into(),
+                ),
+            );
+        }
+        let source_names: Vec<String> = source_tables.iter().map(|(n, _)| n.clone()).collect();
+        let target_names: Vec<String> = target_tables.iter().map(|(n, _)| n.clone()).collect();
+
+        let sources = source_tables
+            .iter()
+            .map(|(name, s)| (name.clone(), self.source(name, s)))
+            .collect();
+        let targets = target_tables
+            .iter()
+            .map(|(name, s)| (name.clone(), self.target(name, s, &delivery)))
+            .collect();
+        let integrations: BTreeMap<String, Integration> = integration_tables
+            .iter()
+            .map(|(name, s)| {
+                let integration = self.integration(name, s, &source_names, &target_names);
+                (name.clone(), integration)
+            })
+            .collect();
+        if integration_tables.is_empty() {
+            self.out.warning(
+                root.span.clone(),
+                "no [integration.NAME] table: IPNs are verified and stored, but nothing is sent \
+                 to Konnektive",
+                None,
+            );
+        }
+
+        let alerts = root.child("alerts", &mut self.out).map(|s| self.alerts(&s));
+
+        Config {
+            path: path.to_path_buf(),
+            server,
+            store,
+            delivery,
+            alerts,
+            sources,
+            targets,
+            integrations,
+        }
+    }
+
+    /// The sub-tables of `[kind]` (`[source.*]`, …) with valid names reported on the way.
+    fn named_tables<'a, 'i>(
+        &mut self,
+        root: &Section<'a, 'i>,
+        kind: &str,
+    ) -> Vec<(String, Section<'a, 'i>)> {
+        let parent_field = root.get(kind);
+        if let Some(f) = &parent_field
+            && !matches!(f.node.get_ref(), DeValue::Table(_))
+        {
+            f.error_hint(
+                &mut self.out,
+                format!(
+                    "expected [{kind}.NAME] tables, found {}",
+                    type_name(f.node.get_ref())
+                ),
+                format!("write [{kind}.{}] (not [[{kind}]])", example_name(kind)),
+            );
+            return Vec::new();
+        }
+        let Some(parent) = parent_field.and_then(|f| f.section(&mut self.out)) else {
+            return Vec::new();
+        };
+        let mut tables = Vec::new();
+        for field in parent.fields() {
+            if !is_table_name(&field.key) {
+                self.out.error_hint(
+                    field.key_span.clone(),
+                    format!("invalid {kind} name `{}`", field.key),
+                    "names use letters, digits, `_` and `-`",
+                );
+            }
+            if let DeValue::Table(_) = field.node.get_ref() {
+                if let Some(section) = field.section(&mut self.out) {
+                    tables.push((field.key.clone(), section));
+                }
+            } else {
+                field.error_hint(
+                    &mut self.out,
+                    format!(
+                        "expected a [{kind}.NAME] table, found {}",
+                        type_name(field.node.get_ref())
+                    ),
+                    format!(
+                        "each {kind} is a table of its own, e.g. [{kind}.{}]",
+                        example_name(kind)
+                    ),
+                );
+            }
+        }
+        tables
+    }
+
+    fn server(&mut self, s: &Section<'_, '_>) -> Server {
+        s.reject_unknown(&SERVER_KEYS, &mut self.out);
+        let mut server = default_server();
+        if let Some(f) = s.get("listen")
+            && let Some(text) = f.str(&mut self.out)
+        {
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => server.listen = addr,
+                Err(_) => f.error_hint(
+                    &mut self.out,
+                    format!("`{text}` is not an IP address and port"),
+                    "e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                ),
+            }
+        }
+        if let Some(f) = s.get("max_body_bytes")
+            && let Some(n) = f.int_in(MIN_BODY_BYTES as i128, usize::MAX as i128, &mut self.out)
+            && let Ok(n) = usize::try_from(n)
+        {
+            server.max_body_bytes = n;
+        }
+        if let Some(f) = s.get("public_url") {
+            server.public_url = self.http_url(&f);
+        }
+        server
+    }
+
+    fn store(&mut self, s: &Section<'_, '_>) -> Store {
+        s.reject_unknown(&STORE_KEYS, &mut self.out);
+        let mut store = default_store();
+        if let Some(f) = s.get("path")
+            && let Some(path) = f.non_empty_str(&mut self.out)
+        {
+            store.path = PathBuf::from(path);
+        }
+        store
+    }
+
+    /// `base` with the durations `s` sets; `retry_initial <= retry_max` checked on the result.
+    fn delivery(&mut self, s: &Section<'_, '_>, base: &Delivery) -> Delivery {
+        let mut d = base.clone();
+        for (key, slot) in [
+            ("timeout", &mut d.timeout),
+            ("retry_initial", &mut d.retry_initial),
+            ("retry_max", &mut d.retry_max),
+            ("give_up_after", &mut d.give_up_after),
+        ] {
+            if let Some(f) = s.get(key)
+                && let Some(value) = f.positive_duration(&mut self.out)
+            {
+                *slot = value;
+            }
+        }
+        if d.retry_initial > d.retry_max {
+            let (initial, max) = (
+                format_duration(d.retry_initial),
+                format_duration(d.retry_max),
+            );
+            if let Some(f) = s.get("retry_initial") {
+                f.error(
+                    &mut self.out,
+                    format!("must not be longer than `retry_max` ({initial} > {max})"),
+                );
+            } else if let Some(f) = s.get("retry_max") {
+                f.error(
+                    &mut self.out,
+                    format!("must not be shorter than `retry_initial` ({max} < {initial})"),
+                );
+            }
+        }
+        d
+    }
+
+    fn alerts(&mut self, s: &Section<'_, '_>) -> Alerts {
+        s.reject_unknown(&ALERTS_KEYS, &mut self.out);
+        let smtp_url = match s.get("smtp_url") {
+            Some(f) => self.smtp_url(&f).unwrap_or_default(),
+            None => {
+                s.missing("smtp_url", &mut self.out);
+                String::new()
+            }
+        };
+        let username_field = s.get("smtp_username");
+        let password_field = s.get("smtp_password");
+        let smtp_username = username_field
+            .as_ref()
+            .and_then(|f| f.non_empty_str(&mut self.out))
+            .map(str::to_owned);
+        let smtp_password = password_field
+            .as_ref()
+            .and_then(|f| self.secrets.resolve(f, &mut self.out));
+        match (&username_field, &password_field) {
+            (Some(f), None) => f.error(&mut self.out, "needs `smtp_password` as well"),
+            (None, Some(f)) => f.error(&mut self.out, "needs `smtp_username` as well"),
+            _ => {}
+        }
+        let from = match s.get("from") {
+            Some(f) => email(&f, &mut self.out).unwrap_or_default(),
+            None => {
+                s.missing("from", &mut self.out);
+                String::new()
+            }
+        };
+        let to = match s.get("to") {
+            Some(f) => {
+                let list = email_list(&f, &mut self.out);
+                if matches!(f.node.get_ref(), DeValue::Array(items) if items.is_empty()) {
+                    f.error_hint(
+                        &mut self.out,
+                        "must list at least one address",
+                        "alerts that belong to no integration (a paused target) go only to `to`",
+                    );
+                }
+                list.unwrap_or_default()
+            }
+            None => {
+                s.missing("to", &mut self.out);
+                Vec::new()
+            }
+        };
+        let digest_window = s
+            .get("digest_window")
+            .and_then(|f| f.positive_duration(&mut self.out))
+            .unwrap_or(Duration::from_secs(DEFAULT_DIGEST_WINDOW_SECS));
+        Alerts {
+            smtp_url,
+            smtp_username,
+            smtp_password,
+            from,
+            to,
+            digest_window,
+        }
+    }
+
+    fn source(&mut self, name: &str, s: &Section<'_, '_>) -> Source {
+        s.reject_unknown(&SOURCE_KEYS, &mut self.out);
+        let mut passphrases = Vec::new();
+        match (s.get("passphrase"), s.get("passphrases")) {
+            (Some(_), Some(list)) => list.error(
+                &mut self.out,
+                "set either `passphrase` or `passphrases`, not both",
+            ),
+            (None, None) if s.has_misspelling_of("passphrase") => {}
+            (None, None) => self.out.missing(
+                s.span.clone(),
+                format!("missing required key `passphrase` {}", s.place()),
+                Some("or `passphrases = [ …, … ]` while a passphrase is rotated".into()),
+            ),
+            (Some(one), None) => passphrases.extend(self.secrets.resolve(&one, &mut self.out)),
+            (None, Some(list)) => {
+                if let Some(items) = list.items(&mut self.out) {
+                    if items.is_empty() {
+                        list.error(&mut self.out, "must list at least one passphrase");
+                    }
+                    for item in &items {
+                        passphrases.extend(self.secrets.resolve(item, &mut self.out));
+                    }
+                }
+            }
+        }
+        Source {
+            name: name.to_owned(),
+            passphrases,
+        }
+    }
+
+    fn target(&mut self, name: &str, s: &Section<'_, '_>, delivery: &Delivery) -> Target {
+        s.reject_unknown(&TARGET_KEYS, &mut self.out);
+        match s.get("kind") {
+            Some(f) => {
+                if let Some(kind) = f.str(&mut self.out)
+                    && kind != "konnektive"
+                {
+                    f.error_hint(
+                        &mut self.out,
+                        format!("unknown target kind `{kind}`"),
+                        "the only kind is \"konnektive\"",
+                    );
+                }
+            }
+            None => s.missing("kind", &mut self.out),
+        }
+        let base_url = s
+            .get("base_url")
+            .and_then(|f| {
+                let url = self.http_url(&f)?;
+                if let Some(rest) = url.strip_prefix("http://")
+                    && !is_loopback_authority(rest.split('/').next().unwrap_or(""))
+                {
+                    self.out.warning(
+                        f.span(),
+                        format!(
+                            "{}: plain http to a remote host sends the API password unencrypted",
+                            f.what()
+                        ),
+                        Some("use https://".into()),
+                    );
+                }
+                Some(url)
+            })
+            .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+        let login_id = match s.get("login_id") {
+            Some(f) => f
+                .non_empty_str(&mut self.out)
+                .unwrap_or_default()
+                .to_owned(),
+            None => {
+                s.missing("login_id", &mut self.out);
+                String::new()
+            }
+        };
+        let password = match s.get("password") {
+            Some(f) => {
+                let password = self.secrets.resolve(&f, &mut self.out);
+                if let Some(p) = &password
+                    && p.expose_secret().contains('&')
+                {
+                    f.error_hint(
+                        &mut self.out,
+                        "Konnektive API passwords must not contain `&`",
+                        "give the API user a new password without `&`",
+                    );
+                }
+                password
+            }
+            None => {
+                s.missing("password", &mut self.out);
+                None
+            }
+        };
+        let requests_per_second = s
+            .get("requests_per_second")
+            .and_then(|f| {
+                let n = f.number(&mut self.out)?;
+                if n.is_finite() && n > 0.0 {
+                    Some(n)
+                } else {
+                    f.error(&mut self.out, format!("must be greater than 0, found {n}"));
+                    None
+                }
+            })
+            .unwrap_or(DEFAULT_REQUESTS_PER_SECOND);
+        let burst = s
+            .get("burst")
+            .and_then(|f| f.u32_at_least(1, &mut self.out))
+            .unwrap_or(DEFAULT_BURST);
+        let max_in_flight = s
+            .get("max_in_flight")
+            .and_then(|f| f.u32_at_least(1, &mut self.out))
+            .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        let delivery = self.delivery(s, delivery);
+        Target {
+            name: name.to_owned(),
+            kind: TargetKind::Konnektive,
+            base_url,
+            login_id,
+            password: password.unwrap_or_else(|| SecretString::from(String::new())),
+            requests_per_second,
+            burst,
+            max_in_flight,
+            delivery,
+        }
+    }
+
+    fn integration(
+        &mut self,
+        name: &str,
+        s: &Section<'_, '_>,
+        sources: &[String],
+        targets: &[String],
+    ) -> Integration {
+        s.reject_unknown(&INTEGRATION_KEYS, &mut self.out);
+        let source = self.reference(s, "source", sources);
+        let target = self.reference(s, "target", targets);
+        let flag = |w: &mut Self, key: &str, default: bool| {
+            s.get(key)
+                .and_then(|f| f.bool(&mut w.out))
+                .unwrap_or(default)
+        };
+        let active = flag(self, "active", true);
+        let addons = flag(self, "addons", true);
+        let followup_payments = flag(self, "followup_payments", true);
+        let test_orders = flag(self, "test_orders", false);
+        let auto_approve = flag(self, "auto_approve", false);
+        let campaign_id = match s.get("campaign_id") {
+            Some(f) => f.positive_id(&mut self.out).unwrap_or_default(),
+            None => {
+                s.missing("campaign_id", &mut self.out);
+                0
+            }
+        };
+        let products = s
+            .get("products")
+            .map_or(ProductFilter::All, |f| self.products(&f));
+        let languages = s
+            .get("languages")
+            .map(|f| self.languages(&f))
+            .unwrap_or_default();
+        let newsletter = s
+            .get("newsletter")
+            .and_then(|f| {
+                let value = f.str(&mut self.out)?;
+                match value {
+                    "any" => Some(Newsletter::Any),
+                    "opted_in" => Some(Newsletter::OptedIn),
+                    other => {
+                        f.error_hint(
+                            &mut self.out,
+                            format!("unknown value `{other}`"),
+                            suggestion(other, &NEWSLETTER_VALUES),
+                        );
+                        None
+                    }
+                }
+            })
+            .unwrap_or(Newsletter::Any);
+        let delay = s
+            .get("delay")
+            .and_then(|f| f.duration(&mut self.out))
+            .unwrap_or(Duration::ZERO);
+        let error_emails = s
+            .get("error_emails")
+            .and_then(|f| email_list(&f, &mut self.out))
+            .unwrap_or_default();
+        let order_ref_field = s
+            .get("order_ref_field")
+            .and_then(|f| {
+                let value = f.str(&mut self.out)?;
+                if ORDER_REF_FIELDS.contains(&value) {
+                    Some(value.to_owned())
+                } else {
+                    f.error_hint(
+                        &mut self.out,
+                        format!("`{value}` is not one of custom1 … custom5"),
+                        suggestion(value, &ORDER_REF_FIELDS),
+                    );
+                    None
+                }
+            })
+            .unwrap_or_else(|| DEFAULT_ORDER_REF_FIELD.to_owned());
+        let product_map = match s.get("product_map") {
+            Some(f) => match f.section(&mut self.out) {
+                Some(map) => self.product_map(&map),
+                None => ProductMap::default(),
+            },
+            None => {
+                if !s.has_misspelling_of("product_map") {
+                    self.out.missing(
+                        s.span.clone(),
+                        format!("missing required table `product_map` {}", s.place()),
+                        Some(format!(
+                            "add [integration.{name}.product_map] with entries \
+                             `DS24_PRODUCT_ID = CAMPAIGN_PRODUCT_ID`, e.g. 412346 = 31"
+                        )),
+                    );
+                }
+                ProductMap::default()
+            }
+        };
+        if let (ProductFilter::List(ids), Some(f)) = (&products, s.get("products"))
+            && product_map.fallback.is_none()
+        {
+            for id in ids
+                .iter()
+                .filter(|id| !product_map.entries.contains_key(id))
+            {
+                self.out.warning(
+                    f.span(),
+                    format!(
+                        "{}: product {id} has no entry in [integration.{name}.product_map] and \
+                         there is no \"*\" entry; its orders will be skipped",
+                        f.what()
+                    ),
+                    None,
+                );
+            }
+        }
+        let on = match s.get("on") {
+            Some(f) => match f.section(&mut self.out) {
+                Some(on) => self.on(&on),
+                None => BTreeMap::new(),
+            },
+            None if s.has_misspelling_of("on") => BTreeMap::new(),
+            None => {
+                self.out.missing(
+                    s.span.clone(),
+                    format!("missing required table `on` {}", s.place()),
+                    Some(format!(
+                        "add [integration.{name}.on] with e.g. payment = \"import_order\""
+                    )),
+                );
+                BTreeMap::new()
+            }
+        };
+        let fields = s
+            .get("fields")
+            .and_then(|f| f.section(&mut self.out))
+            .map(|fields| self.fields(&fields, &order_ref_field))
+            .unwrap_or_default();
+        Integration {
+            name: name.to_owned(),
+            source,
+            target,
+            active,
+            campaign_id,
+            products,
+            addons,
+            languages,
+            followup_payments,
+            test_orders,
+            newsletter,
+            delay,
+            error_emails,
+            order_ref_field,
+            auto_approve,
+            product_map,
+            on,
+            fields,
+        }
+    }
+
+    /// The `source` / `target` an integration uses: as named, or the only one there is.
+    fn reference(&mut self, s: &Section<'_, '_>, kind: &str, defined: &[String]) -> String {
+        if let Some(f) = s.get(kind) {
+            let Some(name) = f.non_empty_str(&mut self.out) else {
+                return String::new();
+            };
+            if defined.iter().any(|d| d == name) {
+                return name.to_owned();
+            }
+            let candidates: Vec<&str> = defined.iter().map(String::as_str).collect();
+            let hint = if candidates.is_empty() {
+                format!("no [{kind}.NAME] table is defined")
+            } else {
+                suggestion(name, &candidates)
+            };
+            self.out.missing(
+                f.span(),
+                format!("{}: there is no [{kind}.{name}]", f.what()),
+                Some(hint),
+            );
+            return String::new();
+        }
+        match defined {
+            [only] => only.clone(),
+            // A missing source is reported once, at the top level.
+            [] if kind == "source" => String::new(),
+            [] => {
+                self.out.missing(
+                    s.span.clone(),
+                    format!(
+                        "{} needs a {kind}, but no [{kind}.NAME] table is defined",
+                        s.label()
+                    ),
+                    None,
+                );
+                String::new()
+            }
+            many => {
+                self.out.missing(
+                    s.span.clone(),
+                    format!(
+                        "{} must name its `{kind}`: there are {} {kind}s",
+                        s.label(),
+                        many.len()
+                    ),
+                    Some(format!("{kind} = \"{}\"", many[0])),
+                );
+                String::new()
+            }
+        }
+    }
+
+    fn products(&mut self, f: &Field<'_, '_>) -> ProductFilter {
+        match f.node.get_ref() {
+            DeValue::String(s) if s == "all" => ProductFilter::All,
+            DeValue::Array(_) => {
+                let items = f.items(&mut self.out).unwrap_or_default();
+                if items.is_empty() {
+                    f.error_hint(
+                        &mut self.out,
+                        "an empty list matches no product",
+                        "write \"all\", list product ids, or set active = false",
+                    );
+                }
+                ProductFilter::List(
+                    items
+                        .iter()
+                        .filter_map(|item| item.positive_id(&mut self.out))
+                        .collect(),
+                )
+            }
+            _ => {
+                f.error_hint(
+                    &mut self.out,
+                    "expected \"all\" or a list of Digistore24 product ids",
+                    "e.g. products = [412346, 412350]",
+                );
+                ProductFilter::All
+            }
+        }
+    }
+
+    fn languages(&mut self, f: &Field<'_, '_>) -> Vec<String> {
+        let mut languages = Vec::new();
+        for item in f.items(&mut self.out).unwrap_or_default() {
+            let Some(code) = item.str(&mut self.out) else {
+                continue;
+            };
+            if code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()) {
+                languages.push(code.to_ascii_lowercase());
+            } else {
+                item.error_hint(
+                    &mut self.out,
+                    format!("`{code}` is not a two-letter language code"),
+                    "e.g. \"de\", \"en\"",
+                );
+            }
+        }
+        languages
+    }
+
+    fn product_map(&mut self, map: &Section<'_, '_>) -> ProductMap {
+        let mut product_map = ProductMap::default();
+        let entries = map.fields();
+        if entries.is_empty() {
+            self.out.error_hint(
+                map.span.clone(),
+                format!("{} needs at least one entry", map.label()),
+                "e.g. 412346 = 31, or \"*\" = 31 for every product",
+            );
+        }
+        for entry in entries {
+            let value = entry.positive_id(&mut self.out);
+            if entry.key == "*" {
+                product_map.fallback = value;
+                continue;
+            }
+            let id = if entry.key.bytes().all(|b| b.is_ascii_digit()) {
+                entry.key.parse::<u64>().ok().filter(|id| *id > 0)
+            } else {
+                None
+            };
+            let Some(id) = id else {
+                self.out.error_hint(
+                    entry.key_span.clone(),
+                    format!(
+                        "`{}` {} is not a Digistore24 product id",
+                        entry.key,
+                        map.place()
+                    ),
+                    "keys are numeric product ids such as 412346, or \"*\" for every other product",
+                );
+                continue;
+            };
+            match product_map.entries.entry(id) {
+                Entry::Occupied(_) => self.out.error(
+                    entry.key_span.clone(),
+                    format!("product {id} is mapped twice {}", map.place()),
+                ),
+                Entry::Vacant(slot) => {
+                    if let Some(value) = value {
+                        slot.insert(value);
+                    }
+                }
+            }
+        }
+        product_map
+    }
+
+    fn on(&mut self, on: &Section<'_, '_>) -> BTreeMap<OrderEvent, ActionKind> {
+        let mut actions = BTreeMap::new();
+        let entries = on.fields();
+        if entries.is_empty() {
+            self.out.error_hint(
+                on.span.clone(),
+                format!("{} needs at least one event", on.label()),
+                "e.g. payment = \"import_order\"",
+            );
+        }
+        let events: Vec<&str> = OrderEvent::ALL.iter().map(|e| e.config_name()).collect();
+        let action_names: Vec<&str> = ActionKind::ALL.iter().map(|a| a.config_name()).collect();
+        for entry in entries {
+            let event = OrderEvent::from_config_name(&entry.key);
+            if event.is_none() {
+                let message = format!(
+                    "unknown order event `{}` {}; valid events: {}",
+                    entry.key,
+                    on.place(),
+                    events.join(", ")
+                );
+                match closest(&entry.key, events.iter().copied()) {
+                    Some(c) => self.out.error_hint(
+                        entry.key_span.clone(),
+                        message,
+                        format!("did you mean `{c}`?"),
+                    ),
+                    None => self.out.error(entry.key_span.clone(), message),
+                }
+            }
+            let Some(name) = entry.str(&mut self.out) else {
+                continue;
+            };
+            let action = ActionKind::from_config_name(name);
+            if action.is_none() {
+                let message = format!(
+                    "unknown action `{name}`; valid actions: {}",
+                    action_names.join(", ")
+                );
+                match closest(name, action_names.iter().copied()) {
+                    Some(c) => {
+                        entry.error_hint(&mut self.out, message, format!("did you mean `{c}`?"))
+                    }
+                    None => entry.error(&mut self.out, message),
+                }
+            }
+            if let (Some(event), Some(action)) = (event, action) {
+                actions.insert(event, action);
+            }
+        }
+        actions
+    }
+
+    fn fields(
+        &mut self,
+        fields: &Section<'_, '_>,
+        order_ref_field: &str,
+    ) -> Vec<(String, Template)> {
+        let mut result = Vec::new();
+        for entry in fields.fields() {
+            let key = entry.key.as_str();
+            if !is_name(key) {
+                self.out.error_hint(
+                    entry.key_span.clone(),
+                    format!("invalid Konnektive field name `{key}` {}", fields.place()),
+                    "field names are letters, digits and `_`",
+                );
+            } else if RESERVED_FIELDS.contains(&key) {
+                self.out.error(
+                    entry.key_span.clone(),
+                    format!(
+                        "`{key}` {} cannot be set: the API credentials come from [target.NAME]",
+                        fields.place()
+                    ),
+                );
+            } else if key == order_ref_field {
+                self.out.error_hint(
+                    entry.key_span.clone(),
+                    format!(
+                        "`{key}` {} is the integration's `order_ref_field`, which carries the \
+                         bridge's order reference",
+                        fields.place()
+                    ),
+                    "use another field here, or set order_ref_field to another of custom1 … custom5",
+                );
+            }
+            let Some(text) = entry.str(&mut self.out) else {
+                continue;
+            };
+            match parse_template(text) {
+                Ok(template) => result.push((key.to_owned(), template)),
+                Err(e) => {
+                    let at = self.offset_in_string(&entry, text, e.offset);
+                    self.out
+                        .error(at..at, format!("{}: {}", entry.what(), e.message));
+                }
+            }
+        }
+        result
+    }
+
+    /// The file offset of byte `offset` of string value `value` when it is written without
+    /// escapes (the common case), else the start of the value.
+    fn offset_in_string(&self, field: &Field<'_, '_>, value: &str, offset: usize) -> usize {
+        let span = field.span();
+        match self.text.get(span.clone()) {
+            Some(raw)
+                if raw.len() == value.len() + 2 && raw.get(1..raw.len() - 1) == Some(value) =>
+            {
+                span.start + 1 + offset
+            }
+            _ => span.start,
+        }
+    }
+
+    /// An `http://` or `https://` URL without query, fragment or credentials; trailing `/`
+    /// removed.
+    fn http_url(&mut self, f: &Field<'_, '_>) -> Option<String> {
+        let url = f.str(&mut self.out)?;
+        let Some(rest) = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+        else {
+            f.error_hint(
+                &mut self.out,
+                format!("`{url}` is not an http:// or https:// URL"),
+                "e.g. \"https://ipn.example.com\"",
+            );
+            return None;
+        };
+        let authority = rest.split('/').next().unwrap_or("");
+        let problem = if url.chars().any(char::is_whitespace) {
+            Some("must not contain spaces")
+        } else if authority.is_empty() {
+            Some("has no host")
+        } else if authority.contains('@') {
+            Some("must not contain credentials")
+        } else if url.contains('?') || url.contains('#') {
+            Some("must not contain a query or fragment")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            f.error(&mut self.out, format!("URL {problem}"));
+            return None;
+        }
+        Some(url.trim_end_matches('/').to_owned())
+    }
+
+    fn smtp_url(&mut self, f: &Field<'_, '_>) -> Option<String> {
+        let url = f.str(&mut self.out)?;
+        let Some(rest) = url
+            .strip_prefix("smtps://")
+            .or_else(|| url.strip_prefix("smtp://"))
+        else {
+            f.error_hint(
+                &mut self.out,
+                "expected an smtp:// or smtps:// URL",
+                "e.g. \"smtp://mail.example.com:587?tls=required\"",
+            );
+            return None;
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        if authority.contains('@') {
+            // Do not repeat the URL: it holds credentials.
+            f.error_hint(
+                &mut self.out,
+                "must not contain credentials",
+                "use smtp_username and smtp_password = { env = \"…\" }",
+            );
+            return None;
+        }
+        if authority.is_empty() || url.chars().any(char::is_whitespace) {
+            f.error(
+                &mut self.out,
+                format!("`{url}` has no host or contains spaces"),
+            );
+            return None;
+        }
+        Some(url.to_owned())
+    }
+}
+
+/// An example table name for hints.
+fn example_name(kind: &str) -> &'static str {
+    match kind {
+        "source" => "ds24",
+        "target" => "konnektive",
+        _ => "main",
+    }
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A string that looks like an e-mail address (contains `@`).
+fn email(f: &Field<'_, '_>, out: &mut Findings) -> Option<String> {
+    let value = f.non_empty_str(out)?;
+    if value.contains('@') {
+        Some(value.to_owned())
+    } else {
+        f.error(out, format!("`{value}` is not an e-mail address"));
+        None
+    }
+}
+
+fn email_list(f: &Field<'_, '_>, out: &mut Findings) -> Option<Vec<String>> {
+    let items = f.items(out)?;
+    Some(items.iter().filter_map(|item| email(item, out)).collect())
+}

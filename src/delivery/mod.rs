@@ -1,0 +1,353 @@
+//! The dispatcher: takes due jobs from the store, calls the target, records every attempt
+//! and moves each job on (delivered, retry later, dead).
+//!
+//! One loop per target. It leases at most as many jobs as the target has free in-flight
+//! slots (`max_in_flight`), and every request (sends and reconciliation queries alike)
+//! first waits for the target's token bucket (`requests_per_second`, `burst`), which all
+//! integrations of the target share. The rate limiter sits around the client, not inside
+//! it, so the connector stays a plain request/response translator.
+//!
+//! Durability rules:
+//! - Leasing writes the job as `in_flight` with an open attempt row *before* any request
+//!   leaves, so a crash at any point leaves evidence; on the next start
+//!   [`Store::recover_interrupted`] closes the attempt as `interrupted` and flags the job for
+//!   reconciliation.
+//! - An action that is not safe to repeat (an import) and whose previous attempt may have
+//!   been applied is *reconciled* first: the target is asked whether the order with our
+//!   reference exists; only if it does not is the request sent again.
+//! - A store write that fails after a call is retried until it succeeds or the process
+//!   stops; the job is never left `in_flight` by a running process.
+//!
+//! The loop wakes when the server stores new jobs (a `watch` counter), when a slot frees, at
+//! the next due time, and at least every [`POLL_INTERVAL_MS`] so changes made by other
+//! processes (the queue commands) are seen quickly.
+
+pub mod schedule;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::SharedClock;
+use crate::config::{Config, Delivery, Target};
+use crate::connectors::KonnektiveClient;
+use crate::domain::{AttemptReport, Day, DayWindow, Outcome};
+use crate::store::{AttemptKind, Disposition, LeasedJob, Store, StoreError};
+
+use schedule::JobClock;
+
+/// Longest sleep of a target loop.
+pub const POLL_INTERVAL_MS: i64 = 1_000;
+
+/// Pause between retries of a failed store write after a call.
+const STORE_RETRY_MS: u64 = 500;
+
+/// Wakes the dispatcher when new jobs were stored.
+#[derive(Debug, Clone)]
+pub struct Wake(Arc<watch::Sender<u64>>);
+
+impl Default for Wake {
+    fn default() -> Self {
+        Wake(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Wake {
+    pub fn notify(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// Liveness of the dispatcher: the last time any target loop went round.
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeat(Arc<AtomicI64>);
+
+impl Heartbeat {
+    pub fn last_beat_ms(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn beat(&self, now: i64) {
+        self.0.store(now, Ordering::Relaxed);
+    }
+}
+
+struct TargetWorker {
+    name: String,
+    client: KonnektiveClient,
+    policy: Delivery,
+    limiter: DefaultDirectRateLimiter,
+    slots: Arc<Semaphore>,
+    slot_freed: Notify,
+    store: Store,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+}
+
+/// Starts one loop per target on `tracker`. Returns after spawning.
+pub fn spawn(
+    config: &Config,
+    store: Store,
+    clock: SharedClock,
+    wake: &Wake,
+    heartbeat: Heartbeat,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    for target in config.targets.values() {
+        let worker = Arc::new(TargetWorker {
+            name: target.name.clone(),
+            client: KonnektiveClient::new(target)?,
+            policy: target.delivery.clone(),
+            limiter: RateLimiter::direct(quota(target)),
+            slots: Arc::new(Semaphore::new(target.max_in_flight.max(1) as usize)),
+            slot_freed: Notify::new(),
+            store: store.clone(),
+            clock: clock.clone(),
+            shutdown: shutdown.clone(),
+        });
+        tracker.spawn(target_loop(
+            worker,
+            wake.subscribe(),
+            heartbeat.clone(),
+            tracker.clone(),
+        ));
+    }
+    Ok(())
+}
+
+/// The token bucket of a target: one token every `1 / requests_per_second`, at most
+/// `burst` saved up.
+fn quota(target: &Target) -> Quota {
+    let period = Duration::from_secs_f64(1.0 / target.requests_per_second.max(1e-6));
+    let burst = NonZeroU32::new(target.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst)
+}
+
+async fn target_loop(
+    w: Arc<TargetWorker>,
+    mut wake: watch::Receiver<u64>,
+    heartbeat: Heartbeat,
+    tracker: TaskTracker,
+) {
+    tracing::debug!(target = %w.name, "dispatcher started");
+    loop {
+        if w.shutdown.is_cancelled() {
+            break;
+        }
+        let now = w.clock.now_ms();
+        heartbeat.beat(now);
+        let free = w.slots.available_permits();
+        if free > 0 {
+            match w.store.lease_due(&w.name, now, free).await {
+                Ok(jobs) if !jobs.is_empty() => {
+                    for job in jobs {
+                        let Ok(permit) = w.slots.clone().acquire_owned().await else {
+                            return;
+                        };
+                        tracker.spawn(run_job(w.clone(), job, permit));
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(target = %w.name, error = %e, "could not lease jobs"),
+            }
+        }
+        let wait_ms = match w.store.next_due_at(&w.name).await {
+            Ok(Some(due)) => (due - w.clock.now_ms()).clamp(0, POLL_INTERVAL_MS),
+            _ => POLL_INTERVAL_MS,
+        };
+        // A due job behind a full set of slots waits for a slot, not for the clock.
+        let wait_ms = if free == 0 {
+            POLL_INTERVAL_MS
+        } else {
+            wait_ms.max(10)
+        };
+        tokio::select! {
+            _ = w.shutdown.cancelled() => break,
+            _ = wake.changed() => {}
+            _ = w.slot_freed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+        }
+    }
+    tracing::debug!(target = %w.name, "dispatcher stopped taking jobs");
+}
+
+async fn run_job(w: Arc<TargetWorker>, job: LeasedJob, permit: OwnedSemaphorePermit) {
+    let mut attempt_id = job.attempt_id;
+    let mut attempt_no = job.attempt_no;
+    let order = job.action.reconcile_reference();
+    if let (AttemptKind::Reconcile, Some(order)) = (job.kind, order) {
+        w.limiter.until_ready().await;
+        let window = DayWindow {
+            first: Day::from_unix_ms(job.created_at),
+            last: Day::from_unix_ms(w.clock.now_ms()),
+        };
+        match w.client.find_order(order, window).await {
+            Ok(Some(receipt)) => {
+                tracing::info!(
+                    job_id = %job.id, integration = %job.integration, attempt = attempt_no,
+                    order_id = receipt.order_id.as_deref().unwrap_or(""),
+                    "found the order of an earlier attempt; recorded as delivered"
+                );
+                let report = AttemptReport {
+                    endpoint: "order/query".into(),
+                    http_status: Some(200),
+                    request: format!("{} = {}", order.reference_field, order.reference),
+                    response: format!("found order {}", receipt.order_id.as_deref().unwrap_or("?")),
+                    maybe_applied: false,
+                    outcome: Outcome::Delivered(receipt.clone()),
+                };
+                finish(
+                    &w,
+                    &job,
+                    attempt_id,
+                    report,
+                    Disposition::Delivered(receipt),
+                )
+                .await;
+                drop(permit);
+                w.slot_freed.notify_one();
+                return;
+            }
+            Ok(None) => {
+                let report = AttemptReport {
+                    endpoint: "order/query".into(),
+                    http_status: Some(200),
+                    request: format!("{} = {}", order.reference_field, order.reference),
+                    response: "no such order; sending the import".into(),
+                    maybe_applied: false,
+                    outcome: Outcome::Retryable {
+                        reason: String::new(),
+                        retry_after: None,
+                    },
+                };
+                let store = w.store.clone();
+                let (id, clock) = (job.id, w.clock.clone());
+                let opened = persist(&w, move || {
+                    let (store, report) = (store.clone(), report.clone());
+                    let now = clock.now_ms();
+                    async move { store.reconciled_absent(id, attempt_id, report, now).await }
+                })
+                .await;
+                match opened {
+                    Some((id, no)) => {
+                        attempt_id = id;
+                        attempt_no = no;
+                    }
+                    None => return,
+                }
+            }
+            Err(report) => {
+                let disposition = next_step(&w, &job, &report.outcome, true, attempt_no);
+                log_attempt(&job, attempt_no, &report, &disposition);
+                finish(&w, &job, attempt_id, report, disposition).await;
+                drop(permit);
+                w.slot_freed.notify_one();
+                return;
+            }
+        }
+    }
+    w.limiter.until_ready().await;
+    let report = w.client.execute(&job.action).await;
+    let reconcile = report.maybe_applied && job.action.reconcile_reference().is_some();
+    let disposition = next_step(&w, &job, &report.outcome, reconcile, attempt_no);
+    log_attempt(&job, attempt_no, &report, &disposition);
+    finish(&w, &job, attempt_id, report, disposition).await;
+    drop(permit);
+    w.slot_freed.notify_one();
+}
+
+fn next_step(
+    w: &TargetWorker,
+    job: &LeasedJob,
+    outcome: &Outcome,
+    reconcile: bool,
+    attempts: u32,
+) -> Disposition {
+    let clock = JobClock {
+        created_at: job.created_at,
+        now: w.clock.now_ms(),
+        attempts,
+    };
+    schedule::next_step(&w.policy, outcome, reconcile, clock, rand::random::<f64>())
+}
+
+fn log_attempt(job: &LeasedJob, attempt: u32, report: &AttemptReport, next: &Disposition) {
+    let (job_id, integration, endpoint) = (job.id, &job.integration, &report.endpoint);
+    let reason = report.outcome.reason();
+    match next {
+        Disposition::Delivered(receipt) => tracing::info!(
+            %job_id, %integration, attempt, %endpoint,
+            order_id = receipt.order_id.as_deref().unwrap_or(""),
+            "delivered"
+        ),
+        Disposition::Retry { at, reconcile } => tracing::warn!(
+            %job_id, %integration, attempt, %endpoint, outcome = report.outcome.label(),
+            retry_at_ms = at, reconcile, %reason,
+            "attempt failed; will retry"
+        ),
+        Disposition::Dead => tracing::error!(
+            %job_id, %integration, attempt, %endpoint, outcome = report.outcome.label(),
+            %reason,
+            "job dead-lettered; retry with `ipn-bridge queue retry {job_id}` once fixed"
+        ),
+    }
+    if let Outcome::TargetDown { reason } = &report.outcome {
+        tracing::error!(target = %job.target, %reason, "the target refuses every request; check its login, IP allow-list and permissions");
+    }
+}
+
+async fn finish(
+    w: &TargetWorker,
+    job: &LeasedJob,
+    attempt_id: i64,
+    report: AttemptReport,
+    disposition: Disposition,
+) {
+    let store = w.store.clone();
+    let (id, clock) = (job.id, w.clock.clone());
+    persist(w, move || {
+        let (store, report, disposition) = (store.clone(), report.clone(), disposition.clone());
+        let now = clock.now_ms();
+        async move {
+            store
+                .finish_attempt(id, attempt_id, report, disposition, now)
+                .await
+        }
+    })
+    .await;
+}
+
+/// Runs a store write until it succeeds; gives up only when the process stops (the job is
+/// then recovered on the next start). `None` when it gave up.
+async fn persist<T, F, Fut>(w: &TargetWorker, op: F) -> Option<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::error!(target = %w.name, error = %e, "could not record a delivery attempt; retrying");
+                tokio::select! {
+                    _ = w.shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(STORE_RETRY_MS)) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Plain data shared by every layer: ids, events, money, the CRM-neutral order, actions and
+//! delivery outcomes.
+//!
+//! This module knows nothing about HTTP, SQLite, TOML or Konnektive and performs no I/O.
+//! Everything here is parsed at an edge (the IPN parser, the config loader, the store) and
+//! trusted afterwards: ids are newtypes, money is integer minor units, events and states are
+//! enums. Types that leave the process (job payloads in the store) derive `serde` so the
+//! store can keep them as JSON without knowing their shape.
+
+mod date;
+mod money;
+
+pub use date::{Day, DayWindow};
+pub use money::{Money, MoneyError};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// Row id of a stored IPN (the inbox).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventId(pub i64);
+
+/// Row id of a delivery job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JobId(pub i64);
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The order events an integration can act on (the keys of `[integration.NAME.on]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderEvent {
+    Payment,
+    Refund,
+    Chargeback,
+    PaymentMissed,
+    PaymentDenial,
+    RebillCancelled,
+    RebillResumed,
+    LastPaidDay,
+}
+
+impl OrderEvent {
+    pub const ALL: [OrderEvent; 8] = [
+        OrderEvent::Payment,
+        OrderEvent::Refund,
+        OrderEvent::Chargeback,
+        OrderEvent::PaymentMissed,
+        OrderEvent::PaymentDenial,
+        OrderEvent::RebillCancelled,
+        OrderEvent::RebillResumed,
+        OrderEvent::LastPaidDay,
+    ];
+
+    /// The key used in `[integration.NAME.on]`.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            OrderEvent::Payment => "payment",
+            OrderEvent::Refund => "refund",
+            OrderEvent::Chargeback => "chargeback",
+            OrderEvent::PaymentMissed => "payment_missed",
+            OrderEvent::PaymentDenial => "payment_denial",
+            OrderEvent::RebillCancelled => "rebill_cancelled",
+            OrderEvent::RebillResumed => "rebill_resumed",
+            OrderEvent::LastPaidDay => "last_paid_day",
+        }
+    }
+
+    pub fn from_config_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.config_name() == name)
+    }
+
+    /// The value of the IPN's `event` field.
+    pub fn ipn_name(self) -> &'static str {
+        match self {
+            OrderEvent::Payment => "on_payment",
+            OrderEvent::Refund => "on_refund",
+            OrderEvent::Chargeback => "on_chargeback",
+            OrderEvent::PaymentMissed => "on_payment_missed",
+            OrderEvent::PaymentDenial => "payment_denial",
+            OrderEvent::RebillCancelled => "on_rebill_cancelled",
+            OrderEvent::RebillResumed => "on_rebill_resumed",
+            OrderEvent::LastPaidDay => "last_paid_day",
+        }
+    }
+}
+
+/// What an IPN is about, from its `event` field.
+///
+/// `on_payment_subscription_signup` (seen only in Digistore24's app template) is deliberately
+/// *not* mapped to [`OrderEvent::Payment`]: if Digistore24 also sends `on_payment` for the
+/// same payment, both would be imported. It is stored and routed to nothing, like every
+/// other unknown event, until its meaning is confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    Order(OrderEvent),
+    Affiliation,
+    Eticket,
+    CustomForm,
+    ConnectionTest,
+    Unknown(String),
+}
+
+impl EventKind {
+    pub fn from_ipn(name: &str) -> Self {
+        if let Some(e) = OrderEvent::ALL.into_iter().find(|e| e.ipn_name() == name) {
+            return EventKind::Order(e);
+        }
+        match name {
+            "on_affiliation" => EventKind::Affiliation,
+            "eticket" => EventKind::Eticket,
+            // Both spellings are seen in third-party code; the reference leaves it open.
+            "customform" | "custom_form" => EventKind::CustomForm,
+            "connection_test" => EventKind::ConnectionTest,
+            other => EventKind::Unknown(other.to_owned()),
+        }
+    }
+
+    /// The `event` value as Digistore24 sends it.
+    pub fn ipn_name(&self) -> &str {
+        match self {
+            EventKind::Order(e) => e.ipn_name(),
+            EventKind::Affiliation => "on_affiliation",
+            EventKind::Eticket => "eticket",
+            EventKind::CustomForm => "customform",
+            EventKind::ConnectionTest => "connection_test",
+            EventKind::Unknown(s) => s,
+        }
+    }
+
+    pub fn order_event(&self) -> Option<OrderEvent> {
+        match self {
+            EventKind::Order(e) => Some(*e),
+            _ => None,
+        }
+    }
+}
+
+/// A verified Digistore24 IPN: its event kind and its form fields (decoded; the last value
+/// wins for a repeated key, as in PHP's `$_POST`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpnEvent {
+    pub kind: EventKind,
+    fields: BTreeMap<String, String>,
+}
+
+impl IpnEvent {
+    pub fn new(fields: BTreeMap<String, String>) -> Self {
+        let kind = EventKind::from_ipn(fields.get("event").map(String::as_str).unwrap_or(""));
+        IpnEvent { kind, fields }
+    }
+
+    /// The field's value, `None` when absent **or empty** (Digistore24 sends many empty
+    /// fields, and an empty field means "not given" everywhere in this program).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The first of `keys` that has a non-empty value.
+    pub fn first_of(&self, keys: &[&str]) -> Option<&str> {
+        keys.iter().find_map(|k| self.get(k))
+    }
+
+    pub fn fields(&self) -> &BTreeMap<String, String> {
+        &self.fields
+    }
+
+    pub fn order_id(&self) -> Option<&str> {
+        self.get("order_id")
+    }
+}
+
+/// What an integration does for an order event (the values of `[integration.NAME.on]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    ImportOrder,
+    Refund,
+    Chargeback,
+    CancelPurchase,
+    CancelOrder,
+    Ignore,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 6] = [
+        ActionKind::ImportOrder,
+        ActionKind::Refund,
+        ActionKind::Chargeback,
+        ActionKind::CancelPurchase,
+        ActionKind::CancelOrder,
+        ActionKind::Ignore,
+    ];
+
+    pub fn config_name(self) -> &'static str {
+        match self {
+            ActionKind::ImportOrder => "import_order",
+            ActionKind::Refund => "refund",
+            ActionKind::Chargeback => "chargeback",
+            ActionKind::CancelPurchase => "cancel_purchase",
+            ActionKind::CancelOrder => "cancel_order",
+            ActionKind::Ignore => "ignore",
+        }
+    }
+
+    pub fn from_config_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.config_name() == name)
+    }
+}
+
+/// The buyer of an order, CRM-neutral.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Buyer {
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub company: String,
+    /// Digits only, country code included, no `+`.
+    pub phone: String,
+    /// IPv4 only; `None` when the IPN has none or an IPv6 address.
+    pub ip_address: Option<String>,
+}
+
+/// A postal address, CRM-neutral. `country` is ISO 3166-1 alpha-2, upper case.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    pub line1: String,
+    pub line2: String,
+    pub city: String,
+    pub state: String,
+    pub postal_code: String,
+    pub country: String,
+}
+
+/// One line of an order: the *target's* product id (already mapped), quantity, unit price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderItem {
+    pub product_id: u64,
+    pub quantity: u32,
+    pub unit_price: Money,
+}
+
+/// An order to create in the CRM, built from an IPN by the rules and sent by a connector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// Our reference of the Digistore24 order item and payment; unique per import. Written
+    /// into `reference_field` so an import with an unknown outcome can be found again.
+    pub reference: String,
+    /// The CRM field that carries `reference` (the integration's `order_ref_field`).
+    pub reference_field: String,
+    pub campaign_id: u64,
+    pub buyer: Buyer,
+    pub address: Address,
+    pub items: Vec<OrderItem>,
+    /// ISO 4217 code of every amount in this order.
+    pub currency: String,
+    /// Affiliate id passed to the CRM (`affId`), if any.
+    pub affiliate: Option<String>,
+    /// The day Digistore24 says the payment happened, `YYYY-MM-DD` (else the day of receipt).
+    /// Informational: the CRM dates an order by its import, so reconciliation searches the
+    /// job's lifetime instead (see [`DayWindow`]).
+    pub placed_on: String,
+    /// Extra target fields (name → value), already rendered; applied last.
+    pub extra_fields: Vec<(String, String)>,
+}
+
+/// A unit of work for a connector, stored as JSON with the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    ImportOrder { order: Order, auto_approve: bool },
+}
+
+impl Action {
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Action::ImportOrder { .. } => ActionKind::ImportOrder,
+        }
+    }
+
+    /// The reference under which this action's result can be looked up in the target
+    /// after an unknown outcome (`None` for actions that are safe to repeat).
+    pub fn reconcile_reference(&self) -> Option<&Order> {
+        match self {
+            Action::ImportOrder { order, .. } => Some(order),
+        }
+    }
+}
+
+/// What the target returned for a successful action: the ids kept in the ledger.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub order_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub purchase_ids: Vec<String>,
+    pub transaction_ids: Vec<String>,
+}
+
+/// The class of one delivery attempt's result. The retry *decision* is this value; the retry
+/// *timing* lives in `delivery::schedule`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done; the receipt goes into the ledger.
+    Delivered(Receipt),
+    /// Nothing happened in the target; try again later.
+    Retryable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// The target refused the request itself; repeating it cannot help.
+    Permanent { reason: String },
+    /// The target refuses every request (bad login, IP not allow-listed, missing permission).
+    TargetDown { reason: String },
+    /// The request may have been applied (timeout or cut connection after sending); it must be
+    /// reconciled before it is sent again.
+    Unknown { reason: String },
+}
+
+impl Outcome {
+    /// Short stable label for logs, metrics and the attempts table.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Delivered(_) => "delivered",
+            Outcome::Retryable { .. } => "retryable",
+            Outcome::Permanent { .. } => "permanent",
+            Outcome::TargetDown { .. } => "target_down",
+            Outcome::Unknown { .. } => "unknown",
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Outcome::Delivered(_) => "",
+            Outcome::Retryable { reason, .. }
+            | Outcome::Permanent { reason }
+            | Outcome::TargetDown { reason }
+            | Outcome::Unknown { reason } => reason,
+        }
+    }
+}
+
+/// Everything a connector reports about one attempt: its class and what to keep as evidence.
+/// `request` and `response` must already be free of secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptReport {
+    pub outcome: Outcome,
+    /// The endpoint called, e.g. `order/import`.
+    pub endpoint: String,
+    pub http_status: Option<u16>,
+    /// The request parameters with credentials redacted.
+    pub request: String,
+    /// The target's answer (truncated), or the transport error.
+    pub response: String,
+    /// True when the request may have been applied by the target although the outcome is not
+    /// `Delivered`: an `Unknown` outcome, and also a 5xx page or a non-JSON body (a proxy may
+    /// have answered after the CRM acted). A non-idempotent action (an import) is then
+    /// reconciled before it is sent again. False for connect errors and for the CRM's own
+    /// `ERROR` envelope, where nothing happened.
+    pub maybe_applied: bool,
+}
+
+/// Life cycle of a delivery job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for its `next_attempt_at`.
+    Pending,
+    /// Leased by the dispatcher; a request may be on the wire.
+    InFlight,
+    /// Finished successfully (ledger written).
+    Delivered,
+    /// Given up; needs a person.
+    Dead,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::InFlight => "in_flight",
+            JobState::Delivered => "delivered",
+            JobState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            JobState::Pending,
+            JobState::InFlight,
+            JobState::Delivered,
+            JobState::Dead,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The UTC calendar day of a Unix-millisecond time, `YYYY-MM-DD`.
+pub fn utc_date(ms: i64) -> String {
+    Day::from_unix_ms(ms).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_date_table() {
+        for (ms, day) in [
+            (0, "1970-01-01"),
+            (951_782_400_000, "2000-02-29"),
+            (1_741_947_761_000, "2025-03-14"),
+            (-86_400_000, "1969-12-31"),
+            (4_102_444_799_000, "2099-12-31"),
+        ] {
+            assert_eq!(utc_date(ms), day, "{ms}");
+        }
+    }
+
+    #[test]
+    fn event_kinds_round_trip_their_ipn_names() {
+        for e in OrderEvent::ALL {
+            assert_eq!(EventKind::from_ipn(e.ipn_name()), EventKind::Order(e));
+            assert_eq!(OrderEvent::from_config_name(e.config_name()), Some(e));
+        }
+        assert_eq!(EventKind::from_ipn("custom_form"), EventKind::CustomForm);
+        assert_eq!(
+            EventKind::from_ipn("on_payment_subscription_signup"),
+            EventKind::Unknown("on_payment_subscription_signup".into())
+        );
+    }
+}

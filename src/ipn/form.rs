@@ -1,0 +1,152 @@
+//! Decoding an `application/x-www-form-urlencoded` IPN body into ordered `(name, value)`
+//! pairs. Knows nothing about signatures, events or keys; it only turns bytes into strings.
+//!
+//! Decisions, and how they compare with PHP's `$_POST` (what Digistore24's signature is
+//! defined over):
+//! - Pairs are separated by `&` only (PHP's default `arg_separator.input`); empty segments
+//!   (`a=1&&b=2`, a trailing `&`) are skipped. A segment without `=` is a name with an empty
+//!   value. Only the first `=` splits; later ones belong to the value.
+//! - `+` becomes a space and `%XX` is decoded exactly once, in names and values alike.
+//! - **Invalid `%` escape** (`%`, `%4`, `%zz`): the `%` is kept literally and decoding goes
+//!   on, exactly as PHP's `urldecode` does, so such a body verifies the same way it would in
+//!   the reference receiver. Digistore24 always encodes `%` as `%25`, so this is logged at
+//!   WARN (field name only).
+//! - **UTF-8 is strict.** After decoding, every name and value must be valid UTF-8, else the
+//!   body is [`IpnError::Malformed`], naming the field when its name is readable. No lossy
+//!   replacement: we would otherwise sign, store and forward text that was never sent.
+//! - **Empty name** (`=x`): dropped with a WARN, as PHP drops it from `$_POST`; it therefore
+//!   takes no part in the signature either.
+//! - Nothing is trimmed or normalised; PHP's renaming of `.` and space in names to `_` is not
+//!   copied (Digistore24's names never contain them, and we want to see what was sent).
+//! - **Duplicates** are kept in order (the caller decides; the event map and the signature use
+//!   the last value, as PHP does) and logged at WARN once per name. **`name[...]` names**
+//!   (PHP would build an array) are kept as plain names and logged at WARN.
+//!
+//! Log lines carry field names only, never values, and names are cut and escaped first
+//! ([`loggable_name`]) because they come from the network.
+
+use super::IpnError;
+use std::collections::BTreeSet;
+
+/// Longest field name (in characters) repeated in a log line or error message.
+const MAX_LOGGED_NAME_CHARS: usize = 64;
+
+/// Decode `body` into ordered pairs, keeping duplicates. See the module docs for the rules.
+pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, IpnError> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut warned_duplicate: BTreeSet<String> = BTreeSet::new();
+
+    for (index, segment) in body.split(|&b| b == b'&').enumerate() {
+        if segment.is_empty() {
+            continue;
+        }
+        let position = index + 1;
+        let (raw_name, raw_value) = match segment.iter().position(|&b| b == b'=') {
+            Some(at) => {
+                let (name, rest) = segment.split_at(at);
+                (name, rest.get(1..).unwrap_or_default())
+            }
+            None => (segment, &[][..]),
+        };
+
+        let (name_bytes, bad_name_escape) = percent_decode(raw_name);
+        let name = String::from_utf8(name_bytes).map_err(|_| {
+            IpnError::Malformed(format!(
+                "the name of field #{position} is not valid UTF-8 after percent-decoding"
+            ))
+        })?;
+        let (value_bytes, bad_value_escape) = percent_decode(raw_value);
+        let value = String::from_utf8(value_bytes).map_err(|_| {
+            IpnError::Malformed(format!(
+                "the value of field `{}` is not valid UTF-8 after percent-decoding",
+                loggable_name(&name)
+            ))
+        })?;
+
+        if name.is_empty() {
+            tracing::warn!(
+                position,
+                "form field with an empty name dropped (PHP drops it too)"
+            );
+            continue;
+        }
+        if bad_name_escape || bad_value_escape {
+            tracing::warn!(
+                field = %loggable_name(&name),
+                "invalid percent escape kept literally (as PHP does)"
+            );
+        }
+        if name.contains('[') {
+            tracing::warn!(
+                field = %loggable_name(&name),
+                "array-syntax field name kept as a plain name"
+            );
+        }
+        if !seen.insert(name.clone()) && warned_duplicate.insert(name.clone()) {
+            tracing::warn!(
+                field = %loggable_name(&name),
+                "duplicate form field; the last value wins"
+            );
+        }
+        pairs.push((name, value));
+    }
+    Ok(pairs)
+}
+
+/// A field name made safe for a log line or an error message: at most
+/// [`MAX_LOGGED_NAME_CHARS`] characters, control and non-ASCII characters escaped.
+pub(super) fn loggable_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .take(MAX_LOGGED_NAME_CHARS)
+        .flat_map(char::escape_default)
+        .collect();
+    if name.chars().nth(MAX_LOGGED_NAME_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// `+` → space, `%XX` → byte (once); an invalid escape keeps its `%`. Returns the bytes and
+/// whether an invalid escape was seen.
+fn percent_decode(raw: &[u8]) -> (Vec<u8>, bool) {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut invalid_escape = false;
+    let mut rest = raw;
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = tail;
+        match byte {
+            b'+' => out.push(b' '),
+            b'%' => match decode_escape(tail) {
+                Some((decoded, after)) => {
+                    out.push(decoded);
+                    rest = after;
+                }
+                None => {
+                    invalid_escape = true;
+                    out.push(b'%');
+                }
+            },
+            other => out.push(other),
+        }
+    }
+    (out, invalid_escape)
+}
+
+/// The byte encoded by the two hex digits at the start of `tail`, and what follows them.
+fn decode_escape(tail: &[u8]) -> Option<(u8, &[u8])> {
+    match tail {
+        [high, low, after @ ..] => Some((hex_digit(*high)? << 4 | hex_digit(*low)?, after)),
+        _ => None,
+    }
+}
+
+fn hex_digit(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}

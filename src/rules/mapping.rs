@@ -1,0 +1,188 @@
+//! Digistore24 IPN fields → the CRM-neutral [`Order`], and the small field readings the
+//! filter rules need.
+//!
+//! Every reading that rests on an undocumented detail of the IPN is a named function here,
+//! with its source in `digistore24-ipn.md`, so a correction is a one-place change:
+//! - [`followup_sequence`]: follow-up ⇔ `billing_type` subscription/installment and
+//!   `pay_sequence_no ≥ 2` (reference §4, medium confidence);
+//! - [`item_amount`]: which amount field is the price of *this* item (§4 lists several);
+//! - [`IP_FIELDS`]: no IP field is documented for IPNs; we look for the likely names.
+//!
+//! Values are not cut to the CRM's field lengths here; that is the connector's business.
+
+use crate::config::Integration;
+use crate::domain::{Address, Buyer, IpnEvent, Money, Order, OrderItem, utc_date};
+
+/// IPN fields that may carry the buyer's IP address. [GUESS] None is documented.
+pub const IP_FIELDS: &[&str] = &["buyer_ip", "ip_address", "ip"];
+
+/// The Digistore24 product id of the IPN.
+pub fn product_id(event: &IpnEvent) -> Option<u64> {
+    event.get("product_id")?.trim().parse().ok()
+}
+
+/// The order's product language, lower case (the connection form filters on it).
+pub fn language(event: &IpnEvent) -> Option<String> {
+    event
+        .first_of(&["product_language", "language"])
+        .map(str::to_ascii_lowercase)
+}
+
+/// `Some(n)` when the IPN is the n-th payment (n ≥ 2) of a subscription or installment plan.
+pub fn followup_sequence(event: &IpnEvent) -> Option<u32> {
+    let recurring = matches!(
+        event.get("billing_type"),
+        Some("subscription") | Some("installment")
+    );
+    let n: u32 = event.get("pay_sequence_no")?.parse().ok()?;
+    (recurring && n >= 2).then_some(n)
+}
+
+/// Whether the buyer opted in to the newsletter on the order form. Digistore24 sends
+/// `newsletter_choice` = `none` when there was no opt-in; any other non-empty value
+/// (`single_opt_in`, `double_opt_in`, …) counts as opted in.
+pub fn newsletter_opted_in(event: &IpnEvent) -> bool {
+    !matches!(event.get("newsletter_choice"), None | Some("none"))
+}
+
+/// The key that orders jobs of one Digistore24 order.
+pub fn order_key(event: &IpnEvent) -> String {
+    match event.order_id() {
+        Some(id) => id.to_owned(),
+        // Without an order id, nothing can depend on this IPN; give it its own queue.
+        None => format!("no-order:{}", event.get("transaction_id").unwrap_or("-")),
+    }
+}
+
+/// Our reference of the order item and payment, unique per import and stable across
+/// re-deliveries of the same IPN: `DS24-<order_id>-<item>-<transaction_id>`.
+pub fn reference(event: &IpnEvent) -> Option<String> {
+    let order = event.order_id()?;
+    let item = event
+        .first_of(&["order_item_id", "product_id"])
+        .unwrap_or("0");
+    let mut r = format!("DS24-{order}-{item}");
+    if let Some(txn) = event.get("transaction_id") {
+        r.push('-');
+        r.push_str(txn);
+    }
+    Some(r)
+}
+
+/// The price of this item in this payment. `product_txn_amount` is the product line's share
+/// of the transaction; `amount` and `transaction_amount` are fallbacks for IPNs without it.
+pub fn item_amount(event: &IpnEvent) -> Option<Money> {
+    let raw = event.first_of(&["product_txn_amount", "amount", "transaction_amount"])?;
+    Money::parse_decimal(raw).ok()
+}
+
+fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+fn ipv4(event: &IpnEvent) -> Option<String> {
+    IP_FIELDS
+        .iter()
+        .filter_map(|f| event.get(f))
+        .find_map(|v| v.trim().parse::<std::net::Ipv4Addr>().ok())
+        .map(|ip| ip.to_string())
+}
+
+/// Billing address first, then the order-form address, then the buyer's.
+fn addr<'a>(event: &'a IpnEvent, field: &str) -> Option<&'a str> {
+    event.first_of(&[
+        &format!("billing_{field}"),
+        &format!("address_{field}"),
+        &format!("buyer_address_{field}"),
+    ])
+}
+
+/// Builds the order to import; `Err` names what the IPN lacks.
+pub fn order(
+    integration: &Integration,
+    event: &IpnEvent,
+    campaign_product: u64,
+    received_at_ms: i64,
+) -> Result<Order, String> {
+    let reference = reference(event).ok_or("the IPN has no order_id")?;
+    let email = event
+        .first_of(&["buyer_email", "email", "address_email"])
+        .ok_or("the IPN has no buyer e-mail")?;
+    let first_name = addr(event, "first_name")
+        .or_else(|| event.get("buyer_first_name"))
+        .unwrap_or_default();
+    let last_name = addr(event, "last_name")
+        .or_else(|| event.get("buyer_last_name"))
+        .unwrap_or_default();
+    let street = addr(event, "street").map(str::to_owned).or_else(|| {
+        let name = addr(event, "street_name")?;
+        Some(match addr(event, "street_number") {
+            Some(n) => format!("{name} {n}"),
+            None => name.to_owned(),
+        })
+    });
+    let country = addr(event, "country")
+        .or_else(|| event.get("country"))
+        .map(|c| c.trim().to_ascii_uppercase())
+        .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()))
+        .unwrap_or_default();
+    let phone = ["phone_no", "mobile_no"]
+        .iter()
+        .find_map(|f| addr(event, f))
+        .map(digits)
+        .unwrap_or_default();
+    let amount = item_amount(event).ok_or("the IPN has no amount")?;
+    let quantity: u32 = event
+        .get("quantity")
+        .and_then(|q| q.parse().ok())
+        .filter(|q| *q >= 1)
+        .unwrap_or(1);
+    // Konnektive's price is per unit: split the amount when it divides exactly, else import
+    // one unit at the full amount so the order total is always right.
+    let (quantity, unit_price) = match amount.checked_div_exact(quantity) {
+        Some(unit) => (quantity, unit),
+        None => (1, amount),
+    };
+    let placed_on = event
+        .first_of(&["transaction_date", "order_date"])
+        .filter(|d| d.len() == 10)
+        .map_or_else(|| utc_date(received_at_ms), str::to_owned);
+    let extra_fields = integration
+        .fields
+        .iter()
+        .map(|(name, template)| (name.clone(), template.render(|f| event.get(f))))
+        .collect();
+    Ok(Order {
+        reference,
+        reference_field: integration.order_ref_field.clone(),
+        campaign_id: integration.campaign_id,
+        buyer: Buyer {
+            email: email.to_owned(),
+            first_name: first_name.to_owned(),
+            last_name: last_name.to_owned(),
+            company: addr(event, "company").unwrap_or_default().to_owned(),
+            phone,
+            ip_address: ipv4(event),
+        },
+        address: Address {
+            line1: street.unwrap_or_default(),
+            line2: addr(event, "street2").unwrap_or_default().to_owned(),
+            city: addr(event, "city").unwrap_or_default().to_owned(),
+            state: addr(event, "state").unwrap_or_default().to_owned(),
+            postal_code: addr(event, "zipcode").unwrap_or_default().to_owned(),
+            country,
+        },
+        items: vec![OrderItem {
+            product_id: campaign_product,
+            quantity,
+            unit_price: unit_price.abs(),
+        }],
+        currency: event
+            .first_of(&["transaction_currency", "currency"])
+            .unwrap_or_default()
+            .to_owned(),
+        affiliate: event.get("affiliate_name").map(str::to_owned),
+        placed_on,
+        extra_fields,
+    })
+}

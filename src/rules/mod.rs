@@ -1,0 +1,199 @@
+//! Routing: for one stored IPN, what each integration does with it, and why.
+//!
+//! Pure and synchronous: `(config, source, IpnEvent, received_at) → Vec<Routed>`. It never
+//! touches the store or a connector, so the same code serves the HTTP ingest path, `explain`
+//! and `replay`, and is tested by tables. Every decision not to deliver carries a sentence a
+//! vendor can act on ("language fr not in [de, en]").
+//!
+//! The mapping from Digistore24 fields to the CRM-neutral [`Order`] lives in [`mapping`];
+//! everything there that rests on a guess about the IPN format is named and documented in
+//! that one file.
+
+pub mod mapping;
+
+use std::time::Duration;
+
+use crate::config::{Config, Integration, Newsletter, ProductFilter};
+use crate::domain::{Action, ActionKind, EventKind, IpnEvent};
+
+/// One integration's decision for an IPN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub integration: String,
+    pub decision: Decision,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Create a job.
+    Deliver {
+        target: String,
+        action: Action,
+        /// Jobs with the same key (per integration) run one after another.
+        order_key: String,
+        /// Hold the job this long after receipt (the integration's `delay`).
+        delay: Duration,
+        reason: String,
+    },
+    /// No job; the reason is stored with the IPN.
+    Skip { reason: String, severity: Severity },
+}
+
+/// How loudly a skip is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// A filter did its job.
+    Normal,
+    /// The configuration or the IPN needs a person (an unmapped product, missing buyer data).
+    NeedsAttention,
+}
+
+/// Routes an IPN received on `source` through every integration of that source, in name
+/// order. Non-order events (affiliation, e-ticket, custom form, connection test, unknown)
+/// reach no integration.
+pub fn route(config: &Config, source: &str, event: &IpnEvent, received_at_ms: i64) -> Vec<Routed> {
+    config
+        .integrations
+        .values()
+        .filter(|i| i.source == source)
+        .map(|i| Routed {
+            integration: i.name.clone(),
+            decision: decide(i, event, received_at_ms),
+        })
+        .collect()
+}
+
+fn skip(reason: impl Into<String>) -> Decision {
+    Decision::Skip {
+        reason: reason.into(),
+        severity: Severity::Normal,
+    }
+}
+
+fn attention(reason: impl Into<String>) -> Decision {
+    Decision::Skip {
+        reason: reason.into(),
+        severity: Severity::NeedsAttention,
+    }
+}
+
+/// One integration's decision.
+pub fn decide(integration: &Integration, event: &IpnEvent, received_at_ms: i64) -> Decision {
+    let order_event = match &event.kind {
+        EventKind::Order(e) => *e,
+        other => {
+            return skip(format!(
+                "event {} is not an order event; integrations act on order events only",
+                other.ipn_name()
+            ));
+        }
+    };
+    if !integration.active {
+        return skip("integration is not active (active = false)");
+    }
+    let Some(action) = integration.on.get(&order_event).copied() else {
+        return skip(format!(
+            "event {} is not listed in [integration.{}.on]",
+            order_event.config_name(),
+            integration.name
+        ));
+    };
+    if let Some(reason) = filter_reason(integration, event) {
+        return skip(reason);
+    }
+    match action {
+        ActionKind::Ignore => skip(format!(
+            "event {} is set to \"ignore\"",
+            order_event.config_name()
+        )),
+        ActionKind::ImportOrder => import_decision(integration, event, received_at_ms),
+        other => attention(format!(
+            "action \"{}\" is not available in this version of ipn-bridge",
+            other.config_name()
+        )),
+    }
+}
+
+/// The first filter rule that refuses the IPN, as a sentence; `None` when all pass.
+pub fn filter_reason(integration: &Integration, event: &IpnEvent) -> Option<String> {
+    if event.get("api_mode") == Some("test") && !integration.test_orders {
+        return Some("test order (api_mode = test) and test_orders = false".into());
+    }
+    if let ProductFilter::List(products) = &integration.products {
+        match mapping::product_id(event) {
+            Some(id) if products.contains(&id) => {}
+            Some(id) => {
+                return Some(format!(
+                    "product {id} not in products {}",
+                    list(products.iter())
+                ));
+            }
+            None => return Some("the IPN names no product_id".into()),
+        }
+    }
+    if !integration.languages.is_empty() {
+        let lang = mapping::language(event);
+        match lang {
+            Some(l) if integration.languages.iter().any(|x| *x == l) => {}
+            Some(l) => {
+                return Some(format!(
+                    "language {l} not in {}",
+                    list(integration.languages.iter())
+                ));
+            }
+            None => {
+                return Some(format!(
+                    "the IPN names no product language and languages = {}",
+                    list(integration.languages.iter())
+                ));
+            }
+        }
+    }
+    if !integration.followup_payments
+        && let Some(n) = mapping::followup_sequence(event)
+    {
+        return Some(format!(
+            "follow-up payment #{n} and followup_payments = false"
+        ));
+    }
+    if integration.newsletter == Newsletter::OptedIn && !mapping::newsletter_opted_in(event) {
+        return Some(format!(
+            "buyer did not opt in to the newsletter (newsletter_choice = {}) and newsletter = \"opted_in\"",
+            event.get("newsletter_choice").unwrap_or("empty")
+        ));
+    }
+    None
+}
+
+fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    let parts: Vec<String> = items.map(|i| i.to_string()).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+fn import_decision(integration: &Integration, event: &IpnEvent, received_at_ms: i64) -> Decision {
+    let Some(product) = mapping::product_id(event) else {
+        return attention("the IPN names no product_id, so no campaign product can be chosen");
+    };
+    let Some(campaign_product) = integration.product_map.lookup(product) else {
+        return attention(format!(
+            "product {product} is not in [integration.{}.product_map] and there is no \"*\" entry",
+            integration.name
+        ));
+    };
+    match mapping::order(integration, event, campaign_product, received_at_ms) {
+        Ok(order) => Decision::Deliver {
+            target: integration.target.clone(),
+            order_key: mapping::order_key(event),
+            delay: integration.delay,
+            reason: format!(
+                "import product {product} as campaign product {campaign_product} into campaign {}",
+                integration.campaign_id
+            ),
+            action: Action::ImportOrder {
+                order,
+                auto_approve: integration.auto_approve,
+            },
+        },
+        Err(missing) => attention(format!("cannot import the order: {missing}")),
+    }
+}

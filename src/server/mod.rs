@@ -1,0 +1,308 @@
+//! HTTP: `POST /ipn/{source}` (verify → route → store → `OK`), `GET /ipn/{source}`,
+//! `GET /healthz`.
+//!
+//! The acknowledgement rule: `OK` is written only after the store has committed the raw body,
+//! the parsed key fields and the routing decisions (with their jobs) in one transaction.
+//! Routing is pure and cheap, so it runs here, before the commit: a crash can therefore never
+//! separate a stored IPN from its jobs. If the store cannot commit, the answer is `503` with
+//! the reason, and Digistore24 retries later: nothing is lost on either side.
+//!
+//! Answers are short `text/plain` reasons, because Digistore24 shows the body of a failed
+//! call to the vendor ("Message by server"). Refusals never echo the body or a secret.
+//!
+//! Serving goes through hyper-util directly (not `axum::serve`) so the header-read timeout
+//! can be set: a client that opens a connection and trickles headers is dropped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::delivery::{Heartbeat, Wake};
+use crate::ipn;
+use crate::rules::{self, Decision, Severity};
+use crate::store::{Ingested, NewIpn, NewJob, NewRoute, RouteDecision, Store};
+
+/// A client must send its request headers within this time.
+pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
+
+/// Open connections get this long to finish after shutdown starts.
+pub const SHUTDOWN_GRACE_SECS: u64 = 10;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub clock: SharedClock,
+    pub wake: Wake,
+    pub heartbeat: Heartbeat,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ipn/{source}", get(ipn_get).post(ipn_post))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+async fn ipn_get(State(state): State<AppState>, Path(source): Path<String>) -> Response {
+    if !state.config.sources.contains_key(&source) {
+        return text(StatusCode::NOT_FOUND, format!("unknown source {source:?}"));
+    }
+    text(StatusCode::OK, "OK")
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {limit} bytes (server.max_body_bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let source = std::error::Error::source(&e);
+            if source.is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+                Err(too_large())
+            } else {
+                Err(text(
+                    StatusCode::BAD_REQUEST,
+                    "could not read the request body",
+                ))
+            }
+        }
+    }
+}
+
+async fn ipn_post(
+    State(state): State<AppState>,
+    Path(source_name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let config = state.config.clone();
+    let Some(source) = config.sources.get(&source_name) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("unknown source {source_name:?}"),
+        );
+    };
+    if !is_form(&headers) {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/x-www-form-urlencoded",
+        );
+    }
+    let body = match read_body(body, &headers, config.server.max_body_bytes).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let received = match ipn::receive(&body, &source.passphrases) {
+        Ok(r) => r,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+            if status == StatusCode::FORBIDDEN {
+                tracing::warn!(source = %source_name, reason = %e.reason(), "IPN refused: signature");
+            } else {
+                tracing::warn!(source = %source_name, reason = %e.reason(), "IPN refused: malformed");
+            }
+            return text(status, e.reason());
+        }
+    };
+    let now = state.clock.now_ms();
+    let event = &received.event;
+    let routes = rules::route(&config, &source_name, event, now)
+        .into_iter()
+        .map(|r| {
+            let decision = match r.decision {
+                Decision::Deliver {
+                    target,
+                    action,
+                    order_key,
+                    delay,
+                    reason,
+                } => RouteDecision::Job {
+                    job: NewJob {
+                        target,
+                        action,
+                        order_key,
+                        not_before: now
+                            .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+                    },
+                    reason,
+                },
+                Decision::Skip { reason, severity } => {
+                    if severity == Severity::NeedsAttention {
+                        tracing::error!(
+                            integration = %r.integration,
+                            order_id = event.order_id().unwrap_or(""),
+                            product_id = event.get("product_id").unwrap_or(""),
+                            %reason,
+                            "IPN not delivered; the configuration needs a look"
+                        );
+                    }
+                    RouteDecision::Skip { reason }
+                }
+            };
+            NewRoute {
+                integration: r.integration,
+                decision,
+            }
+        })
+        .collect();
+    let record = NewIpn {
+        source: source_name.clone(),
+        business_key: received.business_key.clone(),
+        event: event.kind.ipn_name().to_owned(),
+        order_id: event.order_id().map(str::to_owned),
+        order_item_id: event.get("order_item_id").map(str::to_owned),
+        product_id: event.get("product_id").map(str::to_owned),
+        transaction_id: event.get("transaction_id").map(str::to_owned),
+        buyer_email: event.first_of(&["buyer_email", "email"]).map(str::to_owned),
+        amount: event.get("amount").map(str::to_owned),
+        currency: event.get("currency").map(str::to_owned),
+        received_at: now,
+        raw_body: body.to_vec(),
+        routes,
+    };
+    match state.store.ingest(record).await {
+        Ok(Ingested::Stored { ipn_id, jobs }) => {
+            tracing::info!(
+                event_id = %ipn_id, source = %source_name, event = event.kind.ipn_name(),
+                order_id = event.order_id().unwrap_or(""), jobs = jobs.len(),
+                "IPN stored"
+            );
+            if !jobs.is_empty() {
+                state.wake.notify();
+            }
+            text(StatusCode::OK, "OK")
+        }
+        Ok(Ingested::Duplicate { ipn_id }) => {
+            tracing::info!(event_id = %ipn_id, source = %source_name, "IPN already stored; acknowledged again");
+            text(StatusCode::OK, "OK")
+        }
+        Err(e) => {
+            tracing::error!(source = %source_name, error = %e, "could not store an IPN; answered 503");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("IPN not stored, please retry: {e}"),
+            )
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Health {
+    status: &'static str,
+    store_writable: bool,
+    store_error: Option<String>,
+    dispatcher_alive: bool,
+    jobs: std::collections::BTreeMap<String, u64>,
+}
+
+/// The dispatcher counts as alive when a target loop went round this recently.
+const DISPATCHER_STALE_MS: i64 = 10_000;
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let probe = state.store.probe_writable().await;
+    let jobs = state.store.job_counts().await.unwrap_or_default();
+    let dispatcher_alive = state.config.targets.is_empty()
+        || state.clock.now_ms() - state.heartbeat.last_beat_ms() < DISPATCHER_STALE_MS;
+    let healthy = probe.is_ok() && dispatcher_alive;
+    let health = Health {
+        status: if healthy { "ok" } else { "unhealthy" },
+        store_writable: probe.is_ok(),
+        store_error: probe.err().map(|e| e.to_string()),
+        dispatcher_alive,
+        jobs,
+    };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(health)).into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown`; then stops accepting and gives open
+/// connections [`SHUTDOWN_GRACE_SECS`] to finish.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(HEADER_READ_TIMEOUT_SECS))
+        .keep_alive(true);
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(
+        Duration::from_secs(SHUTDOWN_GRACE_SECS),
+        graceful.shutdown(),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("open HTTP connections did not finish in time");
+    }
+}

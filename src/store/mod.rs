@@ -1,0 +1,903 @@
+//! Durable state: the inbox of received IPNs, how each was routed, delivery jobs, one row per
+//! delivery attempt, and the ledger from Digistore24 ids to the target's ids.
+//!
+//! All SQL lives in this module, behind typed async methods, so that a second backend
+//! (PostgreSQL, for several instances sharing one queue) can implement the same methods.
+//! Nothing here knows about HTTP, Konnektive, the rules or the IPN format: callers hand in
+//! plain records and `domain` values; payloads are kept as JSON.
+//!
+//! Ownership: one OS thread owns the SQLite connection (see [`writer`]); [`Store`] is a cheap
+//! clonable handle that sends closures to it and awaits the reply, which arrives only after
+//! the batch holding the operation has committed. Other processes (the CLI) open their own
+//! `Store` on the same file; WAL lets them read while the daemon writes, and SQLite's lock
+//! serialises their writes.
+
+mod schema;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::{Action, AttemptReport, EventId, JobId, JobState, Receipt};
+
+pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
+
+/// Why a store operation failed, phrased for what the caller should do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be written or read right now (I/O error, disk full, read-only
+    /// file, locked by another process). The caller should answer "try again later".
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The file was written by a newer build.
+    #[error("incompatible database: {0}")]
+    Incompatible(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request itself is wrong (a state change that is not allowed, say).
+    #[error("{0}")]
+    Invalid(String),
+    /// A bug or a damaged database.
+    #[error("database error: {0}")]
+    Internal(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::*;
+        match e.sqlite_error_code() {
+            Some(
+                DatabaseBusy
+                | DatabaseLocked
+                | SystemIoFailure
+                | DiskFull
+                | ReadOnly
+                | CannotOpen
+                | PermissionDenied
+                | FileLockingProtocolFailed
+                | OutOfMemory,
+            ) => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Internal(format!("stored JSON: {e}"))
+    }
+}
+
+/// Handle to the store. Clone it freely; the writer thread ends when the last clone is
+/// dropped or [`Store::close`] is called.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Box<dyn writer::Op>>,
+    path: PathBuf,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+struct Call<F, T> {
+    f: F,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> writer::Op for Call<F, T>
+where
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+    T: Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, writer::Completion) {
+        let Call { f, reply } = *self;
+        let result = f(conn);
+        let ok = result.is_ok();
+        let completion: writer::Completion = Box::new(move |commit| {
+            let _ = reply.send(result.and_then(|v| commit.map(|()| v)));
+        });
+        (ok, completion)
+    }
+
+    fn fail(self: Box<Self>, err: StoreError) {
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+/// A received, verified IPN with its routing, to be stored atomically.
+#[derive(Debug, Clone)]
+pub struct NewIpn {
+    pub source: String,
+    pub business_key: String,
+    pub event: String,
+    pub order_id: Option<String>,
+    pub order_item_id: Option<String>,
+    pub product_id: Option<String>,
+    pub transaction_id: Option<String>,
+    pub buyer_email: Option<String>,
+    pub amount: Option<String>,
+    pub currency: Option<String>,
+    pub received_at: i64,
+    pub raw_body: Vec<u8>,
+    pub routes: Vec<NewRoute>,
+}
+
+/// One integration's routing decision for an IPN.
+#[derive(Debug, Clone)]
+pub struct NewRoute {
+    pub integration: String,
+    pub decision: RouteDecision,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteDecision {
+    /// Create a job; `reason` says why it matched (for `events show`).
+    Job { job: NewJob, reason: String },
+    /// No job, with a human-readable reason.
+    Skip { reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub target: String,
+    pub action: Action,
+    /// Jobs with the same `(integration, order_key)` run one at a time, in id order.
+    pub order_key: String,
+    /// Earliest first attempt (receipt time plus the integration's delay).
+    pub not_before: i64,
+}
+
+/// What [`Store::ingest`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    Stored {
+        ipn_id: EventId,
+        jobs: Vec<JobId>,
+    },
+    /// The same IPN (same source and business key) was stored before; nothing was written.
+    Duplicate {
+        ipn_id: EventId,
+    },
+}
+
+/// Whether an attempt sends the action or first looks for its earlier result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptKind {
+    Send,
+    Reconcile,
+}
+
+impl AttemptKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AttemptKind::Send => "send",
+            AttemptKind::Reconcile => "reconcile",
+        }
+    }
+}
+
+/// A job taken by the dispatcher, with its open attempt row.
+#[derive(Debug, Clone)]
+pub struct LeasedJob {
+    pub id: JobId,
+    pub ipn_id: EventId,
+    pub integration: String,
+    pub target: String,
+    pub action: Action,
+    pub attempt_id: i64,
+    /// 1-based count of attempts including this one.
+    pub attempt_no: u32,
+    pub kind: AttemptKind,
+    pub created_at: i64,
+}
+
+/// How an attempt ends for its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    Delivered(Receipt),
+    Retry { at: i64, reconcile: bool },
+    Dead,
+}
+
+/// A stored job, for review.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub ipn_id: i64,
+    pub integration: String,
+    pub target: String,
+    pub action: String,
+    pub order_key: String,
+    pub state: String,
+    pub attempts: u32,
+    pub needs_reconcile: bool,
+    pub next_attempt_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_error: Option<String>,
+}
+
+/// A stored attempt, for review.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AttemptRow {
+    pub id: i64,
+    pub job_id: i64,
+    pub number: u32,
+    pub kind: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub outcome: Option<String>,
+    pub endpoint: Option<String>,
+    pub http_status: Option<u16>,
+    pub request: Option<String>,
+    pub response: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// A ledger entry: which target order a Digistore24 order item / payment became.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerRow {
+    pub job_id: i64,
+    pub integration: String,
+    pub ds24_order_id: String,
+    pub ds24_item: Option<String>,
+    pub ds24_transaction_id: Option<String>,
+    pub reference: String,
+    pub target_order_id: Option<String>,
+    pub target_customer_id: Option<String>,
+    pub purchase_ids: Vec<String>,
+    pub transaction_ids: Vec<String>,
+    pub created_at: i64,
+}
+
+/// A stored IPN, for review.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IpnRow {
+    pub id: i64,
+    pub source: String,
+    pub event: String,
+    pub order_id: Option<String>,
+    pub product_id: Option<String>,
+    pub transaction_id: Option<String>,
+    pub received_at: i64,
+}
+
+/// Filter for [`Store::list_jobs`].
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub integration: Option<String>,
+    pub limit: Option<u32>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, applies migrations and starts the writer
+    /// thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let path = path.to_path_buf();
+        let conn = writer::open_connection(&path)?;
+        schema::migrate(&conn)?;
+        let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer::run(conn, rx))
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            tx,
+            path,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Finishes queued work and stops the writer thread (once every clone is closed or
+    /// dropped).
+    pub async fn close(self) {
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        drop(self.tx);
+        if let Some(handle) = thread {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Box::new(Call { f, reply }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores an IPN with its routing decisions and jobs in one transaction; a repeat of a
+    /// stored IPN writes nothing.
+    pub async fn ingest(&self, ipn: NewIpn) -> Result<Ingested, StoreError> {
+        self.call(move |c| ingest(c, &ipn)).await
+    }
+
+    /// After a crash: every attempt left open is marked `interrupted`, and its job goes back
+    /// to `pending` at `retry_at`, flagged for reconciliation when its action is not safe to
+    /// repeat. Returns the number of jobs recovered.
+    pub async fn recover_interrupted(&self, now: i64, retry_at: i64) -> Result<u64, StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE attempts SET outcome = 'interrupted', finished_at = ?1,
+                        reason = 'the process stopped while this attempt was running'
+                 WHERE outcome IS NULL",
+                params![now],
+            )?;
+            let n = c.execute(
+                "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?1,
+                        needs_reconcile = CASE WHEN action = 'import_order' THEN 1 ELSE needs_reconcile END,
+                        last_error = 'interrupted by a restart'
+                 WHERE state = 'in_flight'",
+                params![now, retry_at],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    /// Leases up to `limit` due jobs of `target`: each becomes `in_flight` with a new open
+    /// attempt row. A job waits while an earlier job of the same integration and Digistore24
+    /// order is unfinished.
+    pub async fn lease_due(
+        &self,
+        target: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<LeasedJob>, StoreError> {
+        let target = target.to_owned();
+        self.call(move |c| lease_due(c, &target, now, limit)).await
+    }
+
+    /// The earliest `next_attempt_at` of the target's pending jobs.
+    pub async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        let target = target.to_owned();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT MIN(next_attempt_at) FROM jobs WHERE target = ?1 AND state = 'pending'",
+                params![target],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// A reconcile attempt found nothing: closes it and opens a send attempt for the same
+    /// lease. Returns the new attempt.
+    pub async fn reconciled_absent(
+        &self,
+        job: JobId,
+        attempt_id: i64,
+        report: AttemptReport,
+        now: i64,
+    ) -> Result<(i64, u32), StoreError> {
+        self.call(move |c| {
+            close_attempt(c, attempt_id, now, "absent", &report)?;
+            c.execute(
+                "UPDATE jobs SET needs_reconcile = 0, attempts = attempts + 1, updated_at = ?2
+                 WHERE id = ?1 AND state = 'in_flight'",
+                params![job.0, now],
+            )?;
+            let number: u32 = c.query_row(
+                "SELECT attempts FROM jobs WHERE id = ?1",
+                params![job.0],
+                |r| r.get(0),
+            )?;
+            let id = open_attempt(c, job, number, AttemptKind::Send, now)?;
+            Ok((id, number))
+        })
+        .await
+    }
+
+    /// Records the end of an attempt and moves its job on.
+    pub async fn finish_attempt(
+        &self,
+        job: JobId,
+        attempt_id: i64,
+        report: AttemptReport,
+        disposition: Disposition,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| finish_attempt(c, job, attempt_id, &report, &disposition, now))
+            .await
+    }
+
+    pub async fn job(&self, id: JobId) -> Result<JobRow, StoreError> {
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                params![id.0],
+                job_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
+        })
+        .await
+    }
+
+    pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRow>, StoreError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs
+                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR integration = ?2)
+                 ORDER BY id LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(
+                params![
+                    filter.state.map(JobState::as_str),
+                    filter.integration,
+                    filter.limit.map_or(-1, i64::from)
+                ],
+                job_row,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn jobs_of_ipn(&self, ipn: EventId) -> Result<Vec<JobRow>, StoreError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE ipn_id = ?1 ORDER BY id"
+            ))?;
+            let rows = stmt.query_map(params![ipn.0], job_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRow>, StoreError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, job_id, number, kind, started_at, finished_at, outcome, endpoint,
+                        http_status, request, response, reason
+                 FROM attempts WHERE job_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![job.0], |r| {
+                Ok(AttemptRow {
+                    id: r.get(0)?,
+                    job_id: r.get(1)?,
+                    number: r.get(2)?,
+                    kind: r.get(3)?,
+                    started_at: r.get(4)?,
+                    finished_at: r.get(5)?,
+                    outcome: r.get(6)?,
+                    endpoint: r.get(7)?,
+                    http_status: r.get(8)?,
+                    request: r.get(9)?,
+                    response: r.get(10)?,
+                    reason: r.get(11)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Every ledger entry, oldest first.
+    pub async fn ledger(&self) -> Result<Vec<LedgerRow>, StoreError> {
+        self.call(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT job_id, integration, ds24_order_id, ds24_item, ds24_transaction_id,
+                        reference, target_order_id, target_customer_id, purchase_ids,
+                        transaction_ids, created_at
+                 FROM ledger ORDER BY job_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    LedgerRow {
+                        job_id: r.get(0)?,
+                        integration: r.get(1)?,
+                        ds24_order_id: r.get(2)?,
+                        ds24_item: r.get(3)?,
+                        ds24_transaction_id: r.get(4)?,
+                        reference: r.get(5)?,
+                        target_order_id: r.get(6)?,
+                        target_customer_id: r.get(7)?,
+                        purchase_ids: Vec::new(),
+                        transaction_ids: Vec::new(),
+                        created_at: r.get(10)?,
+                    },
+                    r.get::<_, String>(8)?,
+                    r.get::<_, String>(9)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mut entry, purchases, transactions) = row?;
+                entry.purchase_ids = serde_json::from_str(&purchases)?;
+                entry.transaction_ids = serde_json::from_str(&transactions)?;
+                out.push(entry);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Stored IPNs, oldest first.
+    pub async fn list_ipns(&self, limit: Option<u32>) -> Result<Vec<IpnRow>, StoreError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, source, event, order_id, product_id, transaction_id, received_at
+                 FROM ipns ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit.map_or(-1, i64::from)], |r| {
+                Ok(IpnRow {
+                    id: r.get(0)?,
+                    source: r.get(1)?,
+                    event: r.get(2)?,
+                    order_id: r.get(3)?,
+                    product_id: r.get(4)?,
+                    transaction_id: r.get(5)?,
+                    received_at: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Number of jobs per state.
+    pub async fn job_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.call(|c| {
+            let mut stmt = c.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
+        })
+        .await
+    }
+
+    /// The routing decisions recorded for an IPN: `(integration, decision, reason)`.
+    pub async fn routes_of_ipn(
+        &self,
+        ipn: EventId,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT integration, decision, reason FROM routes WHERE ipn_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![ipn.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// A cheap write that proves the database accepts commits (for health checks).
+    pub async fn probe_writable(&self) -> Result<(), StoreError> {
+        self.call(|c| {
+            c.execute_batch("CREATE TEMP TABLE IF NOT EXISTS probe (x); DELETE FROM probe;")?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+const JOB_COLUMNS: &str = "id, ipn_id, integration, target, action, order_key, state, attempts, \
+     needs_reconcile, next_attempt_at, created_at, updated_at, last_error";
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        ipn_id: r.get(1)?,
+        integration: r.get(2)?,
+        target: r.get(3)?,
+        action: r.get(4)?,
+        order_key: r.get(5)?,
+        state: r.get(6)?,
+        attempts: r.get(7)?,
+        needs_reconcile: r.get(8)?,
+        next_attempt_at: r.get(9)?,
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
+        last_error: r.get(12)?,
+    })
+}
+
+fn ingest(c: &Connection, ipn: &NewIpn) -> Result<Ingested, StoreError> {
+    let inserted: Option<i64> = c
+        .prepare_cached(
+            "INSERT INTO ipns (source, business_key, event, order_id, order_item_id, product_id,
+                               transaction_id, buyer_email, amount, currency, received_at, raw_body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (source, business_key) DO NOTHING
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                ipn.source,
+                ipn.business_key,
+                ipn.event,
+                ipn.order_id,
+                ipn.order_item_id,
+                ipn.product_id,
+                ipn.transaction_id,
+                ipn.buyer_email,
+                ipn.amount,
+                ipn.currency,
+                ipn.received_at,
+                ipn.raw_body
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(ipn_id) = inserted else {
+        let existing: i64 = c
+            .prepare_cached("SELECT id FROM ipns WHERE source = ?1 AND business_key = ?2")?
+            .query_row(params![ipn.source, ipn.business_key], |r| r.get(0))?;
+        return Ok(Ingested::Duplicate {
+            ipn_id: EventId(existing),
+        });
+    };
+    let mut jobs = Vec::new();
+    for route in &ipn.routes {
+        let (decision, reason, job_id) = match &route.decision {
+            RouteDecision::Skip { reason } => ("skipped", reason.as_str(), None),
+            RouteDecision::Job { job, reason } => {
+                let id = insert_job(c, ipn_id, &route.integration, job, ipn.received_at)?;
+                jobs.push(id);
+                ("job", reason.as_str(), Some(id.0))
+            }
+        };
+        c.prepare_cached(
+            "INSERT INTO routes (ipn_id, integration, decision, reason, job_id, decided_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            ipn_id,
+            route.integration,
+            decision,
+            reason,
+            job_id,
+            ipn.received_at
+        ])?;
+    }
+    Ok(Ingested::Stored {
+        ipn_id: EventId(ipn_id),
+        jobs,
+    })
+}
+
+fn insert_job(
+    c: &Connection,
+    ipn_id: i64,
+    integration: &str,
+    job: &NewJob,
+    now: i64,
+) -> Result<JobId, StoreError> {
+    let payload = serde_json::to_string(&job.action)?;
+    let id = c
+        .prepare_cached(
+            "INSERT INTO jobs (ipn_id, integration, target, action, payload, order_key, state,
+                               next_attempt_at, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?8)
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                ipn_id,
+                integration,
+                job.target,
+                job.action.kind().config_name(),
+                payload,
+                job.order_key,
+                job.not_before,
+                now
+            ],
+            |r| r.get(0),
+        )?;
+    Ok(JobId(id))
+}
+
+fn lease_due(
+    c: &Connection,
+    target: &str,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<LeasedJob>, StoreError> {
+    let candidates: Vec<(i64, i64, String, String, String, bool, u32, i64)> = {
+        let mut stmt = c.prepare_cached(
+            "SELECT j.id, j.ipn_id, j.integration, j.target, j.payload, j.needs_reconcile,
+                    j.attempts, j.created_at
+             FROM jobs j
+             WHERE j.target = ?1 AND j.state = 'pending' AND j.next_attempt_at <= ?2
+               AND NOT EXISTS (
+                   SELECT 1 FROM jobs e
+                   WHERE e.integration = j.integration AND e.order_key = j.order_key
+                     AND e.id < j.id AND e.state IN ('pending', 'in_flight'))
+             ORDER BY j.next_attempt_at, j.id
+             LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![target, now, limit as i64], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut leased = Vec::with_capacity(candidates.len());
+    for (id, ipn_id, integration, target, payload, reconcile, attempts, created_at) in candidates {
+        let action: Action = serde_json::from_str(&payload)?;
+        let number = attempts + 1;
+        c.prepare_cached(
+            "UPDATE jobs SET state = 'in_flight', attempts = ?2, updated_at = ?3 WHERE id = ?1",
+        )?
+        .execute(params![id, number, now])?;
+        let kind = if reconcile {
+            AttemptKind::Reconcile
+        } else {
+            AttemptKind::Send
+        };
+        let attempt_id = open_attempt(c, JobId(id), number, kind, now)?;
+        leased.push(LeasedJob {
+            id: JobId(id),
+            ipn_id: EventId(ipn_id),
+            integration,
+            target,
+            action,
+            attempt_id,
+            attempt_no: number,
+            kind,
+            created_at,
+        });
+    }
+    Ok(leased)
+}
+
+fn open_attempt(
+    c: &Connection,
+    job: JobId,
+    number: u32,
+    kind: AttemptKind,
+    now: i64,
+) -> Result<i64, StoreError> {
+    Ok(c.prepare_cached(
+        "INSERT INTO attempts (job_id, number, kind, started_at) VALUES (?1, ?2, ?3, ?4)
+         RETURNING id",
+    )?
+    .query_row(params![job.0, number, kind.as_str(), now], |r| r.get(0))?)
+}
+
+fn close_attempt(
+    c: &Connection,
+    attempt_id: i64,
+    now: i64,
+    outcome: &str,
+    report: &AttemptReport,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE attempts SET finished_at = ?2, outcome = ?3, endpoint = ?4, http_status = ?5,
+                request = ?6, response = ?7, reason = ?8
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        attempt_id,
+        now,
+        outcome,
+        report.endpoint,
+        report.http_status,
+        report.request,
+        report.response,
+        report.outcome.reason()
+    ])?;
+    Ok(())
+}
+
+fn finish_attempt(
+    c: &Connection,
+    job: JobId,
+    attempt_id: i64,
+    report: &AttemptReport,
+    disposition: &Disposition,
+    now: i64,
+) -> Result<(), StoreError> {
+    close_attempt(c, attempt_id, now, report.outcome.label(), report)?;
+    let last_error = match report.outcome.reason() {
+        "" => None,
+        r => Some(r.to_owned()),
+    };
+    match disposition {
+        Disposition::Delivered(receipt) => {
+            c.prepare_cached(
+                "UPDATE jobs SET state = 'delivered', needs_reconcile = 0, updated_at = ?2,
+                        last_error = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![job.0, now])?;
+            write_ledger(c, job, receipt, now)?;
+        }
+        Disposition::Retry { at, reconcile } => {
+            c.prepare_cached(
+                "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?3,
+                        needs_reconcile = ?4, last_error = ?5
+                 WHERE id = ?1",
+            )?
+            .execute(params![job.0, at, now, reconcile, last_error])?;
+        }
+        Disposition::Dead => {
+            c.prepare_cached(
+                "UPDATE jobs SET state = 'dead', updated_at = ?2, last_error = ?3 WHERE id = ?1",
+            )?
+            .execute(params![job.0, now, last_error])?;
+        }
+    }
+    Ok(())
+}
+
+fn write_ledger(c: &Connection, job: JobId, receipt: &Receipt, now: i64) -> Result<(), StoreError> {
+    let (integration, payload, order_id, item, product, txn): (
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) = c
+        .prepare_cached(
+            "SELECT j.integration, j.payload, i.order_id, i.order_item_id, i.product_id,
+                    i.transaction_id
+             FROM jobs j JOIN ipns i ON i.id = j.ipn_id WHERE j.id = ?1",
+        )?
+        .query_row(params![job.0], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?;
+    let action: Action = serde_json::from_str(&payload)?;
+    let reference = action
+        .reconcile_reference()
+        .map(|o| o.reference.clone())
+        .unwrap_or_default();
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO ledger (job_id, integration, ds24_order_id, ds24_item,
+                ds24_transaction_id, reference, target_order_id, target_customer_id,
+                purchase_ids, transaction_ids, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        job.0,
+        integration,
+        order_id.unwrap_or_default(),
+        item.or(product),
+        txn,
+        reference,
+        receipt.order_id,
+        receipt.customer_id,
+        serde_json::to_string(&receipt.purchase_ids)?,
+        serde_json::to_string(&receipt.transaction_ids)?,
+        now
+    ])?;
+    Ok(())
+}

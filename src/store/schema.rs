@@ -1,0 +1,133 @@
+//! The SQLite schema as an ordered list of migrations.
+//!
+//! `PRAGMA user_version` holds the number of migrations applied. A migration is appended,
+//! never edited: a database written by an older build is brought forward on open, inside
+//! one `IMMEDIATE` transaction, so two processes opening the same file at once (the daemon
+//! and a queue command) cannot both apply it. A database *newer* than this build is refused
+//! rather than guessed at.
+//!
+//! Times are Unix milliseconds (UTC) in `INTEGER` columns; job payloads and receipts are
+//! JSON `TEXT` written by the store's own API, so the SQL never depends on their shape.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: inbox, routing decisions, jobs, attempts, ledger.
+    r#"
+    CREATE TABLE ipns (
+        id              INTEGER PRIMARY KEY,
+        source          TEXT    NOT NULL,
+        business_key    TEXT    NOT NULL,
+        event           TEXT    NOT NULL,
+        order_id        TEXT,
+        order_item_id   TEXT,
+        product_id      TEXT,
+        transaction_id  TEXT,
+        buyer_email     TEXT,
+        amount          TEXT,
+        currency        TEXT,
+        received_at     INTEGER NOT NULL,
+        raw_body        BLOB    NOT NULL,
+        UNIQUE (source, business_key)
+    );
+    CREATE INDEX ipns_received ON ipns (received_at);
+    CREATE INDEX ipns_order ON ipns (order_id);
+
+    CREATE TABLE jobs (
+        id               INTEGER PRIMARY KEY,
+        ipn_id           INTEGER NOT NULL REFERENCES ipns (id),
+        integration      TEXT    NOT NULL,
+        target           TEXT    NOT NULL,
+        action           TEXT    NOT NULL,
+        payload          TEXT    NOT NULL,
+        order_key        TEXT    NOT NULL,
+        state            TEXT    NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        needs_reconcile  INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at  INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        last_error       TEXT,
+        UNIQUE (ipn_id, integration)
+    );
+    CREATE INDEX jobs_due ON jobs (target, state, next_attempt_at);
+    CREATE INDEX jobs_order ON jobs (integration, order_key, id);
+
+    CREATE TABLE routes (
+        id           INTEGER PRIMARY KEY,
+        ipn_id       INTEGER NOT NULL REFERENCES ipns (id),
+        integration  TEXT    NOT NULL,
+        decision     TEXT    NOT NULL,
+        reason       TEXT    NOT NULL,
+        job_id       INTEGER REFERENCES jobs (id),
+        decided_at   INTEGER NOT NULL
+    );
+    CREATE INDEX routes_ipn ON routes (ipn_id);
+
+    CREATE TABLE attempts (
+        id           INTEGER PRIMARY KEY,
+        job_id       INTEGER NOT NULL REFERENCES jobs (id),
+        number       INTEGER NOT NULL,
+        kind         TEXT    NOT NULL,
+        started_at   INTEGER NOT NULL,
+        finished_at  INTEGER,
+        outcome      TEXT,
+        endpoint     TEXT,
+        http_status  INTEGER,
+        request      TEXT,
+        response     TEXT,
+        reason       TEXT
+    );
+    CREATE INDEX attempts_job ON attempts (job_id, id);
+    CREATE INDEX attempts_open ON attempts (outcome) WHERE outcome IS NULL;
+
+    CREATE TABLE ledger (
+        job_id               INTEGER PRIMARY KEY REFERENCES jobs (id),
+        integration          TEXT    NOT NULL,
+        ds24_order_id        TEXT    NOT NULL,
+        ds24_item            TEXT,
+        ds24_transaction_id  TEXT,
+        reference            TEXT    NOT NULL,
+        target_order_id      TEXT,
+        target_customer_id   TEXT,
+        purchase_ids         TEXT    NOT NULL,
+        transaction_ids      TEXT    NOT NULL,
+        created_at           INTEGER NOT NULL
+    );
+    CREATE INDEX ledger_order ON ledger (integration, ds24_order_id);
+    "#,
+];
+
+/// The schema version this build writes.
+pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`CURRENT_VERSION`].
+pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = apply(conn);
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(_) => {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+    result
+}
+
+fn apply(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > CURRENT_VERSION {
+        return Err(StoreError::Incompatible(format!(
+            "the database has schema version {version}, this build knows up to {CURRENT_VERSION}; \
+             use a newer ipn-bridge"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        conn.execute_batch(sql)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+    }
+    Ok(())
+}
