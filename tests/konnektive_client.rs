@@ -94,7 +94,7 @@ fn order(reference: &str) -> Order {
 
 fn import(order: Order) -> Action {
     Action::ImportOrder {
-        order,
+        order: Box::new(order),
         auto_approve: false,
     }
 }
@@ -484,7 +484,7 @@ async fn held_order_is_approved_when_asked() {
 
     let approved = client
         .execute(&Action::ImportOrder {
-            order: order("DS24-A-2"),
+            order: Box::new(order("DS24-A-2")),
             auto_approve: true,
         })
         .await;
@@ -503,7 +503,7 @@ async fn held_order_is_approved_when_asked() {
     fake.set_denied_endpoints(&["order/qa"]);
     let report = client
         .execute(&Action::ImportOrder {
-            order: order("DS24-A-3"),
+            order: Box::new(order("DS24-A-3")),
             auto_approve: true,
         })
         .await;

@@ -283,7 +283,11 @@ pub struct Order {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
-    ImportOrder { order: Order, auto_approve: bool },
+    /// The order is boxed: it is by far the largest variant payload.
+    ImportOrder {
+        order: Box<Order>,
+        auto_approve: bool,
+    },
 }
 
 impl Action {

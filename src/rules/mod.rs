@@ -134,7 +134,7 @@ pub fn filter_reason(integration: &Integration, event: &IpnEvent) -> Option<Stri
     if !integration.languages.is_empty() {
         let lang = mapping::language(event);
         match lang {
-            Some(l) if integration.languages.iter().any(|x| *x == l) => {}
+            Some(l) if integration.languages.contains(&l) => {}
             Some(l) => {
                 return Some(format!(
                     "language {l} not in {}",
@@ -190,7 +190,7 @@ fn import_decision(integration: &Integration, event: &IpnEvent, received_at_ms: 
                 integration.campaign_id
             ),
             action: Action::ImportOrder {
-                order,
+                order: Box::new(order),
                 auto_approve: integration.auto_approve,
             },
         },

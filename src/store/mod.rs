@@ -715,7 +715,9 @@ fn lease_due(
     now: i64,
     limit: usize,
 ) -> Result<Vec<LeasedJob>, StoreError> {
-    let candidates: Vec<(i64, i64, String, String, String, bool, u32, i64)> = {
+    // (id, ipn_id, integration, target, payload, needs_reconcile, attempts, created_at)
+    type Candidate = (i64, i64, String, String, String, bool, u32, i64);
+    let candidates: Vec<Candidate> = {
         let mut stmt = c.prepare_cached(
             "SELECT j.id, j.ipn_id, j.integration, j.target, j.payload, j.needs_reconcile,
                     j.attempts, j.created_at

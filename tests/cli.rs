@@ -1,0 +1,93 @@
+//! The command line through the real binary: `check-config` on valid and broken files, and
+//! the example configuration shipped with the repository.
+
+use assert_cmd::Command;
+
+fn bin() -> Command {
+    Command::cargo_bin("ipn-bridge").expect("binary")
+}
+
+const TWO_MISTAKES: &str = r#"[server]
+listen = "127.0.0.1:8080"
+
+[source.ds24]
+passphrase = "a-long-passphrase"
+
+[target.konnektive]
+kind = "konnektive"
+login_id = "ds24bridge"
+password = "pw-not-shown-anywhere"
+
+[integration.main]
+campain_id = 12
+
+[integration.main.product_map]
+"*" = 33
+
+[integration.main.on]
+payment = "import_order"
+
+[delivery]
+retry_max = "forever"
+"#;
+
+#[test]
+fn check_config_names_every_mistake_with_its_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("connectors.toml");
+    std::fs::write(&path, TWO_MISTAKES).expect("write");
+    let out = bin()
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The misspelled key on line 13, the bad duration on line 22.
+    assert!(stderr.contains("connectors.toml:13:1:"), "{stderr}");
+    assert!(stderr.contains("campain_id"), "{stderr}");
+    assert!(
+        stderr.contains("campaign_id"),
+        "a hint names the right key: {stderr}"
+    );
+    assert!(stderr.contains("connectors.toml:22:13:"), "{stderr}");
+    assert!(stderr.contains("forever"), "{stderr}");
+    assert!(!stderr.contains("pw-not-shown-anywhere"));
+    assert!(!stderr.contains("a-long-passphrase"));
+
+    // `run` refuses the same file with the same errors, before doing anything.
+    let out = bin().args(["run", "-c"]).arg(&path).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(":13:1:") && stderr.contains(":22:13:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/connectors.toml.example");
+    let out = bin()
+        .args(["check-config", "-c", example])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+}
+
+#[test]
+fn the_config_path_comes_from_the_environment_when_not_given() {
+    let out = bin()
+        .arg("check-config")
+        .env("IPN_BRIDGE_CONFIG", "/nonexistent/connectors.toml")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/connectors.toml"));
+}

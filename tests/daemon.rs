@@ -1,0 +1,254 @@
+//! The real binary: killed with SIGKILL while IPNs arrive and jobs are in flight against a
+//! faulty Konnektive, restarted, and every acknowledged IPN is imported exactly once; no
+//! secret ever reaches the logs or the database; SIGTERM exits cleanly.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::fake_konnektive::{Behaviour, FakeConfig, FakeKonnektive};
+use support::*;
+
+const IPNS: usize = 60;
+
+fn ipn(i: usize) -> (String, Vec<u8>) {
+    let order = format!("KX{i:06}");
+    let txn = format!("{}", 70_000_000 + i);
+    let body = variant(
+        "01_on_payment_single_product.txt",
+        &[
+            ("order_id", &order),
+            ("transaction_id", &txn),
+            ("buyer_email", &format!("buyer{i}@example.com")),
+            ("email", &format!("buyer{i}@example.com")),
+        ],
+    );
+    (format!("DS24-{order}-40118822-{txn}"), body)
+}
+
+/// Posts each body not yet acknowledged; returns how many got `OK` now. Connection errors
+/// (the daemon is down) leave the IPN unacknowledged, as Digistore24 would see it.
+async fn post_all(addr: SocketAddr, bodies: &[Vec<u8>], acked: &mut [bool], also_repeat: bool) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    for (i, body) in bodies.iter().enumerate() {
+        if acked[i] && !also_repeat {
+            continue;
+        }
+        let resp = client
+            .post(format!("http://{addr}/ipn/ds24"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.clone())
+            .send()
+            .await;
+        if let Ok(resp) = resp {
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            assert!(
+                status == 200 && text == "OK" || status >= 500,
+                "unexpected answer {status} {text}"
+            );
+            if status == 200 {
+                acked[i] = true;
+            }
+        }
+    }
+}
+
+async fn wait_orders(fake: &FakeKonnektive, at_least: usize) {
+    wait_for(Duration::from_secs(30), "orders in the fake", || async {
+        (fake.orders().len() >= at_least).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_any_moment_then_restart_imports_every_acknowledged_ipn_exactly_once() {
+    let work = Workdir::new();
+    let fake = FakeKonnektive::start(FakeConfig {
+        password: KONNEKTIVE_PASSWORD.into(),
+        campaigns: [(12, vec![31, 32, 33])].into(),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.set_chaos(
+        7,
+        vec![
+            (0.15, Behaviour::Delay(Duration::from_millis(150))),
+            (0.10, Behaviour::CreateThenHang(Duration::from_secs(2))),
+            (0.10, Behaviour::Html502),
+            (0.10, Behaviour::after_apply(Behaviour::Html502)),
+            (0.05, Behaviour::DropConnection),
+            (0.05, Behaviour::Error("Temporary failure".into())),
+        ],
+    );
+    let mut setup = Setup::new(&fake.base_url);
+    setup.timeout = "700ms";
+    setup.retry_max = "300ms";
+    let (refs, bodies): (Vec<String>, Vec<Vec<u8>>) = (0..IPNS).map(ipn).unzip();
+    let mut acked = vec![false; IPNS];
+
+    // Run 1: IPNs arrive while deliveries run; SIGKILL mid-stream.
+    let daemon = Daemon::spawn(&work, &setup, "run1.log");
+    let addr = daemon.addr;
+    let first_half = bodies[..IPNS / 2].to_vec();
+    let poster = tokio::spawn(async move {
+        let mut acked = vec![false; first_half.len()];
+        post_all(addr, &first_half, &mut acked, false).await;
+        acked
+    });
+    wait_orders(&fake, 5).await;
+    daemon.kill9();
+    let first_acked = poster.await.expect("poster");
+    acked[..IPNS / 2].copy_from_slice(&first_acked);
+
+    // Run 2: Digistore24 retries what was not acknowledged and repeats some that were;
+    // killed again while deliveries are in flight.
+    let daemon = Daemon::spawn(&work, &setup, "run2.log");
+    post_all(daemon.addr, &bodies, &mut acked, true).await;
+    assert!(
+        acked.iter().all(|a| *a),
+        "a running daemon acknowledges every IPN"
+    );
+    wait_orders(&fake, IPNS / 2 + 5).await;
+    daemon.kill9();
+
+    // Run 3: the faults stop; everything must end delivered.
+    fake.clear_chaos();
+    let daemon = Daemon::spawn(&work, &setup, "run3.log");
+    let store = open_store(&work);
+    wait_for(Duration::from_secs(60), "every job delivered", || {
+        let store = store.clone();
+        async move {
+            let counts = store.job_counts().await.ok()?;
+            (counts.get("delivered").copied() == Some(IPNS as u64) && counts.len() == 1)
+                .then_some(())
+        }
+    })
+    .await;
+
+    let orders = fake.orders();
+    let found: Vec<String> = orders
+        .iter()
+        .map(|o| o.param("custom1").unwrap_or_default().to_owned())
+        .collect();
+    let unique: BTreeSet<&String> = found.iter().collect();
+    assert_eq!(
+        unique.len(),
+        found.len(),
+        "an order was imported twice: {found:?}"
+    );
+    assert_eq!(unique, refs.iter().collect::<BTreeSet<_>>());
+    assert_eq!(store.ledger().await.expect("ledger").len(), IPNS);
+    assert_eq!(store.list_ipns(None).await.expect("ipns").len(), IPNS);
+    // The kills really hit work in progress: attempts were interrupted and reconciled.
+    let mut interrupted = 0;
+    let mut reconciled = 0;
+    for job in store.list_jobs(Default::default()).await.expect("jobs") {
+        for a in store
+            .attempts(ipn_bridge::domain::JobId(job.id))
+            .await
+            .expect("attempts")
+        {
+            interrupted += usize::from(a.outcome.as_deref() == Some("interrupted"));
+            reconciled += usize::from(a.kind == "reconcile");
+        }
+    }
+    eprintln!(
+        "interrupted attempts: {interrupted}, reconciliations: {reconciled}, acked first run: {}",
+        first_acked.iter().filter(|a| **a).count()
+    );
+    assert!(interrupted >= 1, "no attempt was interrupted by the kills");
+    assert!(reconciled >= interrupted);
+    let status = daemon.terminate();
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_or_the_database() {
+    let work = Workdir::new();
+    // Konnektive first refuses the login, so error paths are logged too.
+    let fake = FakeKonnektive::start(FakeConfig {
+        password: "something-else".into(),
+        ..FakeConfig::default()
+    })
+    .await;
+    let daemon = Daemon::spawn(&work, &Setup::new(&fake.base_url), "secrets.log");
+    let (status, _) = post_ipn(
+        daemon.addr,
+        "ds24",
+        fixture("01_on_payment_single_product.txt"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut forged = pairs(&fixture("03b_on_payment_subscription_first.txt"));
+    forged.retain(|(k, _)| k != "sha_sign");
+    forged.push(("sha_sign".into(), "0".repeat(128)));
+    let (status, _) = post_ipn(daemon.addr, "ds24", encode(&forged)).await;
+    assert_eq!(status, 403);
+    wait_for(
+        Duration::from_secs(10),
+        "refused login attempts",
+        || async { (fake.requests_to("order/import").len() >= 2).then_some(()) },
+    )
+    .await;
+    fake.set_password(KONNEKTIVE_PASSWORD);
+    wait_orders(&fake, 1).await;
+    let log = daemon.log.clone();
+    assert!(daemon.terminate().success());
+
+    let log_text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        log_text.contains("IPN stored"),
+        "the log is not empty: {log_text}"
+    );
+    assert!(log_text.contains("Invalid login credentials"));
+    let mut files = vec![log];
+    for entry in std::fs::read_dir(work.dir.path()).expect("dir") {
+        let path = entry.expect("entry").path();
+        if path.to_string_lossy().contains("ipn-bridge.db") {
+            files.push(path);
+        }
+    }
+    assert!(files.len() >= 2, "database files present: {files:?}");
+    for file in files {
+        let bytes = std::fs::read(&file).expect("read");
+        for secret in [KONNEKTIVE_PASSWORD, PASSPHRASE] {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{secret:?} found in {}", file.display());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_and_exits_cleanly() {
+    let work = Workdir::new();
+    let fake = FakeKonnektive::start(FakeConfig {
+        password: KONNEKTIVE_PASSWORD.into(),
+        ..FakeConfig::default()
+    })
+    .await;
+    let daemon = Daemon::spawn(&work, &Setup::new(&fake.base_url), "term.log");
+    let addr = daemon.addr;
+    let (status, _) = post_ipn(addr, "ds24", fixture("01_on_payment_single_product.txt")).await;
+    assert_eq!(status, 200);
+    wait_orders(&fake, 1).await;
+    let log = daemon.log.clone();
+    let started = std::time::Instant::now();
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer listening"
+    );
+    let text = std::fs::read_to_string(log).expect("log");
+    assert!(
+        text.contains("shutting down") && text.contains("stopped"),
+        "{text}"
+    );
+}

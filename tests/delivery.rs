@@ -1,0 +1,198 @@
+//! Delivering jobs to the fake Konnektive: failures that must be retried (an `ERROR` with
+//! HTTP 200, an HTML 502), failures that must not (a refused product), and an import whose
+//! outcome is unknown, which is reconciled instead of sent twice. Every attempt is a row.
+
+mod support;
+
+use std::time::Duration;
+
+use ipn_bridge::domain::JobId;
+use ipn_bridge::store::{JobRow, Store};
+use support::fake_konnektive::{Behaviour, FakeConfig, FakeKonnektive};
+use support::*;
+
+async fn fake() -> FakeKonnektive {
+    FakeKonnektive::start(FakeConfig {
+        password: KONNEKTIVE_PASSWORD.into(),
+        ..FakeConfig::default()
+    })
+    .await
+}
+
+async fn settled_job(store: &Store) -> JobRow {
+    wait_for(Duration::from_secs(15), "the job to settle", || {
+        let store = store.clone();
+        async move {
+            let jobs = store.list_jobs(Default::default()).await.ok()?;
+            let job = jobs.into_iter().next()?;
+            matches!(job.state.as_str(), "delivered" | "dead").then_some(job)
+        }
+    })
+    .await
+}
+
+async fn outcomes(store: &Store, job: i64) -> Vec<(String, String)> {
+    store
+        .attempts(JobId(job))
+        .await
+        .expect("attempts")
+        .into_iter()
+        .map(|a| (a.kind, a.outcome.unwrap_or_default()))
+        .collect()
+}
+
+fn pair(kind: &str, outcome: &str) -> (String, String) {
+    (kind.to_owned(), outcome.to_owned())
+}
+
+#[tokio::test]
+async fn error_answers_and_502_pages_are_retried_not_taken_for_success() {
+    let work = Workdir::new();
+    let fake = fake().await;
+    fake.push_behaviour(
+        "order/import",
+        Behaviour::Error("Temporary database error, please try again".into()),
+    );
+    fake.push_behaviour("order/import", Behaviour::Html502);
+    let daemon = start_daemon(&work, &Setup::new(&fake.base_url)).await;
+
+    let (status, _) = post_ipn(
+        daemon.addr,
+        "ds24",
+        fixture("01_on_payment_single_product.txt"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let store = open_store(&work);
+    let job = settled_job(&store).await;
+
+    assert_eq!(job.state, "delivered");
+    assert_eq!(fake.orders().len(), 1, "exactly one order");
+    // The ERROR envelope changed nothing, so the retry sends again; the 502 may have come
+    // from a proxy after Konnektive acted, so the import is looked up before it is resent.
+    assert_eq!(
+        outcomes(&store, job.id).await,
+        vec![
+            pair("send", "retryable"),
+            pair("send", "retryable"),
+            pair("reconcile", "absent"),
+            pair("send", "delivered"),
+        ]
+    );
+    let attempts = store.attempts(JobId(job.id)).await.expect("attempts");
+    assert!(
+        attempts[0]
+            .response
+            .as_deref()
+            .unwrap_or("")
+            .contains("Temporary database error")
+    );
+    assert_eq!(attempts[1].http_status, Some(502));
+    assert!(attempts.iter().all(|a| a.finished_at.is_some()));
+    assert_eq!(store.ledger().await.expect("ledger").len(), 1);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_product_is_dead_lettered_at_once_with_konnektives_message() {
+    let work = Workdir::new();
+    let fake = fake().await;
+    let daemon = start_daemon(&work, &Setup::new(&fake.base_url)).await;
+    // Product 999 maps through "*" to campaign product 33, which campaign 12 lacks.
+    let body = variant("01_on_payment_single_product.txt", &[("product_id", "999")]);
+    let (status, _) = post_ipn(daemon.addr, "ds24", body).await;
+    assert_eq!(status, 200);
+
+    let store = open_store(&work);
+    let job = settled_job(&store).await;
+    assert_eq!(job.state, "dead");
+    assert_eq!(job.attempts, 1, "a permanent refusal is not retried");
+    assert!(
+        job.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("No products exist in the order"),
+        "{:?}",
+        job.last_error
+    );
+    assert!(fake.orders().is_empty());
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn an_import_that_times_out_after_creating_the_order_is_found_not_resent() {
+    let work = Workdir::new();
+    let fake = fake().await;
+    // Konnektive creates the order, then answers only after the client gave up.
+    fake.push_behaviour(
+        "order/import",
+        Behaviour::CreateThenHang(Duration::from_secs(3)),
+    );
+    let mut setup = Setup::new(&fake.base_url);
+    setup.timeout = "500ms";
+    let daemon = start_daemon(&work, &setup).await;
+
+    let (status, _) = post_ipn(
+        daemon.addr,
+        "ds24",
+        fixture("01_on_payment_single_product.txt"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let store = open_store(&work);
+    let job = settled_job(&store).await;
+
+    assert_eq!(job.state, "delivered");
+    assert_eq!(fake.orders().len(), 1, "the order exists exactly once");
+    assert_eq!(
+        fake.requests_to("order/import").len(),
+        1,
+        "never sent twice"
+    );
+    assert_eq!(
+        outcomes(&store, job.id).await,
+        vec![pair("send", "unknown"), pair("reconcile", "delivered")]
+    );
+    let ledger = store.ledger().await.expect("ledger");
+    assert_eq!(
+        ledger[0].target_order_id.as_deref(),
+        Some(fake.orders()[0].order_id.as_str())
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_of_one_digistore24_order_run_in_the_order_received() {
+    let work = Workdir::new();
+    let fake = fake().await;
+    // The first import fails twice; the add-on item of the same order must wait for it.
+    fake.push_behaviour("order/import", Behaviour::Error("Temporary failure".into()));
+    fake.push_behaviour("order/import", Behaviour::Error("Temporary failure".into()));
+    let daemon = start_daemon(&work, &Setup::new(&fake.base_url)).await;
+    let (status, _) = post_ipn(
+        daemon.addr,
+        "ds24",
+        fixture("01_on_payment_single_product.txt"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = post_ipn(daemon.addr, "ds24", fixture("16_on_payment_addon_item.txt")).await;
+    assert_eq!(status, 200);
+
+    let store = open_store(&work);
+    wait_for(Duration::from_secs(15), "both jobs delivered", || {
+        let store = store.clone();
+        async move {
+            let jobs = store.list_jobs(Default::default()).await.ok()?;
+            (jobs.len() == 2 && jobs.iter().all(|j| j.state == "delivered")).then_some(())
+        }
+    })
+    .await;
+    let products: Vec<String> = fake
+        .orders()
+        .iter()
+        .map(|o| o.param("product1_id").unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(products, ["31", "32"], "main item first, then the add-on");
+    daemon.stop().await;
+}
