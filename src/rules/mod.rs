@@ -10,6 +10,8 @@
 //! that one file.
 
 pub mod mapping;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 

@@ -13,6 +13,8 @@
 //! serialises their writes.
 
 mod schema;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -78,9 +80,10 @@ impl From<serde_json::Error> for StoreError {
 /// dropped or [`Store::close`] is called.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::Sender<Box<dyn writer::Op>>,
+    tx: mpsc::Sender<writer::Msg>,
     path: PathBuf,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    stats: Arc<writer::Stats>,
 }
 
 impl std::fmt::Debug for Store {
@@ -288,26 +291,38 @@ impl Store {
         let conn = writer::open_connection(&path)?;
         schema::migrate(&conn)?;
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
+        let stats = Arc::new(writer::Stats::default());
+        let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run(conn, rx))
+            .spawn(move || writer::run(conn, rx, thread_stats))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             tx,
             path,
             thread: Arc::new(Mutex::new(Some(thread))),
+            stats,
         })
+    }
+
+    /// `(commits, operations committed)` since this handle's writer started.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.stats.commits.load(Relaxed),
+            self.stats.ops.load(Relaxed),
+        )
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Finishes queued work and stops the writer thread (once every clone is closed or
-    /// dropped).
+    /// Commits what is queued and stops the writer thread, for every clone of this handle:
+    /// later operations fail with [`StoreError::Closed`]. Returns when the thread has ended.
     pub async fn close(self) {
         let thread = self.thread.lock().ok().and_then(|mut t| t.take());
-        drop(self.tx);
+        let _ = self.tx.send(writer::Msg::Close).await;
         if let Some(handle) = thread {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
@@ -320,7 +335,7 @@ impl Store {
     {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Box::new(Call { f, reply }))
+            .send(writer::Msg::Op(Box::new(Call { f, reply })))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

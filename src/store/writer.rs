@@ -20,6 +20,8 @@
 //! when the cause goes away.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -48,6 +50,22 @@ pub trait Op: Send {
     fn fail(self: Box<Self>, err: StoreError);
 }
 
+/// Counters of the writer thread (read by health checks, metrics and tests).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Operations that ran inside a committed transaction.
+    pub ops: AtomicU64,
+}
+
+/// What the writer thread receives.
+pub enum Msg {
+    Op(Box<dyn Op>),
+    /// Finish the batch in hand, then stop; later operations fail with `Closed`.
+    Close,
+}
+
 /// Opens the connection with the pragmas every connection of this program uses.
 pub fn open_connection(path: &PathBuf) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
@@ -67,24 +85,39 @@ pub fn open_connection(path: &PathBuf) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// The writer loop; returns when every sender is gone.
-pub fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Op>>) {
+/// The writer loop; returns on [`Msg::Close`] or when every sender is gone.
+pub fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, stats: Arc<Stats>) {
     let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
+    let mut closing = false;
+    while !closing {
+        match rx.blocking_recv() {
+            Some(Msg::Op(op)) => batch.push(op),
+            Some(Msg::Close) | None => break,
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(Msg::Op(op)) => batch.push(op),
+                Ok(Msg::Close) => {
+                    closing = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        run_batch(&conn, &mut batch);
+        run_batch(&conn, &mut batch, &stats);
+    }
+    // Operations still queued behind the close are refused, not silently dropped.
+    rx.close();
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Op(op) = msg {
+            op.fail(StoreError::Closed);
+        }
     }
     // Leaves the WAL small for the next start; failure only costs a bigger WAL.
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
 }
 
-fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Op>>) {
+fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Op>>, stats: &Stats) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let err = StoreError::from(e);
         for op in batch.drain(..) {
@@ -112,6 +145,11 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Op>>) {
     let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
     if commit.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
+    } else {
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .ops
+            .fetch_add(completions.len() as u64, Ordering::Relaxed);
     }
     for c in completions {
         match c {

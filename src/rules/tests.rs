@@ -1,0 +1,390 @@
+//! Table tests of the routing rules and the field mapping over the signed fixtures.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+use crate::config::{Integration, Newsletter, ProductFilter, ProductMap, Template, TemplatePart};
+use crate::domain::{ActionKind, IpnEvent, Money, OrderEvent};
+
+macro_rules! fixture {
+    ($name:literal) => {
+        include_str!(concat!("../../tests/fixtures/ipn/", $name))
+    };
+}
+
+fn event(body: &str) -> IpnEvent {
+    IpnEvent::new(
+        form_urlencoded::parse(body.trim().as_bytes())
+            .into_owned()
+            .collect(),
+    )
+}
+
+fn integration() -> Integration {
+    Integration {
+        name: "main".into(),
+        source: "ds24".into(),
+        target: "crm".into(),
+        active: true,
+        campaign_id: 12,
+        products: ProductFilter::All,
+        addons: true,
+        languages: Vec::new(),
+        followup_payments: true,
+        test_orders: false,
+        newsletter: Newsletter::Any,
+        delay: Duration::ZERO,
+        error_emails: Vec::new(),
+        order_ref_field: "custom1".into(),
+        auto_approve: false,
+        product_map: ProductMap {
+            entries: BTreeMap::from([(412346, 31), (412350, 32)]),
+            fallback: Some(33),
+        },
+        on: BTreeMap::from([(OrderEvent::Payment, ActionKind::ImportOrder)]),
+        fields: vec![(
+            "custom2".into(),
+            Template {
+                parts: vec![
+                    TemplatePart::Literal("aff-".into()),
+                    TemplatePart::Field("affiliate_name".into()),
+                ],
+            },
+        )],
+    }
+}
+
+/// What `decide` did: `Ok(campaign product)` for a job, `Err(reason)` for a skip.
+fn outcome(i: &Integration, body: &str) -> Result<u64, String> {
+    match decide(i, &event(body), 0) {
+        Decision::Deliver {
+            action: Action::ImportOrder { order, .. },
+            ..
+        } => Ok(order.items[0].product_id),
+        Decision::Skip { reason, .. } => Err(reason),
+    }
+}
+
+#[test]
+fn every_event_type_gets_a_decision_with_a_reason() {
+    let i = integration();
+    let table: [(&str, Result<u64, &str>); 14] = [
+        (fixture!("01_on_payment_single_product.txt"), Ok(31)),
+        (fixture!("03b_on_payment_subscription_first.txt"), Ok(33)),
+        (
+            fixture!("04_on_refund.txt"),
+            Err("event refund is not listed in [integration.main.on]"),
+        ),
+        (
+            fixture!("05_on_chargeback.txt"),
+            Err("event chargeback is not listed"),
+        ),
+        (
+            fixture!("06_on_payment_missed.txt"),
+            Err("event payment_missed is not listed"),
+        ),
+        (
+            fixture!("07_payment_denial.txt"),
+            Err("event payment_denial is not listed"),
+        ),
+        (
+            fixture!("08_on_rebill_cancelled.txt"),
+            Err("event rebill_cancelled is not listed"),
+        ),
+        (
+            fixture!("09_on_rebill_resumed.txt"),
+            Err("event rebill_resumed is not listed"),
+        ),
+        (
+            fixture!("11_last_paid_day.txt"),
+            Err("event last_paid_day is not listed"),
+        ),
+        (
+            fixture!("10_connection_test.txt"),
+            Err("event connection_test is not an order event"),
+        ),
+        (
+            fixture!("12_on_affiliation.txt"),
+            Err("event on_affiliation is not an order event"),
+        ),
+        (
+            fixture!("13_eticket.txt"),
+            Err("event eticket is not an order event"),
+        ),
+        (
+            fixture!("14_customform.txt"),
+            Err("event customform is not an order event"),
+        ),
+        (
+            fixture!("18_on_payment_test_mode.txt"),
+            Err("test order (api_mode = test) and test_orders = false"),
+        ),
+    ];
+    for (body, want) in table {
+        let got = outcome(&i, body);
+        match (&got, want) {
+            (Ok(p), Ok(w)) => assert_eq!(*p, w),
+            (Err(reason), Err(w)) => assert!(reason.contains(w), "{reason:?} should contain {w:?}"),
+            _ => panic!("{got:?} vs {want:?} for {}", &body[..40]),
+        }
+    }
+}
+
+#[test]
+fn filter_rules_table() {
+    let base = integration();
+    let with = |f: &dyn Fn(&mut Integration)| {
+        let mut i = base.clone();
+        f(&mut i);
+        i
+    };
+    let rows: Vec<(Integration, &str, Result<u64, &str>)> = vec![
+        (
+            with(&|i| i.active = false),
+            fixture!("01_on_payment_single_product.txt"),
+            Err("integration is not active"),
+        ),
+        (
+            with(&|i| i.test_orders = true),
+            fixture!("18_on_payment_test_mode.txt"),
+            Ok(31),
+        ),
+        (
+            with(&|i| i.products = ProductFilter::List(vec![412350])),
+            fixture!("01_on_payment_single_product.txt"),
+            Err("product 412346 not in products [412350]"),
+        ),
+        (
+            with(&|i| i.products = ProductFilter::List(vec![412346])),
+            fixture!("01_on_payment_single_product.txt"),
+            Ok(31),
+        ),
+        (
+            with(&|i| i.languages = vec!["de".into(), "en".into()]),
+            fixture!("17_on_payment_lang_fr.txt"),
+            Err("language fr not in [de, en]"),
+        ),
+        (
+            with(&|i| i.languages = vec!["de".into(), "en".into()]),
+            fixture!("01_on_payment_single_product.txt"),
+            Ok(31),
+        ),
+        (
+            with(&|i| i.followup_payments = false),
+            fixture!("15_on_payment_followup_seq3.txt"),
+            Err("follow-up payment #3 and followup_payments = false"),
+        ),
+        (
+            with(&|i| i.followup_payments = false),
+            fixture!("03b_on_payment_subscription_first.txt"),
+            Ok(33),
+        ),
+        (
+            with(&|i| i.newsletter = Newsletter::OptedIn),
+            fixture!("01_on_payment_single_product.txt"),
+            Err("did not opt in"),
+        ),
+        (
+            with(&|i| i.newsletter = Newsletter::OptedIn),
+            fixture!("19_on_payment_newsletter_optin.txt"),
+            Ok(31),
+        ),
+        (
+            with(&|i| i.product_map.fallback = None),
+            fixture!("03b_on_payment_subscription_first.txt"),
+            Err(
+                "product 412360 is not in [integration.main.product_map] and there is no \"*\" entry",
+            ),
+        ),
+        (
+            with(&|i| {
+                i.on.insert(OrderEvent::Payment, ActionKind::Ignore);
+            }),
+            fixture!("01_on_payment_single_product.txt"),
+            Err("set to \"ignore\""),
+        ),
+    ];
+    for (i, body, want) in rows {
+        let got = outcome(&i, body);
+        match (&got, want) {
+            (Ok(p), Ok(w)) => assert_eq!(*p, w),
+            (Err(reason), Err(w)) => assert!(reason.contains(w), "{reason:?} should contain {w:?}"),
+            _ => panic!("{got:?} vs {want:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_unmapped_product_needs_attention_and_a_filtered_one_does_not() {
+    let mut i = integration();
+    i.product_map.fallback = None;
+    let unmapped = decide(
+        &i,
+        &event(fixture!("03b_on_payment_subscription_first.txt")),
+        0,
+    );
+    assert!(matches!(
+        unmapped,
+        Decision::Skip {
+            severity: Severity::NeedsAttention,
+            ..
+        }
+    ));
+    let filtered = decide(&i, &event(fixture!("04_on_refund.txt")), 0);
+    assert!(matches!(
+        filtered,
+        Decision::Skip {
+            severity: Severity::Normal,
+            ..
+        }
+    ));
+}
+
+struct NoEnv;
+
+impl crate::config::Environment for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn read_file(&self, path: &std::path::Path) -> std::io::Result<String> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            path.display().to_string(),
+        ))
+    }
+    fn credentials_directory(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+}
+
+#[test]
+fn route_asks_every_integration_of_the_source_and_no_other() {
+    let text = r#"
+[source.ds24]
+passphrase = "p1"
+[source.second]
+passphrase = "p2"
+[target.crm]
+kind = "konnektive"
+login_id = "x"
+password = "y"
+[integration.a-main]
+source = "ds24"
+campaign_id = 12
+product_map = { "412346" = 31 }
+on = { payment = "import_order" }
+[integration.b-german]
+source = "ds24"
+campaign_id = 13
+languages = ["de"]
+product_map = { "*" = 40 }
+on = { payment = "import_order" }
+[integration.c-elsewhere]
+source = "second"
+campaign_id = 14
+product_map = { "*" = 50 }
+on = { payment = "import_order" }
+"#;
+    let config = crate::config::parse(text, std::path::Path::new("t.toml"), &NoEnv)
+        .expect("config")
+        .config;
+    let routed = route(
+        &config,
+        "ds24",
+        &event(fixture!("01_on_payment_single_product.txt")),
+        0,
+    );
+    let summary: Vec<(&str, bool)> = routed
+        .iter()
+        .map(|r| {
+            (
+                r.integration.as_str(),
+                matches!(r.decision, Decision::Deliver { .. }),
+            )
+        })
+        .collect();
+    assert_eq!(summary, [("a-main", true), ("b-german", false)]);
+    let Decision::Skip { reason, .. } = &routed[1].decision else {
+        panic!("skip expected");
+    };
+    assert_eq!(reason, "language en not in [de]");
+}
+
+#[test]
+fn the_order_is_mapped_from_the_ipn() {
+    let i = integration();
+    let e = event(fixture!("01_on_payment_single_product.txt"));
+    let o = mapping::order(&i, &e, 31, 0).expect("order");
+    assert_eq!(o.reference, "DS24-K7Q2M9XA-40118822-51840233");
+    assert_eq!(o.reference_field, "custom1");
+    assert_eq!(o.campaign_id, 12);
+    assert_eq!(o.buyer.email, "jane.doe@example.com");
+    assert_eq!(
+        (o.buyer.first_name.as_str(), o.buyer.last_name.as_str()),
+        ("Jane", "Doe")
+    );
+    assert_eq!(o.buyer.phone, "15415550199", "digits only");
+    assert_eq!(o.buyer.ip_address, None);
+    assert_eq!(o.address.line1, "742 Evergreen Terrace");
+    assert_eq!(o.address.city, "Springfield");
+    assert_eq!(o.address.state, "OR");
+    assert_eq!(o.address.postal_code, "97403");
+    assert_eq!(o.address.country, "US");
+    assert_eq!(o.items.len(), 1);
+    assert_eq!(o.items[0].unit_price, Money::from_minor(9700));
+    assert_eq!(o.currency, "USD");
+    assert_eq!(o.affiliate.as_deref(), Some("bestdeals"));
+    assert_eq!(o.placed_on, "2025-03-14");
+    assert_eq!(
+        o.extra_fields,
+        vec![("custom2".to_owned(), "aff-bestdeals".to_owned())]
+    );
+}
+
+#[test]
+fn mapping_edge_cases() {
+    let i = integration();
+    let utf8 = event(fixture!("20_on_payment_utf8_names.txt"));
+    let o = mapping::order(&i, &utf8, 31, 0).expect("order");
+    assert_eq!(o.address.city, "Köln");
+    // Three units at 29.97 split exactly; 10.00 over three does not, so one unit at 10.00.
+    let mut fields: BTreeMap<String, String> = event(fixture!("01_on_payment_single_product.txt"))
+        .fields()
+        .clone();
+    fields.insert("quantity".into(), "3".into());
+    fields.insert("product_txn_amount".into(), "29.97".into());
+    let o = mapping::order(&i, &IpnEvent::new(fields.clone()), 31, 0).expect("order");
+    assert_eq!(
+        (o.items[0].quantity, o.items[0].unit_price),
+        (3, Money::from_minor(999))
+    );
+    fields.insert("product_txn_amount".into(), "10.00".into());
+    let o = mapping::order(&i, &IpnEvent::new(fields.clone()), 31, 0).expect("order");
+    assert_eq!(
+        (o.items[0].quantity, o.items[0].unit_price),
+        (1, Money::from_minor(1000))
+    );
+    // IPv4 is kept, IPv6 is not sent.
+    fields.insert("buyer_ip".into(), "203.0.113.5".into());
+    let o = mapping::order(&i, &IpnEvent::new(fields.clone()), 31, 0).expect("order");
+    assert_eq!(o.buyer.ip_address.as_deref(), Some("203.0.113.5"));
+    fields.insert("buyer_ip".into(), "2001:db8::1".into());
+    let o = mapping::order(&i, &IpnEvent::new(fields.clone()), 31, 0).expect("order");
+    assert_eq!(o.buyer.ip_address, None);
+    // No payment date: the day of receipt.
+    fields.remove("transaction_date");
+    fields.remove("order_date");
+    let o =
+        mapping::order(&i, &IpnEvent::new(fields.clone()), 31, 1_741_947_761_000).expect("order");
+    assert_eq!(o.placed_on, "2025-03-14");
+    // No e-mail: the import cannot happen, and the reason says why.
+    fields.remove("buyer_email");
+    fields.remove("email");
+    assert_eq!(
+        mapping::order(&i, &IpnEvent::new(fields), 31, 0)
+            .err()
+            .as_deref(),
+        Some("the IPN has no buyer e-mail")
+    );
+}

@@ -1,0 +1,396 @@
+//! Store tests on real SQLite files: idempotent ingest, group commit, savepoint isolation,
+//! the job life cycle through a crash, per-order sequencing, close and migrations.
+
+use super::*;
+use crate::domain::{Address, Buyer, Money, Order, OrderItem};
+
+fn order(reference: &str) -> Order {
+    Order {
+        reference: reference.into(),
+        reference_field: "custom1".into(),
+        campaign_id: 12,
+        buyer: Buyer {
+            email: "jane@example.com".into(),
+            ..Buyer::default()
+        },
+        address: Address::default(),
+        items: vec![OrderItem {
+            product_id: 31,
+            quantity: 1,
+            unit_price: Money::from_minor(9700),
+        }],
+        currency: "USD".into(),
+        affiliate: None,
+        placed_on: "2026-11-22".into(),
+        extra_fields: Vec::new(),
+    }
+}
+
+fn ipn(key: &str, order_id: &str, with_job: bool) -> NewIpn {
+    let routes = if with_job {
+        vec![NewRoute {
+            integration: "main".into(),
+            decision: RouteDecision::Job {
+                job: NewJob {
+                    target: "crm".into(),
+                    action: Action::ImportOrder {
+                        order: Box::new(order(&format!("DS24-{key}"))),
+                        auto_approve: false,
+                    },
+                    order_key: order_id.into(),
+                    not_before: 1_000,
+                },
+                reason: "import".into(),
+            },
+        }]
+    } else {
+        vec![NewRoute {
+            integration: "main".into(),
+            decision: RouteDecision::Skip {
+                reason: "language fr not in [de, en]".into(),
+            },
+        }]
+    };
+    NewIpn {
+        source: "ds24".into(),
+        business_key: key.into(),
+        event: "on_payment".into(),
+        order_id: Some(order_id.into()),
+        order_item_id: Some("1".into()),
+        product_id: Some("412346".into()),
+        transaction_id: Some(format!("t-{key}")),
+        buyer_email: Some("jane@example.com".into()),
+        amount: Some("97.00".into()),
+        currency: Some("USD".into()),
+        received_at: 1_000,
+        raw_body: b"event=on_payment".to_vec(),
+        routes,
+    }
+}
+
+fn report(outcome: Outcome) -> AttemptReport {
+    AttemptReport {
+        outcome,
+        endpoint: "order/import".into(),
+        http_status: Some(200),
+        request: "loginId=x&password=%5Bredacted%5D".into(),
+        response: "{}".into(),
+        maybe_applied: false,
+    }
+}
+
+use crate::domain::Outcome;
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(&dir.path().join("t.db")).expect("open")
+}
+
+#[tokio::test]
+async fn a_repeated_ipn_is_stored_once_and_creates_no_job() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    let first = store.ingest(ipn("k1", "A", true)).await.expect("ingest");
+    let Ingested::Stored { ipn_id, jobs } = first else {
+        panic!("stored expected");
+    };
+    assert_eq!(jobs.len(), 1);
+    let again = store.ingest(ipn("k1", "A", true)).await.expect("ingest");
+    assert_eq!(again, Ingested::Duplicate { ipn_id });
+    assert_eq!(
+        store
+            .list_jobs(JobFilter::default())
+            .await
+            .expect("jobs")
+            .len(),
+        1
+    );
+    let skipped = store.ingest(ipn("k2", "B", false)).await.expect("ingest");
+    let Ingested::Stored { ipn_id, jobs } = skipped else {
+        panic!("stored expected");
+    };
+    assert!(jobs.is_empty());
+    assert_eq!(
+        store.routes_of_ipn(ipn_id).await.expect("routes"),
+        vec![(
+            "main".to_owned(),
+            "skipped".to_owned(),
+            "language fr not in [de, en]".to_owned()
+        )]
+    );
+}
+
+/// While another process holds the write lock briefly, concurrent ingests queue up; when it
+/// is released they commit together in very few transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_operations_share_commits() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    let locker = rusqlite::Connection::open(dir.path().join("t.db")).expect("open");
+    locker.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+                .await
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    locker.execute_batch("ROLLBACK").expect("unlock");
+    for t in tasks {
+        assert!(matches!(
+            t.await.expect("task"),
+            Ok(Ingested::Stored { .. })
+        ));
+    }
+    let (commits, ops) = store.commit_stats();
+    assert_eq!(ops, 200);
+    assert!(commits <= 5, "200 ingests took {commits} commits");
+}
+
+/// One failing operation in a batch is rolled back alone; the others commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_operation_does_not_spoil_its_batch() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    let locker = rusqlite::Connection::open(dir.path().join("t.db")).expect("open");
+    locker.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let a = tokio::spawn({
+        let s = store.clone();
+        async move { s.ingest(ipn("a", "A", true)).await }
+    });
+    let bad = tokio::spawn({
+        let s = store.clone();
+        async move {
+            s.call(|c| {
+                c.execute(
+                    "INSERT INTO ipns (source, business_key, event, received_at, raw_body)
+                     VALUES ('ds24', 'doomed', 'x', 0, x'00')",
+                    [],
+                )?;
+                Err::<(), _>(StoreError::Invalid("refused after writing".into()))
+            })
+            .await
+        }
+    });
+    let b = tokio::spawn({
+        let s = store.clone();
+        async move { s.ingest(ipn("b", "B", true)).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    locker.execute_batch("ROLLBACK").expect("unlock");
+    assert!(matches!(a.await.expect("a"), Ok(Ingested::Stored { .. })));
+    assert!(matches!(b.await.expect("b"), Ok(Ingested::Stored { .. })));
+    assert_eq!(
+        bad.await.expect("bad"),
+        Err(StoreError::Invalid("refused after writing".into()))
+    );
+    let keys: Vec<i64> = store
+        .list_ipns(None)
+        .await
+        .expect("ipns")
+        .iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(keys.len(), 2, "the failed operation's row is gone");
+}
+
+#[tokio::test]
+async fn a_job_survives_a_crash_and_is_reconciled_before_it_is_sent_again() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    store.ingest(ipn("k1", "A", true)).await.expect("ingest");
+    assert!(
+        store
+            .lease_due("crm", 999, 10)
+            .await
+            .expect("lease")
+            .is_empty(),
+        "not due yet"
+    );
+    let leased = store.lease_due("crm", 1_000, 10).await.expect("lease");
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].kind, AttemptKind::Send);
+    assert!(
+        store
+            .lease_due("crm", 1_000, 10)
+            .await
+            .expect("lease")
+            .is_empty(),
+        "leased once"
+    );
+    drop(store);
+
+    // "Crash": a new process opens the same file.
+    let store = open(&dir);
+    assert_eq!(
+        store
+            .recover_interrupted(2_000, 2_500)
+            .await
+            .expect("recover"),
+        1
+    );
+    let job = store.job(leased[0].id).await.expect("job");
+    assert_eq!((job.state.as_str(), job.needs_reconcile), ("pending", true));
+    let attempts = store.attempts(leased[0].id).await.expect("attempts");
+    assert_eq!(attempts[0].outcome.as_deref(), Some("interrupted"));
+
+    let again = store.lease_due("crm", 2_500, 10).await.expect("lease");
+    assert_eq!(again[0].kind, AttemptKind::Reconcile);
+    let (send_attempt, number) = store
+        .reconciled_absent(
+            again[0].id,
+            again[0].attempt_id,
+            report(Outcome::Retryable {
+                reason: String::new(),
+                retry_after: None,
+            }),
+            2_600,
+        )
+        .await
+        .expect("absent");
+    assert_eq!(number, 3);
+    let receipt = Receipt {
+        order_id: Some("7A1C0E93B2".into()),
+        customer_id: Some("501".into()),
+        purchase_ids: vec!["C0FFEE1234".into()],
+        transaction_ids: Vec::new(),
+    };
+    store
+        .finish_attempt(
+            again[0].id,
+            send_attempt,
+            report(Outcome::Delivered(receipt.clone())),
+            Disposition::Delivered(receipt),
+            2_700,
+        )
+        .await
+        .expect("finish");
+    let outcomes: Vec<(String, Option<String>)> = store
+        .attempts(again[0].id)
+        .await
+        .expect("attempts")
+        .into_iter()
+        .map(|a| (a.kind, a.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("send".into(), Some("interrupted".into())),
+            ("reconcile".into(), Some("absent".into())),
+            ("send".into(), Some("delivered".into())),
+        ]
+    );
+    let ledger = store.ledger().await.expect("ledger");
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].target_order_id.as_deref(), Some("7A1C0E93B2"));
+    assert_eq!(ledger[0].reference, "DS24-k1");
+    assert_eq!(ledger[0].purchase_ids, vec!["C0FFEE1234".to_owned()]);
+    assert!(
+        store
+            .lease_due("crm", 9_999, 10)
+            .await
+            .expect("lease")
+            .is_empty(),
+        "delivered stays delivered"
+    );
+}
+
+#[tokio::test]
+async fn a_later_job_of_the_same_order_waits_for_the_earlier_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    store.ingest(ipn("first", "A", true)).await.expect("ingest");
+    store
+        .ingest(ipn("second", "A", true))
+        .await
+        .expect("ingest");
+    store.ingest(ipn("other", "B", true)).await.expect("ingest");
+    let leased = store.lease_due("crm", 1_000, 10).await.expect("lease");
+    let refs: Vec<&str> = leased
+        .iter()
+        .filter_map(|j| j.action.reconcile_reference().map(|o| o.reference.as_str()))
+        .collect();
+    assert_eq!(refs, ["DS24-first", "DS24-other"]);
+    let first = &leased[0];
+    store
+        .finish_attempt(
+            first.id,
+            first.attempt_id,
+            report(Outcome::Retryable {
+                reason: "502".into(),
+                retry_after: None,
+            }),
+            Disposition::Retry {
+                at: 5_000,
+                reconcile: false,
+            },
+            1_100,
+        )
+        .await
+        .expect("finish");
+    assert!(
+        store
+            .lease_due("crm", 2_000, 10)
+            .await
+            .expect("lease")
+            .is_empty(),
+        "the second job waits while the first retries"
+    );
+    let retried = store.lease_due("crm", 5_000, 10).await.expect("lease");
+    assert_eq!(retried.len(), 1);
+    store
+        .finish_attempt(
+            retried[0].id,
+            retried[0].attempt_id,
+            report(Outcome::Permanent {
+                reason: "No products exist in the order".into(),
+            }),
+            Disposition::Dead,
+            5_100,
+        )
+        .await
+        .expect("finish");
+    let dead = store.job(retried[0].id).await.expect("job");
+    assert_eq!(dead.state, "dead");
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("No products exist in the order")
+    );
+    let next = store.lease_due("crm", 5_200, 10).await.expect("lease");
+    assert_eq!(next.len(), 1);
+}
+
+#[tokio::test]
+async fn after_close_operations_are_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    let other = store.clone();
+    store.ingest(ipn("k1", "A", false)).await.expect("ingest");
+    store.close().await;
+    assert_eq!(
+        other.ingest(ipn("k2", "B", false)).await,
+        Err(StoreError::Closed)
+    );
+}
+
+#[tokio::test]
+async fn migrations_are_applied_once_and_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("t.db");
+    let store = Store::open(&path).expect("open");
+    store.ingest(ipn("k1", "A", false)).await.expect("ingest");
+    store.close().await;
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.list_ipns(None).await.expect("ipns").len(), 1);
+    store.close().await;
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch(&format!("PRAGMA user_version = {}", SCHEMA_VERSION + 1))
+        .expect("bump");
+    drop(conn);
+    match Store::open(&path) {
+        Err(StoreError::Incompatible(msg)) => assert!(msg.contains("newer"), "{msg}"),
+        other => panic!("expected Incompatible, got {other:?}"),
+    }
+}
