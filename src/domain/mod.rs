@@ -279,6 +279,51 @@ pub struct Order {
     pub extra_fields: Vec<(String, String)>,
 }
 
+/// Our reference of one imported Digistore24 payment of one order item, written into the
+/// CRM's reference field: `DS24-<order_id>-<item>-<transaction_id>` (the transaction part is
+/// left out when the IPN has none). Unique per import, stable across re-deliveries, at most
+/// about 40 characters for real ids (Konnektive's `custom*` fields hold 50).
+pub fn import_reference(ds24_order_id: &str, item: &str, transaction: Option<&str>) -> String {
+    match transaction {
+        Some(t) => format!("DS24-{ds24_order_id}-{item}-{t}"),
+        None => format!("DS24-{ds24_order_id}-{item}"),
+    }
+}
+
+/// The earlier import an action (refund, chargeback, cancellation) refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportRef {
+    pub ds24_order_id: String,
+    /// The order item of the import (`order_item_id`, else the product id).
+    pub ds24_item: String,
+    /// The payment the import carried (a refund's `parent_transaction_id`); `None` means
+    /// the latest import of this order item (e.g. for a cancelled subscription).
+    pub payment_transaction: Option<String>,
+    /// The CRM field that carries the import's reference (`order_ref_field`).
+    pub reference_field: String,
+    /// The buyer's e-mail and the campaign: the CRM's search filters.
+    pub email: String,
+    pub campaign_id: u64,
+    /// The first day the import can have happened (`YYYY-MM-DD`, the Digistore24 order date).
+    pub since: String,
+}
+
+impl ImportRef {
+    /// Whether a CRM order carrying `reference` is the import this refers to.
+    pub fn matches(&self, reference: &str) -> bool {
+        match &self.payment_transaction {
+            Some(t) => reference == import_reference(&self.ds24_order_id, &self.ds24_item, Some(t)),
+            None => {
+                let bare = import_reference(&self.ds24_order_id, &self.ds24_item, None);
+                reference == bare
+                    || reference
+                        .strip_prefix(&bare)
+                        .is_some_and(|rest| rest.starts_with('-'))
+            }
+        }
+    }
+}
+
 /// A unit of work for a connector, stored as JSON with the job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
@@ -288,21 +333,66 @@ pub enum Action {
         order: Box<Order>,
         auto_approve: bool,
     },
+    /// Record a refund Digistore24 already paid out (no gateway is touched).
+    Refund {
+        import: ImportRef,
+        /// The refunded amount (positive).
+        amount: Money,
+        /// Digistore24's refund transaction id; kept with the CRM's refund so a refund with
+        /// an unknown outcome can be found again.
+        ds24_transaction_id: String,
+        /// Whether the refund covers the whole imported amount.
+        full: bool,
+    },
+    /// Mark the import's transaction as charged back.
+    Chargeback {
+        import: ImportRef,
+        amount: Money,
+        /// `YYYY-MM-DD`.
+        date: String,
+        ds24_transaction_id: String,
+    },
+    /// Cancel the import's purchases (subscriptions) in the CRM.
+    CancelPurchase { import: ImportRef, reason: String },
+    /// Cancel the imported order in the CRM.
+    CancelOrder { import: ImportRef, reason: String },
 }
 
 impl Action {
     pub fn kind(&self) -> ActionKind {
         match self {
             Action::ImportOrder { .. } => ActionKind::ImportOrder,
+            Action::Refund { .. } => ActionKind::Refund,
+            Action::Chargeback { .. } => ActionKind::Chargeback,
+            Action::CancelPurchase { .. } => ActionKind::CancelPurchase,
+            Action::CancelOrder { .. } => ActionKind::CancelOrder,
         }
     }
 
-    /// The reference under which this action's result can be looked up in the target
-    /// after an unknown outcome (`None` for actions that are safe to repeat).
+    /// The order this action imports (`None` for actions on an earlier import).
     pub fn reconcile_reference(&self) -> Option<&Order> {
         match self {
             Action::ImportOrder { order, .. } => Some(order),
+            _ => None,
         }
+    }
+
+    /// The earlier import this action needs (`None` for an import).
+    pub fn import_ref(&self) -> Option<&ImportRef> {
+        match self {
+            Action::ImportOrder { .. } => None,
+            Action::Refund { import, .. }
+            | Action::Chargeback { import, .. }
+            | Action::CancelPurchase { import, .. }
+            | Action::CancelOrder { import, .. } => Some(import),
+        }
+    }
+
+    /// Whether sending the action twice could do harm (a second order, a second refund):
+    /// such an action is looked up in the target before it is sent again after an attempt
+    /// that may have been applied. Marking a chargeback or cancelling twice is harmless.
+    pub fn needs_reconcile(&self) -> bool {
+        matches!(self, Action::ImportOrder { .. } | Action::Refund { .. })
     }
 }
 
@@ -390,27 +480,41 @@ pub enum JobState {
     Delivered,
     /// Given up; needs a person.
     Dead,
+    /// Waits because an earlier job of the same Digistore24 order is dead; released when
+    /// that job is retried or dropped.
+    Held,
+    /// Dropped by an operator, with a reason.
+    Dropped,
 }
 
 impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Pending,
+        JobState::InFlight,
+        JobState::Delivered,
+        JobState::Dead,
+        JobState::Held,
+        JobState::Dropped,
+    ];
+
+    /// Whether the job will not change again without an operator.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Delivered | JobState::Dropped)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Pending => "pending",
             JobState::InFlight => "in_flight",
             JobState::Delivered => "delivered",
             JobState::Dead => "dead",
+            JobState::Held => "held",
+            JobState::Dropped => "dropped",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            JobState::Pending,
-            JobState::InFlight,
-            JobState::Delivered,
-            JobState::Dead,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 }
 

@@ -11,7 +11,9 @@
 //! Values are not cut to the CRM's field lengths here; that is the connector's business.
 
 use crate::config::Integration;
-use crate::domain::{Address, Buyer, IpnEvent, Money, Order, OrderItem, utc_date};
+use crate::domain::{
+    Address, Buyer, IpnEvent, Money, Order, OrderItem, import_reference, utc_date,
+};
 
 /// IPN fields that may carry the buyer's IP address. [GUESS] None is documented.
 pub const IP_FIELDS: &[&str] = &["buyer_ip", "ip_address", "ip"];
@@ -58,15 +60,18 @@ pub fn order_key(event: &IpnEvent) -> String {
 /// re-deliveries of the same IPN: `DS24-<order_id>-<item>-<transaction_id>`.
 pub fn reference(event: &IpnEvent) -> Option<String> {
     let order = event.order_id()?;
-    let item = event
+    Some(import_reference(
+        order,
+        item(event),
+        event.get("transaction_id"),
+    ))
+}
+
+/// The order item of the IPN: `order_item_id`, else the product id, else `0`.
+pub fn item(event: &IpnEvent) -> &str {
+    event
         .first_of(&["order_item_id", "product_id"])
-        .unwrap_or("0");
-    let mut r = format!("DS24-{order}-{item}");
-    if let Some(txn) = event.get("transaction_id") {
-        r.push('-');
-        r.push_str(txn);
-    }
-    Some(r)
+        .unwrap_or("0")
 }
 
 /// The price of this item in this payment. `product_txn_amount` is the product line's share

@@ -62,6 +62,7 @@ fn outcome(i: &Integration, body: &str) -> Result<u64, String> {
             action: Action::ImportOrder { order, .. },
             ..
         } => Ok(order.items[0].product_id),
+        Decision::Deliver { action, .. } => Err(format!("unexpected {action:?}")),
         Decision::Skip { reason, .. } => Err(reason),
     }
 }

@@ -11,7 +11,8 @@
 //! call to the vendor ("Message by server"). Refusals never echo the body or a secret.
 //!
 //! Serving goes through hyper-util directly (not `axum::serve`) so the header-read timeout
-//! can be set: a client that opens a connection and trickles headers is dropped.
+//! can be set: a client that opens a connection and trickles headers is dropped. The body
+//! has its own deadline ([`BODY_READ_TIMEOUT_SECS`], answered 408) besides its size limit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,9 @@ use crate::store::{Ingested, NewIpn, NewJob, NewRoute, RouteDecision, Store};
 
 /// A client must send its request headers within this time.
 pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
+
+/// A client must send the whole body within this time after its headers.
+pub const BODY_READ_TIMEOUT_SECS: u64 = 30;
 
 /// Open connections get this long to finish after shutdown starts.
 pub const SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -100,9 +104,17 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(b) => Ok(b),
-        Err(e) => {
+    let read = tokio::time::timeout(
+        Duration::from_secs(BODY_READ_TIMEOUT_SECS),
+        axum::body::to_bytes(body, limit),
+    );
+    match read.await {
+        Err(_) => Err(text(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("body not received within {BODY_READ_TIMEOUT_SECS} s"),
+        )),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
             let source = std::error::Error::source(&e);
             if source.is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
                 Err(too_large())

@@ -746,16 +746,7 @@ fn lease_due(
              LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![target, now, limit as i64], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
+            Candidate::try_from(r)
         })?;
         rows.collect::<Result<_, _>>()?
     };
@@ -882,16 +873,7 @@ fn write_ledger(c: &Connection, job: JobId, receipt: &Receipt, now: i64) -> Resu
                     i.transaction_id
              FROM jobs j JOIN ipns i ON i.id = j.ipn_id WHERE j.id = ?1",
         )?
-        .query_row(params![job.0], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })?;
+        .query_row(params![job.0], |r| <_>::try_from(r))?;
     let action: Action = serde_json::from_str(&payload)?;
     let reference = action
         .reconcile_reference()
@@ -900,8 +882,8 @@ fn write_ledger(c: &Connection, job: JobId, receipt: &Receipt, now: i64) -> Resu
     c.prepare_cached(
         "INSERT OR REPLACE INTO ledger (job_id, integration, ds24_order_id, ds24_item,
                 ds24_transaction_id, reference, target_order_id, target_customer_id,
-                purchase_ids, transaction_ids, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                purchase_ids, transaction_ids, created_at, action)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         job.0,
@@ -914,7 +896,8 @@ fn write_ledger(c: &Connection, job: JobId, receipt: &Receipt, now: i64) -> Resu
         receipt.customer_id,
         serde_json::to_string(&receipt.purchase_ids)?,
         serde_json::to_string(&receipt.transaction_ids)?,
-        now
+        now,
+        action.kind().config_name()
     ])?;
     Ok(())
 }

@@ -99,6 +99,22 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX ledger_order ON ledger (integration, ds24_order_id);
     "#,
+    // 2: what each ledger row records, and the audit trail of operator commands.
+    r#"
+    ALTER TABLE ledger ADD COLUMN action TEXT NOT NULL DEFAULT 'import_order';
+    CREATE INDEX ledger_item ON ledger (integration, ds24_order_id, ds24_item, job_id);
+
+    CREATE TABLE operator_actions (
+        id       INTEGER PRIMARY KEY,
+        at       INTEGER NOT NULL,
+        user     TEXT    NOT NULL,
+        command  TEXT    NOT NULL,
+        job_id   INTEGER REFERENCES jobs (id),
+        ipn_id   INTEGER REFERENCES ipns (id),
+        reason   TEXT    NOT NULL
+    );
+    CREATE INDEX operator_actions_job ON operator_actions (job_id);
+    "#,
 ];
 
 /// The schema version this build writes.

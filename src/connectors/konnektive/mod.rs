@@ -114,6 +114,13 @@ impl KonnektiveClient {
                 order,
                 auto_approve,
             } => self.import_order(order, *auto_approve).await,
+            other => self.local_failure(
+                other.kind().config_name(),
+                format!(
+                    "action {} is not implemented by this connector yet",
+                    other.kind().config_name()
+                ),
+            ),
         }
     }
 
