@@ -30,7 +30,7 @@ pub enum Decision {
     /// Create a job.
     Deliver {
         target: String,
-        action: Action,
+        action: Box<Action>,
         /// Jobs with the same key (per integration) run one after another.
         order_key: String,
         /// Hold the job this long after receipt (the integration's `delay`).
@@ -191,10 +191,10 @@ fn import_decision(integration: &Integration, event: &IpnEvent, received_at_ms: 
                 "import product {product} as campaign product {campaign_product} into campaign {}",
                 integration.campaign_id
             ),
-            action: Action::ImportOrder {
+            action: Box::new(Action::ImportOrder {
                 order: Box::new(order),
                 auto_approve: integration.auto_approve,
-            },
+            }),
         },
         Err(missing) => attention(format!("cannot import the order: {missing}")),
     }

@@ -58,11 +58,10 @@ fn integration() -> Integration {
 /// What `decide` did: `Ok(campaign product)` for a job, `Err(reason)` for a skip.
 fn outcome(i: &Integration, body: &str) -> Result<u64, String> {
     match decide(i, &event(body), 0) {
-        Decision::Deliver {
-            action: Action::ImportOrder { order, .. },
-            ..
-        } => Ok(order.items[0].product_id),
-        Decision::Deliver { action, .. } => Err(format!("unexpected {action:?}")),
+        Decision::Deliver { action, .. } => match *action {
+            Action::ImportOrder { order, .. } => Ok(order.items[0].product_id),
+            other => Err(format!("unexpected {other:?}")),
+        },
         Decision::Skip { reason, .. } => Err(reason),
     }
 }

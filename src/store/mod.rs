@@ -153,7 +153,7 @@ pub enum RouteDecision {
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub target: String,
-    pub action: Action,
+    pub action: Box<Action>,
     /// Jobs with the same `(integration, order_key)` run one at a time, in id order.
     pub order_key: String,
     /// Earliest first attempt (receipt time plus the integration's delay).

@@ -33,10 +33,10 @@ fn ipn(key: &str, order_id: &str, with_job: bool) -> NewIpn {
             decision: RouteDecision::Job {
                 job: NewJob {
                     target: "crm".into(),
-                    action: Action::ImportOrder {
+                    action: Box::new(Action::ImportOrder {
                         order: Box::new(order(&format!("DS24-{key}"))),
                         auto_approve: false,
-                    },
+                    }),
                     order_key: order_id.into(),
                     not_before: 1_000,
                 },
