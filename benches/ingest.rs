@@ -1,7 +1,7 @@
 //! Ingest throughput: how many IPNs per second become durable (committed with
 //! `synchronous=FULL`) and, over HTTP, acknowledged with `OK`.
 //!
-//! Run with `cargo bench --bench ingest` (optionally `-- <ipns> <concurrency>`). Prints
+//! Run with `cargo bench --bench ingest` (optionally `-- <ipns> <concurrency> [--http]`). Prints
 //! figures; asserts nothing about speed. Two measurements:
 //! 1. the store alone: many tasks calling `Store::ingest` at once (what group commit buys);
 //! 2. the whole daemon in-process: keep-alive HTTP clients posting signed IPN bodies to
@@ -176,9 +176,12 @@ fn main() {
         "ingest benchmark on {} CPU(s); every IPN is committed (WAL, synchronous=FULL) before it counts",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    let only_http = std::env::args().any(|a| a == "--http");
     runtime.block_on(async {
-        store_only(n.min(2_000), 1, FIXTURE.len()).await;
-        store_only(n, concurrency, FIXTURE.len()).await;
+        if !only_http {
+            store_only(n.min(2_000), 1, FIXTURE.len()).await;
+            store_only(n, concurrency, FIXTURE.len()).await;
+        }
         http(n, concurrency).await;
     });
 }

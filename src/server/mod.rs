@@ -298,6 +298,11 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
                 }
             },
         };
+        // Answers are tiny; without NODELAY a keep-alive client can wait for the peer's
+        // delayed ACK (tens of milliseconds) on every request.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
+        }
         let service = TowerToHyperService::new(router.clone());
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
