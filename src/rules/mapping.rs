@@ -6,13 +6,16 @@
 //! - [`followup_sequence`]: follow-up ⇔ `billing_type` subscription/installment and
 //!   `pay_sequence_no ≥ 2` (reference §4, medium confidence);
 //! - [`item_amount`]: which amount field is the price of *this* item (§4 lists several);
-//! - [`IP_FIELDS`]: no IP field is documented for IPNs; we look for the likely names.
+//! - [`IP_FIELDS`]: no IP field is documented for IPNs; we look for the likely names;
+//! - [`addon_signal`]: no field marks an add-on (order bump); the signals are listed there;
+//! - [`import_ref`]: a refund or chargeback names the payment it reverses in
+//!   `parent_transaction_id` (reference §3, third-party evidence).
 //!
 //! Values are not cut to the CRM's field lengths here; that is the connector's business.
 
 use crate::config::Integration;
 use crate::domain::{
-    Address, Buyer, IpnEvent, Money, Order, OrderItem, import_reference, utc_date,
+    Address, Buyer, ImportRef, IpnEvent, Money, Order, OrderItem, import_reference, utc_date,
 };
 
 /// IPN fields that may carry the buyer's IP address. [GUESS] None is documented.
@@ -65,6 +68,120 @@ pub fn reference(event: &IpnEvent) -> Option<String> {
         item(event),
         event.get("transaction_id"),
     ))
+}
+
+/// Why this IPN's item counts as bought **as an add-on** of another product, or `None`.
+///
+/// [GUESS] Digistore24 documents no add-on marker (reference §4: add-ons are sold in one
+/// transaction with the main product, and with grouping off each item arrives as its own
+/// IPN sharing the `order_id`). Every signal the reference names is used, strongest first:
+/// 1. an explicit flag, should one ever be sent (`is_addon` / `addon` = `Y`, `1`, `true`);
+/// 2. `product_ids` (third-party field name: the order's products, main product first)
+///    listing other products before this one;
+/// 3. a multi-item initial sale (`item_count` ≥ 2, `upsell_no` 0 or absent) whose order-form
+///    link (`customer_affiliate_promo_url`, `checkout_url`: `…/redir/<product>/…`,
+///    `…/product/<product>…`) names another product: the form belongs to the main product.
+///
+/// Upsells (`upsell_no` ≥ 1) are separate sales, not add-ons.
+pub fn addon_signal(event: &IpnEvent) -> Option<String> {
+    let product = event.get("product_id")?;
+    for flag in ["is_addon", "addon"] {
+        if let Some(v) = event.get(flag) {
+            return matches!(v.to_ascii_lowercase().as_str(), "y" | "1" | "true" | "yes")
+                .then(|| format!("{flag} = {v}"));
+        }
+    }
+    if let Some(list) = event.get("product_ids") {
+        let ids: Vec<&str> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Some(pos) = ids.iter().position(|id| *id == product) {
+            return (pos > 0).then(|| format!("product_ids = {list} lists {} first", ids[0]));
+        }
+    }
+    let items: u32 = event
+        .get("item_count")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let upsell: u32 = event
+        .get("upsell_no")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if items < 2 || upsell > 0 {
+        return None;
+    }
+    ["customer_affiliate_promo_url", "checkout_url"]
+        .iter()
+        .filter_map(|f| event.get(f))
+        .find_map(form_product)
+        .filter(|main| *main != product)
+        .map(|main| {
+            format!("item of a {items}-item order placed on the order form of product {main}")
+        })
+}
+
+/// The product id in an order-form link: the digits after `/redir/` or `/product/`.
+fn form_product(url: &str) -> Option<&str> {
+    ["/redir/", "/product/"].iter().find_map(|marker| {
+        let rest = &url[url.find(marker)? + marker.len()..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        (end > 0).then(|| &rest[..end])
+    })
+}
+
+/// The earlier import an action on this IPN refers to. A refund or chargeback reverses the
+/// payment in `parent_transaction_id`; `exact_payment = false` (cancellations) means the
+/// latest import of the order item.
+pub fn import_ref(
+    integration: &Integration,
+    event: &IpnEvent,
+    exact_payment: bool,
+) -> Result<ImportRef, String> {
+    let order = event.order_id().ok_or("the IPN has no order_id")?;
+    let email = event
+        .first_of(&["buyer_email", "email", "address_email"])
+        .ok_or("the IPN has no buyer e-mail")?;
+    let payment_transaction = if exact_payment {
+        Some(
+            event
+                .get("parent_transaction_id")
+                .ok_or("the IPN names no parent_transaction_id (the payment it reverses)")?
+                .to_owned(),
+        )
+    } else {
+        None
+    };
+    Ok(ImportRef {
+        ds24_order_id: order.to_owned(),
+        ds24_item: item(event).to_owned(),
+        payment_transaction,
+        reference_field: integration.order_ref_field.clone(),
+        email: email.to_owned(),
+        campaign_id: integration.campaign_id,
+        since: event
+            .first_of(&["order_date", "transaction_date"])
+            .filter(|d| d.len() == 10)
+            .unwrap_or("1970-01-01")
+            .to_owned(),
+    })
+}
+
+/// The amount a refund or chargeback moves (positive): `transaction_amount` (negative in the
+/// IPN), else `amount`.
+pub fn reversal_amount(event: &IpnEvent) -> Option<Money> {
+    let raw = event.first_of(&["transaction_amount", "amount"])?;
+    Money::parse_decimal(raw).ok().map(Money::abs)
+}
+
+/// What the buyer paid for this item in the original payment, as far as a reversal IPN
+/// tells (`product_txn_amount`, else `amount`), to tell a full from a partial refund.
+pub fn item_amount_paid(event: &IpnEvent) -> Option<Money> {
+    let raw = event.first_of(&["product_txn_amount", "amount"])?;
+    Money::parse_decimal(raw).ok()
 }
 
 /// The order item of the IPN: `order_item_id`, else the product id, else `0`.

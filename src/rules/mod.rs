@@ -16,7 +16,7 @@ mod tests;
 use std::time::Duration;
 
 use crate::config::{Config, Integration, Newsletter, ProductFilter};
-use crate::domain::{Action, ActionKind, EventKind, IpnEvent};
+use crate::domain::{Action, ActionKind, EventKind, IpnEvent, OrderEvent};
 
 /// One integration's decision for an IPN.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,17 +103,123 @@ pub fn decide(integration: &Integration, event: &IpnEvent, received_at_ms: i64) 
     if let Some(reason) = filter_reason(integration, event) {
         return skip(reason);
     }
-    match action {
-        ActionKind::Ignore => skip(format!(
+    if action == ActionKind::Ignore {
+        return skip(format!(
             "event {} is set to \"ignore\"",
             order_event.config_name()
+        ));
+    }
+    // Every action needs the product mapped: an unmapped product was never imported.
+    let Some(product) = mapping::product_id(event) else {
+        return attention("the IPN names no product_id, so no campaign product can be chosen");
+    };
+    let Some(campaign_product) = integration.product_map.lookup(product) else {
+        return attention(format!(
+            "product {product} is not in [integration.{}.product_map] and there is no \"*\" entry",
+            integration.name
+        ));
+    };
+    let built = match action {
+        ActionKind::ImportOrder if order_event != OrderEvent::Payment => Err(format!(
+            "action \"import_order\" needs a payment; event {} carries none",
+            order_event.config_name()
         )),
-        ActionKind::ImportOrder => import_decision(integration, event, received_at_ms),
-        other => attention(format!(
-            "action \"{}\" is not available in this version of ipn-bridge",
-            other.config_name()
+        ActionKind::ImportOrder => {
+            mapping::order(integration, event, campaign_product, received_at_ms).map(|order| {
+                (
+                    Action::ImportOrder {
+                        order: Box::new(order),
+                        auto_approve: integration.auto_approve,
+                    },
+                    format!(
+                        "import product {product} as campaign product {campaign_product} into campaign {}",
+                        integration.campaign_id
+                    ),
+                )
+            })
+        }
+        ActionKind::Refund | ActionKind::Chargeback => reversal(integration, event, action),
+        // `Ignore` returned above; grouped here only to keep the match total.
+        ActionKind::CancelPurchase | ActionKind::CancelOrder | ActionKind::Ignore => {
+            mapping::import_ref(integration, event, false).map(|import| {
+                let reason = format!(
+                    "Digistore24 {} for order {}",
+                    order_event.config_name().replace('_', " "),
+                    import.ds24_order_id
+                );
+                let what = format!(
+                    "{} the latest import of order {} item {}",
+                    action.config_name().replace('_', " "),
+                    import.ds24_order_id,
+                    import.ds24_item
+                );
+                let action = if action == ActionKind::CancelOrder {
+                    Action::CancelOrder { import, reason }
+                } else {
+                    Action::CancelPurchase { import, reason }
+                };
+                (action, what)
+            })
+        }
+    };
+    match built {
+        Ok((action, reason)) => Decision::Deliver {
+            target: integration.target.clone(),
+            order_key: mapping::order_key(event),
+            delay: integration.delay,
+            reason,
+            action: Box::new(action),
+        },
+        Err(missing) => attention(format!(
+            "cannot {}: {missing}",
+            action.config_name().replace('_', " ")
         )),
     }
+}
+
+/// A refund or chargeback of the payment named in `parent_transaction_id`.
+fn reversal(
+    integration: &Integration,
+    event: &IpnEvent,
+    action: ActionKind,
+) -> Result<(Action, String), String> {
+    let import = mapping::import_ref(integration, event, true)?;
+    let amount = mapping::reversal_amount(event).ok_or("the IPN has no amount")?;
+    let ds24_transaction_id = event
+        .get("transaction_id")
+        .ok_or("the IPN has no transaction_id")?
+        .to_owned();
+    let what = format!(
+        "{} {amount} of payment {} of order {}",
+        if action == ActionKind::Refund {
+            "refund"
+        } else {
+            "charge back"
+        },
+        import.payment_transaction.as_deref().unwrap_or("?"),
+        import.ds24_order_id
+    );
+    let built = if action == ActionKind::Refund {
+        let paid = mapping::item_amount_paid(event);
+        Action::Refund {
+            full: paid.is_none_or(|p| amount >= p.abs()),
+            import,
+            amount,
+            ds24_transaction_id,
+        }
+    } else {
+        Action::Chargeback {
+            date: event
+                .get("transaction_date")
+                .filter(|d| d.len() == 10)
+                .ok_or("the IPN has no transaction_date")?
+                .to_owned(),
+            import,
+            amount,
+            ds24_transaction_id,
+        }
+    };
+    Ok((built, what))
 }
 
 /// The first filter rule that refuses the IPN, as a sentence; `None` when all pass.
@@ -158,6 +264,14 @@ pub fn filter_reason(integration: &Integration, event: &IpnEvent) -> Option<Stri
             "follow-up payment #{n} and followup_payments = false"
         ));
     }
+    if !integration.addons
+        && let Some(signal) = mapping::addon_signal(event)
+    {
+        return Some(format!(
+            "product {} was bought as an add-on ({signal}) and addons = false",
+            event.get("product_id").unwrap_or("?")
+        ));
+    }
     if integration.newsletter == Newsletter::OptedIn && !mapping::newsletter_opted_in(event) {
         return Some(format!(
             "buyer did not opt in to the newsletter (newsletter_choice = {}) and newsletter = \"opted_in\"",
@@ -170,32 +284,4 @@ pub fn filter_reason(integration: &Integration, event: &IpnEvent) -> Option<Stri
 fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
     let parts: Vec<String> = items.map(|i| i.to_string()).collect();
     format!("[{}]", parts.join(", "))
-}
-
-fn import_decision(integration: &Integration, event: &IpnEvent, received_at_ms: i64) -> Decision {
-    let Some(product) = mapping::product_id(event) else {
-        return attention("the IPN names no product_id, so no campaign product can be chosen");
-    };
-    let Some(campaign_product) = integration.product_map.lookup(product) else {
-        return attention(format!(
-            "product {product} is not in [integration.{}.product_map] and there is no \"*\" entry",
-            integration.name
-        ));
-    };
-    match mapping::order(integration, event, campaign_product, received_at_ms) {
-        Ok(order) => Decision::Deliver {
-            target: integration.target.clone(),
-            order_key: mapping::order_key(event),
-            delay: integration.delay,
-            reason: format!(
-                "import product {product} as campaign product {campaign_product} into campaign {}",
-                integration.campaign_id
-            ),
-            action: Box::new(Action::ImportOrder {
-                order: Box::new(order),
-                auto_approve: integration.auto_approve,
-            }),
-        },
-        Err(missing) => attention(format!("cannot import the order: {missing}")),
-    }
 }

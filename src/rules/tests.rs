@@ -388,3 +388,198 @@ fn mapping_edge_cases() {
         Some("the IPN has no buyer e-mail")
     );
 }
+
+fn deliver(i: &Integration, body: &str) -> Action {
+    match decide(i, &event(body), 0) {
+        Decision::Deliver { action, .. } => *action,
+        Decision::Skip { reason, .. } => panic!("skipped: {reason}"),
+    }
+}
+
+#[test]
+fn refunds_chargebacks_and_cancellations_name_the_import_they_reverse() {
+    let mut i = integration();
+    i.on.insert(OrderEvent::Refund, ActionKind::Refund);
+    i.on.insert(OrderEvent::Chargeback, ActionKind::Chargeback);
+    i.on.insert(OrderEvent::RebillCancelled, ActionKind::CancelPurchase);
+    i.on.insert(OrderEvent::LastPaidDay, ActionKind::CancelOrder);
+
+    let Action::Refund {
+        import,
+        amount,
+        ds24_transaction_id,
+        full,
+    } = deliver(&i, fixture!("04_on_refund.txt"))
+    else {
+        panic!("refund expected");
+    };
+    assert_eq!(import.ds24_order_id, "K7Q2M9XA");
+    assert_eq!(import.ds24_item, "40118822");
+    assert_eq!(import.payment_transaction.as_deref(), Some("51840233"));
+    assert!(
+        import.matches("DS24-K7Q2M9XA-40118822-51840233"),
+        "the payment's own reference"
+    );
+    assert!(!import.matches("DS24-K7Q2M9XA-40118822-51877310"));
+    assert_eq!((amount, full), (Money::from_minor(9700), true));
+    assert_eq!(ds24_transaction_id, "51877310");
+
+    let Action::Chargeback {
+        import,
+        amount,
+        date,
+        ..
+    } = deliver(&i, fixture!("05_on_chargeback.txt"))
+    else {
+        panic!("chargeback expected");
+    };
+    assert_eq!(import.payment_transaction.as_deref(), Some("51840233"));
+    assert_eq!(amount, Money::from_minor(9700));
+    assert_eq!(date.len(), 10);
+
+    let Action::CancelPurchase { import, reason } =
+        deliver(&i, fixture!("08_on_rebill_cancelled.txt"))
+    else {
+        panic!("cancel_purchase expected");
+    };
+    assert_eq!(
+        import.payment_transaction, None,
+        "the latest import of the item"
+    );
+    assert!(import.matches("DS24-M4X9T2RB-40099871-51790022"));
+    assert!(!import.matches("DS24-M4X9T2RB-400998710-1"));
+    assert!(reason.contains("rebill cancelled"), "{reason}");
+
+    assert!(matches!(
+        deliver(&i, fixture!("11_last_paid_day.txt")),
+        Action::CancelOrder { .. }
+    ));
+}
+
+#[test]
+fn an_import_needs_a_payment_event() {
+    let mut i = integration();
+    i.on.insert(OrderEvent::Refund, ActionKind::ImportOrder);
+    let got = outcome(&i, fixture!("04_on_refund.txt"));
+    assert!(
+        got.as_ref().is_err_and(|r| r.contains("needs a payment")),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn an_ignored_event_is_skipped_before_the_product_map_is_asked() {
+    let mut i = integration();
+    i.product_map.fallback = None;
+    i.on.insert(OrderEvent::Payment, ActionKind::Ignore);
+    let d = decide(
+        &i,
+        &event(fixture!("03b_on_payment_subscription_first.txt")),
+        0,
+    );
+    assert!(
+        matches!(&d, Decision::Skip { severity: Severity::Normal, reason } if reason.contains("ignore")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn addons_false_passes_main_products_only() {
+    let mut i = integration();
+    i.addons = false;
+    assert_eq!(
+        outcome(&i, fixture!("01_on_payment_single_product.txt")),
+        Ok(31)
+    );
+    let addon = outcome(&i, fixture!("16_on_payment_addon_item.txt"));
+    assert!(
+        addon
+            .as_ref()
+            .is_err_and(|r| r.contains("add-on") && r.contains("412346")),
+        "{addon:?}"
+    );
+    i.addons = true;
+    assert_eq!(
+        outcome(&i, fixture!("16_on_payment_addon_item.txt")),
+        Ok(32)
+    );
+}
+
+#[test]
+fn addon_signals_table() {
+    let base = event(fixture!("01_on_payment_single_product.txt"))
+        .fields()
+        .clone();
+    let with = |changes: &[(&str, &str)]| {
+        let mut f = base.clone();
+        for (k, v) in changes {
+            f.insert((*k).into(), (*v).into());
+        }
+        mapping::addon_signal(&IpnEvent::new(f))
+    };
+    // A single-item order is never an add-on.
+    assert_eq!(with(&[]), None);
+    // An explicit flag wins either way.
+    assert!(with(&[("is_addon", "Y")]).is_some());
+    assert_eq!(
+        with(&[
+            ("is_addon", "N"),
+            ("item_count", "2"),
+            ("product_id", "999")
+        ]),
+        None
+    );
+    // product_ids lists the main product first.
+    assert!(with(&[("product_ids", "1,412346")]).is_some());
+    assert_eq!(with(&[("product_ids", "412346,5")]), None);
+    // A second item on another product's order form.
+    assert!(with(&[("item_count", "2"), ("product_id", "412350")]).is_some());
+    // The main item of a two-item order.
+    assert_eq!(with(&[("item_count", "2")]), None);
+    // An upsell is its own sale.
+    assert_eq!(
+        with(&[
+            ("item_count", "2"),
+            ("product_id", "412350"),
+            ("upsell_no", "1")
+        ]),
+        None
+    );
+}
+
+mod product_map_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// An entry wins, else `"*"`, else nothing; and routing follows the map exactly.
+        #[test]
+        fn lookup_and_routing_follow_the_map(
+            entries in proptest::collection::btree_map(1u64..1_000_000, 1u64..10_000, 0..8),
+            fallback in proptest::option::of(1u64..10_000),
+            product in 1u64..1_000_000,
+        ) {
+            let map = ProductMap { entries: entries.clone(), fallback };
+            let expected = entries.get(&product).copied().or(fallback);
+            prop_assert_eq!(map.lookup(product), expected);
+
+            let mut i = integration();
+            i.product_map = map;
+            let mut fields = event(fixture!("01_on_payment_single_product.txt")).fields().clone();
+            fields.insert("product_id".into(), product.to_string());
+            match decide(&i, &IpnEvent::new(fields), 0) {
+                Decision::Deliver { action, .. } => {
+                    let Action::ImportOrder { order, .. } = *action else {
+                        return Err(TestCaseError::fail("import expected"));
+                    };
+                    prop_assert_eq!(Some(order.items[0].product_id), expected);
+                }
+                Decision::Skip { severity, reason } => {
+                    prop_assert_eq!(expected, None);
+                    prop_assert_eq!(severity, Severity::NeedsAttention);
+                    prop_assert!(reason.contains(&product.to_string()));
+                }
+            }
+        }
+    }
+}
