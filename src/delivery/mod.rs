@@ -299,6 +299,10 @@ fn log_attempt(job: &LeasedJob, attempt: u32, report: &AttemptReport, next: &Dis
             retry_at_ms = at, reconcile, %reason,
             "attempt failed; will retry"
         ),
+        Disposition::Requeue { .. } => tracing::warn!(
+            %job_id, %integration, attempt, %endpoint, %reason,
+            "the target refuses every request; the job waits without spending an attempt"
+        ),
         Disposition::Dead => tracing::error!(
             %job_id, %integration, attempt, %endpoint, outcome = report.outcome.label(),
             %reason,

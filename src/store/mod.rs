@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::{Action, AttemptReport, EventId, JobId, JobState, Receipt};
+use crate::domain::{Action, AttemptReport, EventId, ImportRef, JobId, JobState, Receipt};
 
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 
@@ -208,7 +208,17 @@ pub struct LeasedJob {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
     Delivered(Receipt),
-    Retry { at: i64, reconcile: bool },
+    Retry {
+        at: i64,
+        reconcile: bool,
+    },
+    /// Back to `pending` at `at` without counting the attempt (the target refused every
+    /// request, so the job itself did not fail; see the target pause in `delivery`).
+    Requeue {
+        at: i64,
+    },
+    /// Given up. Later jobs of the same Digistore24 order in the same integration become
+    /// `held` until this one is retried or dropped.
     Dead,
 }
 
@@ -598,6 +608,42 @@ impl Store {
         .await
     }
 
+    /// The delivered import an action refers to, from the ledger: the latest import of the
+    /// order item in `integration` whose reference `import` matches.
+    pub async fn ledger_import(
+        &self,
+        integration: &str,
+        import: &ImportRef,
+    ) -> Result<Option<Receipt>, StoreError> {
+        let integration = integration.to_owned();
+        let import = import.clone();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT reference, target_order_id, target_customer_id, purchase_ids,
+                        transaction_ids
+                 FROM ledger
+                 WHERE integration = ?1 AND ds24_order_id = ?2 AND action = 'import_order'
+                 ORDER BY job_id DESC",
+            )?;
+            let rows = stmt.query_map(params![integration, import.ds24_order_id], |r| {
+                <(String, Option<String>, Option<String>, String, String)>::try_from(r)
+            })?;
+            for row in rows {
+                let (reference, order_id, customer_id, purchases, transactions) = row?;
+                if import.matches(&reference) {
+                    return Ok(Some(Receipt {
+                        order_id,
+                        customer_id,
+                        purchase_ids: serde_json::from_str(&purchases)?,
+                        transaction_ids: serde_json::from_str(&transactions)?,
+                    }));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
     /// A cheap write that proves the database accepts commits (for health checks).
     pub async fn probe_writable(&self) -> Result<(), StoreError> {
         self.call(|c| {
@@ -701,11 +747,12 @@ fn insert_job(
     now: i64,
 ) -> Result<JobId, StoreError> {
     let payload = serde_json::to_string(&job.action)?;
+    let hold = hold_reason(c, integration, &job.order_key, i64::MAX)?;
     let id = c
         .prepare_cached(
             "INSERT INTO jobs (ipn_id, integration, target, action, payload, order_key, state,
-                               next_attempt_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?8)
+                               next_attempt_at, created_at, updated_at, last_error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)
              RETURNING id",
         )?
         .query_row(
@@ -716,12 +763,50 @@ fn insert_job(
                 job.action.kind().config_name(),
                 payload,
                 job.order_key,
+                if hold.is_some() { "held" } else { "pending" },
                 job.not_before,
-                now
+                now,
+                hold
             ],
             |r| r.get(0),
         )?;
     Ok(JobId(id))
+}
+
+/// Why a job of `(integration, order_key)` with an id below `before` must be held: the
+/// first dead earlier job of the same Digistore24 order, with its error.
+fn hold_reason(
+    c: &Connection,
+    integration: &str,
+    order_key: &str,
+    before: i64,
+) -> Result<Option<String>, StoreError> {
+    Ok(c.prepare_cached(
+        "SELECT 'held: job ' || id || ' of the same Digistore24 order is dead'
+                || COALESCE(' (' || last_error || ')', '')
+         FROM jobs
+         WHERE integration = ?1 AND order_key = ?2 AND id < ?3 AND state = 'dead'
+         ORDER BY id LIMIT 1",
+    )?
+    .query_row(params![integration, order_key, before], |r| r.get(0))
+    .optional()?)
+}
+
+/// Holds the unfinished jobs that follow a job that just died.
+fn hold_followers(c: &Connection, dead: JobId, now: i64) -> Result<(), StoreError> {
+    let (integration, order_key, error): (String, String, Option<String>) = c
+        .prepare_cached("SELECT integration, order_key, last_error FROM jobs WHERE id = ?1")?
+        .query_row(params![dead.0], |r| <_>::try_from(r))?;
+    let reason = format!(
+        "held: job {dead} of the same Digistore24 order is dead{}",
+        error.map(|e| format!(" ({e})")).unwrap_or_default()
+    );
+    c.prepare_cached(
+        "UPDATE jobs SET state = 'held', last_error = ?4, updated_at = ?5
+         WHERE integration = ?1 AND order_key = ?2 AND id > ?3 AND state = 'pending'",
+    )?
+    .execute(params![integration, order_key, dead.0, reason, now])?;
+    Ok(())
 }
 
 fn lease_due(
@@ -741,7 +826,7 @@ fn lease_due(
                AND NOT EXISTS (
                    SELECT 1 FROM jobs e
                    WHERE e.integration = j.integration AND e.order_key = j.order_key
-                     AND e.id < j.id AND e.state IN ('pending', 'in_flight'))
+                     AND e.id < j.id AND e.state IN ('pending', 'in_flight', 'held', 'dead'))
              ORDER BY j.next_attempt_at, j.id
              LIMIT ?3",
         )?;
@@ -849,11 +934,20 @@ fn finish_attempt(
             )?
             .execute(params![job.0, at, now, reconcile, last_error])?;
         }
+        Disposition::Requeue { at } => {
+            c.prepare_cached(
+                "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?3,
+                        attempts = MAX(attempts - 1, 0), last_error = ?4
+                 WHERE id = ?1",
+            )?
+            .execute(params![job.0, at, now, last_error])?;
+        }
         Disposition::Dead => {
             c.prepare_cached(
                 "UPDATE jobs SET state = 'dead', updated_at = ?2, last_error = ?3 WHERE id = ?1",
             )?
             .execute(params![job.0, now, last_error])?;
+            hold_followers(c, job, now)?;
         }
     }
     Ok(())

@@ -2,7 +2,7 @@
 //! the job life cycle through a crash, per-order sequencing, close and migrations.
 
 use super::*;
-use crate::domain::{Address, Buyer, Money, Order, OrderItem};
+use crate::domain::{Address, Buyer, ImportRef, Money, Order, OrderItem};
 
 fn order(reference: &str) -> Order {
     Order {
@@ -358,8 +358,16 @@ async fn a_later_job_of_the_same_order_waits_for_the_earlier_one() {
         dead.last_error.as_deref(),
         Some("No products exist in the order")
     );
-    let next = store.lease_due("crm", 5_200, 10).await.expect("lease");
-    assert_eq!(next.len(), 1);
+    // The job behind the dead one is held, not run.
+    assert!(
+        store
+            .lease_due("crm", 5_200, 10)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+    let jobs = store.list_jobs(JobFilter::default()).await.expect("jobs");
+    assert_eq!(jobs[1].state, "held");
 }
 
 #[tokio::test]
@@ -393,4 +401,150 @@ async fn migrations_are_applied_once_and_a_newer_schema_is_refused() {
         Err(StoreError::Incompatible(msg)) => assert!(msg.contains("newer"), "{msg}"),
         other => panic!("expected Incompatible, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn jobs_behind_a_dead_job_are_held_with_its_reason() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    store
+        .ingest(ipn("import", "A", true))
+        .await
+        .expect("ingest");
+    store
+        .ingest(ipn("refund", "A", true))
+        .await
+        .expect("ingest");
+    let leased = store.lease_due("crm", 1_000, 10).await.expect("lease");
+    assert_eq!(leased.len(), 1);
+    store
+        .finish_attempt(
+            leased[0].id,
+            leased[0].attempt_id,
+            report(Outcome::Permanent {
+                reason: "No products exist in the order".into(),
+            }),
+            Disposition::Dead,
+            1_100,
+        )
+        .await
+        .expect("finish");
+    let jobs = store.list_jobs(JobFilter::default()).await.expect("jobs");
+    assert_eq!(jobs[1].state, "held");
+    let reason = jobs[1].last_error.clone().unwrap_or_default();
+    assert!(
+        reason.contains(&format!(
+            "job {} of the same Digistore24 order is dead",
+            jobs[0].id
+        )),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("No products exist in the order"),
+        "{reason}"
+    );
+    // A job of the same order arriving later is held at once; other orders are not.
+    store
+        .ingest(ipn("chargeback", "A", true))
+        .await
+        .expect("ingest");
+    store.ingest(ipn("other", "B", true)).await.expect("ingest");
+    let states: Vec<String> = store
+        .list_jobs(JobFilter::default())
+        .await
+        .expect("jobs")
+        .into_iter()
+        .map(|j| j.state)
+        .collect();
+    assert_eq!(states, ["dead", "held", "held", "pending"]);
+    assert_eq!(
+        store
+            .lease_due("crm", 2_000, 10)
+            .await
+            .expect("lease")
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_requeued_job_does_not_spend_its_attempt() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    store.ingest(ipn("k1", "A", true)).await.expect("ingest");
+    let leased = store.lease_due("crm", 1_000, 10).await.expect("lease");
+    store
+        .finish_attempt(
+            leased[0].id,
+            leased[0].attempt_id,
+            report(Outcome::TargetDown {
+                reason: "Invalid login credentials".into(),
+            }),
+            Disposition::Requeue { at: 1_500 },
+            1_100,
+        )
+        .await
+        .expect("finish");
+    let job = store.job(leased[0].id).await.expect("job");
+    assert_eq!(
+        (job.state.as_str(), job.attempts, job.next_attempt_at),
+        ("pending", 0, 1_500)
+    );
+    assert_eq!(
+        store.attempts(leased[0].id).await.expect("attempts").len(),
+        1,
+        "still recorded"
+    );
+    let again = store.lease_due("crm", 1_500, 10).await.expect("lease");
+    assert_eq!(again[0].attempt_no, 1);
+}
+
+#[tokio::test]
+async fn the_ledger_finds_the_import_an_action_refers_to() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    for key in ["A-1-100", "A-1-200"] {
+        store.ingest(ipn(key, "A", true)).await.expect("ingest");
+        let leased = store.lease_due("crm", 1_000, 10).await.expect("lease");
+        let receipt = Receipt {
+            order_id: Some(format!("K-{key}")),
+            ..Receipt::default()
+        };
+        store
+            .finish_attempt(
+                leased[0].id,
+                leased[0].attempt_id,
+                report(Outcome::Delivered(receipt.clone())),
+                Disposition::Delivered(receipt),
+                1_100,
+            )
+            .await
+            .expect("finish");
+    }
+    let mut import = ImportRef {
+        ds24_order_id: "A".into(),
+        ds24_item: "1".into(),
+        payment_transaction: Some("100".into()),
+        reference_field: "custom1".into(),
+        email: "jane@example.com".into(),
+        campaign_id: 12,
+        since: "2026-11-22".into(),
+    };
+    let found = |r: Option<Receipt>| r.and_then(|r| r.order_id);
+    assert_eq!(
+        found(store.ledger_import("main", &import).await.expect("q")).as_deref(),
+        Some("K-A-1-100")
+    );
+    import.payment_transaction = None;
+    assert_eq!(
+        found(store.ledger_import("main", &import).await.expect("q")).as_deref(),
+        Some("K-A-1-200"),
+        "the latest"
+    );
+    import.payment_transaction = Some("300".into());
+    assert_eq!(store.ledger_import("main", &import).await.expect("q"), None);
+    assert_eq!(
+        store.ledger_import("other", &import).await.expect("q"),
+        None
+    );
 }
