@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::delivery::{self, Heartbeat, Wake};
 use crate::server::{self, AppState};
 use crate::store::Store;
@@ -124,18 +124,21 @@ pub async fn start(
     })
 }
 
-/// `ipn-bridge run`: the daemon until SIGTERM / SIGINT.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let loaded = config::load(config_path).map_err(|errors| {
-        anyhow::anyhow!("{errors}").context(format!(
-            "the configuration {} is invalid",
-            config_path.display()
-        ))
+/// Loads the configuration or fails with every error listed; warnings are logged.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let loaded = crate::config::load(path).map_err(|errors| {
+        anyhow::anyhow!("{errors}")
+            .context(format!("the configuration {} is invalid", path.display()))
     })?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    let config = loaded.config;
+    Ok(loaded.config)
+}
+
+/// `ipn-bridge run`: the daemon until SIGTERM / SIGINT.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -17,6 +17,7 @@ pub mod config;
 pub mod connectors;
 pub mod delivery;
 pub mod domain;
+pub mod ingest;
 pub mod ipn;
 pub mod rules;
 pub mod server;

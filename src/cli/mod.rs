@@ -2,6 +2,8 @@
 //! set-up and dispatch.
 
 mod check_config;
+mod explain;
+mod replay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +52,49 @@ pub enum Command {
     ///
     /// Example: ipn-bridge check-config -c connectors.toml
     CheckConfig(ConfigArg),
+    /// Dry run of one IPN (a body file or a stored event id) through today's
+    /// configuration: each integration's decision with its reason and the exact Konnektive
+    /// request(s), password redacted. Sends and writes nothing.
+    ///
+    /// Examples: ipn-bridge explain 42
+    ///           ipn-bridge explain saved-ipn.txt --source ds24
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A stored event id, or a file holding a raw IPN body.
+        what: String,
+        /// The source whose passphrases check a file's signature (needed only when several
+        /// sources are configured).
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Route stored IPNs again with today's configuration (after fixing a product map, say).
+    /// Never repeats an import: an IPN that already has a job for an integration keeps it.
+    ///
+    /// Example: ipn-bridge replay 41 42 --integration main-campaign --dry-run
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Stored event ids (see `ipn-bridge events list`).
+        #[arg(required = true)]
+        events: Vec<i64>,
+        /// Only this integration.
+        #[arg(long)]
+        integration: Option<String>,
+        /// Show what would happen; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+pub use crate::app::load_config;
+
+/// Who runs an operator command, for the audit trail: `$SUDO_USER`, else `$USER`.
+pub fn operator() -> String {
+    ["SUDO_USER", "USER"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (`info`).
@@ -77,5 +122,16 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(args) => Ok(check_config::run(&args.config)),
+        Command::Explain {
+            config,
+            what,
+            source,
+        } => explain::run(&config.config, &what, source.as_deref()),
+        Command::Replay {
+            config,
+            events,
+            integration,
+            dry_run,
+        } => replay::run(&config.config, &events, integration.as_deref(), dry_run),
     }
 }

@@ -33,9 +33,10 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::delivery::{Heartbeat, Wake};
+use crate::ingest;
 use crate::ipn;
-use crate::rules::{self, Decision, Severity};
-use crate::store::{Ingested, NewIpn, NewJob, NewRoute, RouteDecision, Store};
+use crate::rules;
+use crate::store::{Ingested, Store};
 
 /// A client must send its request headers within this time.
 pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
@@ -165,60 +166,15 @@ async fn ipn_post(
     };
     let now = state.clock.now_ms();
     let event = &received.event;
-    let routes = rules::route(&config, &source_name, event, now)
-        .into_iter()
-        .map(|r| {
-            let decision = match r.decision {
-                Decision::Deliver {
-                    target,
-                    action,
-                    order_key,
-                    delay,
-                    reason,
-                } => RouteDecision::Job {
-                    job: NewJob {
-                        target,
-                        action,
-                        order_key,
-                        not_before: now
-                            .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
-                    },
-                    reason,
-                },
-                Decision::Skip { reason, severity } => {
-                    if severity == Severity::NeedsAttention {
-                        tracing::error!(
-                            integration = %r.integration,
-                            order_id = event.order_id().unwrap_or(""),
-                            product_id = event.get("product_id").unwrap_or(""),
-                            %reason,
-                            "IPN not delivered; the configuration needs a look"
-                        );
-                    }
-                    RouteDecision::Skip { reason }
-                }
-            };
-            NewRoute {
-                integration: r.integration,
-                decision,
-            }
-        })
-        .collect();
-    let record = NewIpn {
-        source: source_name.clone(),
-        business_key: received.business_key.clone(),
-        event: event.kind.ipn_name().to_owned(),
-        order_id: event.order_id().map(str::to_owned),
-        order_item_id: event.get("order_item_id").map(str::to_owned),
-        product_id: event.get("product_id").map(str::to_owned),
-        transaction_id: event.get("transaction_id").map(str::to_owned),
-        buyer_email: event.first_of(&["buyer_email", "email"]).map(str::to_owned),
-        amount: event.get("amount").map(str::to_owned),
-        currency: event.get("currency").map(str::to_owned),
-        received_at: now,
-        raw_body: body.to_vec(),
+    let routes = ingest::new_routes(rules::route(&config, &source_name, event, now), event, now);
+    let record = ingest::new_ipn(
+        &source_name,
+        received.business_key.clone(),
+        event,
+        body.to_vec(),
         routes,
-    };
+        now,
+    );
     match state.store.ingest(record).await {
         Ok(Ingested::Stored { ipn_id, jobs }) => {
             tracing::info!(

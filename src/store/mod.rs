@@ -285,6 +285,27 @@ pub struct IpnRow {
     pub received_at: i64,
 }
 
+/// A stored IPN with its raw body (for `explain` and `replay`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredIpn {
+    pub id: EventId,
+    pub source: String,
+    pub event: String,
+    pub received_at: i64,
+    pub raw_body: Vec<u8>,
+}
+
+/// What [`Store::add_routes`] did for one integration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rerouted {
+    /// A new job was created.
+    Created(JobId),
+    /// The IPN already has a job for this integration; nothing was created.
+    Existing { job: JobId, state: String },
+    /// The decision was to skip; recorded.
+    Skipped,
+}
+
 /// Filter for [`Store::list_jobs`].
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -640,6 +661,98 @@ impl Store {
                 }
             }
             Ok(None)
+        })
+        .await
+    }
+
+    /// A stored IPN by id.
+    pub async fn ipn(&self, id: EventId) -> Result<StoredIpn, StoreError> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT id, source, event, received_at, raw_body FROM ipns WHERE id = ?1",
+                params![id.0],
+                |r| {
+                    Ok(StoredIpn {
+                        id: EventId(r.get(0)?),
+                        source: r.get(1)?,
+                        event: r.get(2)?,
+                        received_at: r.get(3)?,
+                        raw_body: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("event {id}")))
+        })
+        .await
+    }
+
+    /// Records new routing decisions for a stored IPN (a replay with today's
+    /// configuration). A job is created only where the IPN has none for that integration
+    /// yet, so a replay can never repeat an import: an existing job, whatever its state, is
+    /// reported instead. The replay is recorded in `operator_actions`.
+    pub async fn add_routes(
+        &self,
+        ipn: EventId,
+        routes: Vec<NewRoute>,
+        user: String,
+        now: i64,
+    ) -> Result<Vec<Rerouted>, StoreError> {
+        self.call(move |c| {
+            let mut out = Vec::with_capacity(routes.len());
+            for route in &routes {
+                let existing: Option<(i64, String)> = c
+                    .prepare_cached(
+                        "SELECT id, state FROM jobs WHERE ipn_id = ?1 AND integration = ?2",
+                    )?
+                    .query_row(params![ipn.0, route.integration], |r| <_>::try_from(r))
+                    .optional()?;
+                let (decision, reason, job_id, result) = match (&route.decision, existing) {
+                    (RouteDecision::Job { reason, .. }, Some((id, state))) => (
+                        "job",
+                        format!("replay: kept existing job {id} ({state}); {reason}"),
+                        Some(id),
+                        Rerouted::Existing {
+                            job: JobId(id),
+                            state,
+                        },
+                    ),
+                    (RouteDecision::Job { job, reason }, None) => {
+                        let id = insert_job(c, ipn.0, &route.integration, job, now)?;
+                        (
+                            "job",
+                            format!("replay: {reason}"),
+                            Some(id.0),
+                            Rerouted::Created(id),
+                        )
+                    }
+                    (RouteDecision::Skip { reason }, _) => (
+                        "skipped",
+                        format!("replay: {reason}"),
+                        None,
+                        Rerouted::Skipped,
+                    ),
+                };
+                c.prepare_cached(
+                    "INSERT INTO routes (ipn_id, integration, decision, reason, job_id, decided_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    ipn.0,
+                    route.integration,
+                    decision,
+                    reason,
+                    job_id,
+                    now
+                ])?;
+                out.push(result);
+            }
+            c.prepare_cached(
+                "INSERT INTO operator_actions (at, user, command, ipn_id, reason)
+                 VALUES (?1, ?2, 'replay', ?3, 'replay with the current configuration')",
+            )?
+            .execute(params![now, user, ipn.0])?;
+            Ok(out)
         })
         .await
     }

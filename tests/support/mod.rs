@@ -180,7 +180,12 @@ impl Workdir {
 /// The daemon, in-process, on a free port.
 pub async fn start_daemon(work: &Workdir, setup: &Setup) -> Running {
     let path = work.write_config(setup);
-    let loaded = ipn_bridge::config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
+    start_daemon_at(&path).await
+}
+
+/// The daemon, in-process, on a free port, with the configuration file at `path`.
+pub async fn start_daemon_at(path: &Path) -> Running {
+    let loaded = ipn_bridge::config::load(path).unwrap_or_else(|e| panic!("config: {e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
