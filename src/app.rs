@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
-use crate::delivery::{self, Heartbeat, Wake};
+use crate::delivery::{self, Heartbeat, TargetBoard, Wake};
 use crate::server::{self, AppState};
 use crate::store::Store;
 
@@ -76,15 +76,16 @@ pub async fn start(
     let tracker = TaskTracker::new();
     let wake = Wake::default();
     let heartbeat = Heartbeat::default();
-    delivery::spawn(
-        &config,
-        store.clone(),
-        clock.clone(),
-        &wake,
-        heartbeat.clone(),
-        shutdown.clone(),
-        &tracker,
-    )?;
+    let board = TargetBoard::default();
+    let handles = delivery::Handles {
+        store: store.clone(),
+        clock: clock.clone(),
+        wake: wake.clone(),
+        heartbeat: heartbeat.clone(),
+        board: board.clone(),
+        shutdown: shutdown.clone(),
+    };
+    delivery::spawn(&config, &handles, &tracker)?;
     let addr = listener.local_addr()?;
     let state = AppState {
         config: config.clone(),
@@ -92,6 +93,7 @@ pub async fn start(
         clock,
         wake,
         heartbeat,
+        targets: board,
     };
     let server_task = tokio::spawn(server::serve(
         listener,

@@ -196,3 +196,72 @@ async fn jobs_of_one_digistore24_order_run_in_the_order_received() {
     assert_eq!(products, ["31", "32"], "main item first, then the add-on");
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_bad_login_pauses_the_target_until_a_probe_succeeds() {
+    let work = Workdir::new();
+    let fake = FakeKonnektive::start(FakeConfig {
+        password: "the-new-password".into(),
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut setup = Setup::new(&fake.base_url);
+    setup.max_in_flight = 1;
+    let daemon = start_daemon(&work, &setup).await;
+    for i in 0..3 {
+        let body = variant(
+            "01_on_payment_single_product.txt",
+            &[
+                ("order_id", &format!("PAUSE{i}")),
+                ("transaction_id", &format!("9{i}")),
+            ],
+        );
+        assert_eq!(post_ipn(daemon.addr, "ds24", body).await.0, 200);
+    }
+    // The first refusal pauses the target; from then on only probes go out.
+    wait_for(Duration::from_secs(10), "two probes", || async {
+        (fake.requests_to("campaign/query").len() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        fake.requests_to("order/import").len(),
+        1,
+        "no import while paused"
+    );
+    let health: serde_json::Value = reqwest::get(format!("http://{}/healthz", daemon.addr))
+        .await
+        .expect("healthz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        health["targets_paused"]["konnektive"].as_str(),
+        Some("Invalid login credentials"),
+        "{health}"
+    );
+    let store = open_store(&work);
+    let jobs = store.list_jobs(Default::default()).await.expect("jobs");
+    assert!(
+        jobs.iter().all(|j| j.state == "pending" && j.attempts == 0),
+        "{jobs:?}"
+    );
+
+    // The operator fixes the password in Konnektive: the next probe resumes the target.
+    fake.set_password(KONNEKTIVE_PASSWORD);
+    wait_for(Duration::from_secs(10), "all three delivered", || {
+        let store = store.clone();
+        async move {
+            let jobs = store.list_jobs(Default::default()).await.ok()?;
+            jobs.iter().all(|j| j.state == "delivered").then_some(())
+        }
+    })
+    .await;
+    assert_eq!(fake.orders().len(), 3);
+    let first = &store.list_jobs(Default::default()).await.expect("jobs")[0];
+    assert_eq!(first.attempts, 1, "the refused attempt did not count");
+    assert_eq!(
+        outcomes(&store, first.id).await,
+        vec![pair("send", "target_down"), pair("send", "delivered")]
+    );
+    daemon.stop().await;
+}

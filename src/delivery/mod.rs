@@ -18,12 +18,21 @@
 //! - A store write that fails after a call is retried until it succeeds or the process
 //!   stops; the job is never left `in_flight` by a running process.
 //!
+//! Target pause: when the target refuses a request as a whole (bad login, IP not
+//! allow-listed, missing permission: [`Outcome::TargetDown`]), every other request would fail
+//! the same way, and repeated bad logins can lock the API user. So the target stops sending:
+//! the job goes back to `pending` without spending an attempt, no further job is leased, and
+//! a `campaign/query` probe checks every [`probe_interval`] whether the problem is fixed;
+//! the first probe that succeeds resumes the target. The pause lives in memory: after a
+//! restart the first request finds out again, which costs one refused request.
+//!
 //! The loop wakes when the server stores new jobs (a `watch` counter), when a slot frees, at
 //! the next due time, and at least every [`POLL_INTERVAL_MS`] so changes made by other
 //! processes (the queue commands) are seen quickly.
 
 pub mod schedule;
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -82,8 +91,75 @@ impl Heartbeat {
     }
 }
 
+/// Why a target is paused, for logs, health and alerts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    pub reason: String,
+    pub since_ms: i64,
+    next_probe_ms: i64,
+}
+
+/// The paused targets, shared with the health endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct TargetBoard(Arc<std::sync::Mutex<BTreeMap<String, Pause>>>);
+
+impl TargetBoard {
+    /// The paused targets and why.
+    pub fn paused(&self) -> BTreeMap<String, Pause> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn get(&self, target: &str) -> Option<Pause> {
+        self.0.lock().ok().and_then(|m| m.get(target).cloned())
+    }
+
+    /// Pauses `target`; returns true when it was running (so the caller reports it once).
+    fn pause(&self, target: &str, reason: &str, now: i64, probe_in_ms: i64) -> bool {
+        let Ok(mut m) = self.0.lock() else {
+            return false;
+        };
+        if m.contains_key(target) {
+            return false;
+        }
+        m.insert(
+            target.to_owned(),
+            Pause {
+                reason: reason.to_owned(),
+                since_ms: now,
+                next_probe_ms: now.saturating_add(probe_in_ms),
+            },
+        );
+        true
+    }
+
+    fn set_next_probe(&self, target: &str, at: i64, reason: &str) {
+        if let Ok(mut m) = self.0.lock()
+            && let Some(p) = m.get_mut(target)
+        {
+            p.next_probe_ms = at;
+            p.reason = reason.to_owned();
+        }
+    }
+
+    fn resume(&self, target: &str) -> Option<Pause> {
+        self.0.lock().ok().and_then(|mut m| m.remove(target))
+    }
+}
+
+/// Time between two probes of a paused target: the target's `retry_max`, at least one
+/// second and at most five minutes (a probe with a bad password is a failed login, and
+/// Konnektive may lock an API user after many).
+pub fn probe_interval(policy: &Delivery) -> Duration {
+    policy
+        .retry_max
+        .clamp(Duration::from_secs(1), Duration::from_secs(300))
+}
+
 struct TargetWorker {
     name: String,
+    /// A campaign of one of the target's integrations, for the probe.
+    probe_campaign: Option<u64>,
+    board: TargetBoard,
     client: KonnektiveClient,
     policy: Delivery,
     limiter: DefaultDirectRateLimiter,
@@ -94,19 +170,36 @@ struct TargetWorker {
     shutdown: CancellationToken,
 }
 
+/// What every target loop shares with the rest of the daemon.
+#[derive(Clone)]
+pub struct Handles {
+    pub store: Store,
+    pub clock: SharedClock,
+    pub wake: Wake,
+    pub heartbeat: Heartbeat,
+    pub board: TargetBoard,
+    pub shutdown: CancellationToken,
+}
+
 /// Starts one loop per target on `tracker`. Returns after spawning.
-pub fn spawn(
-    config: &Config,
-    store: Store,
-    clock: SharedClock,
-    wake: &Wake,
-    heartbeat: Heartbeat,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) -> anyhow::Result<()> {
+pub fn spawn(config: &Config, handles: &Handles, tracker: &TaskTracker) -> anyhow::Result<()> {
+    let Handles {
+        store,
+        clock,
+        wake,
+        heartbeat,
+        board,
+        shutdown,
+    } = handles;
     for target in config.targets.values() {
         let worker = Arc::new(TargetWorker {
             name: target.name.clone(),
+            probe_campaign: config
+                .integrations
+                .values()
+                .find(|i| i.target == target.name)
+                .map(|i| i.campaign_id),
+            board: board.clone(),
             client: KonnektiveClient::new(target)?,
             policy: target.delivery.clone(),
             limiter: RateLimiter::direct(quota(target)),
@@ -149,6 +242,18 @@ async fn target_loop(
         }
         let now = w.clock.now_ms();
         heartbeat.beat(now);
+        if let Some(pause) = w.board.get(&w.name) {
+            if now >= pause.next_probe_ms {
+                probe(&w).await;
+                continue;
+            }
+            let wait = (pause.next_probe_ms - now).clamp(10, POLL_INTERVAL_MS);
+            tokio::select! {
+                _ = w.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+            }
+            continue;
+        }
         let free = w.slots.available_permits();
         if free > 0 {
             match w.store.lease_due(&w.name, now, free).await {
@@ -183,6 +288,52 @@ async fn target_loop(
         }
     }
     tracing::debug!(target = %w.name, "dispatcher stopped taking jobs");
+}
+
+/// Asks the paused target whether it accepts requests again; resumes it if so.
+async fn probe(w: &TargetWorker) {
+    w.limiter.until_ready().await;
+    let result = match w.probe_campaign {
+        Some(campaign) => w.client.check_campaign(campaign).await.map(|_| ()),
+        None => Ok(()),
+    };
+    let now = w.clock.now_ms();
+    match result {
+        Ok(()) => {
+            if let Some(pause) = w.board.resume(&w.name) {
+                tracing::warn!(
+                    target = %w.name,
+                    paused_for_s = (now - pause.since_ms) / 1000,
+                    "the target accepts requests again; resuming deliveries"
+                );
+            }
+        }
+        Err(report) => {
+            let interval = i64::try_from(probe_interval(&w.policy).as_millis()).unwrap_or(i64::MAX);
+            tracing::info!(
+                target = %w.name, reason = report.outcome.reason(),
+                "probe: the target still refuses requests"
+            );
+            w.board.set_next_probe(
+                &w.name,
+                now.saturating_add(interval),
+                report.outcome.reason(),
+            );
+        }
+    }
+}
+
+/// Pauses the target after a target-wide refusal (once; later refusals only requeue).
+fn pause_target(w: &TargetWorker, reason: &str) {
+    let now = w.clock.now_ms();
+    let interval = i64::try_from(probe_interval(&w.policy).as_millis()).unwrap_or(i64::MAX);
+    if w.board.pause(&w.name, reason, now, interval) {
+        tracing::error!(
+            target = %w.name, %reason,
+            "the target refuses every request; deliveries paused until a probe succeeds. \
+             Check the API user's login, IP allow-list and endpoint permissions"
+        );
+    }
 }
 
 async fn run_job(w: Arc<TargetWorker>, job: LeasedJob, permit: OwnedSemaphorePermit) {
@@ -262,7 +413,7 @@ async fn run_job(w: Arc<TargetWorker>, job: LeasedJob, permit: OwnedSemaphorePer
     }
     w.limiter.until_ready().await;
     let report = w.client.execute(&job.action).await;
-    let reconcile = report.maybe_applied && job.action.reconcile_reference().is_some();
+    let reconcile = report.maybe_applied && job.action.needs_reconcile();
     let disposition = next_step(&w, &job, &report.outcome, reconcile, attempt_no);
     log_attempt(&job, attempt_no, &report, &disposition);
     finish(&w, &job, attempt_id, report, disposition).await;
@@ -277,6 +428,12 @@ fn next_step(
     reconcile: bool,
     attempts: u32,
 ) -> Disposition {
+    if let Outcome::TargetDown { reason } = outcome {
+        pause_target(w, reason);
+        return Disposition::Requeue {
+            at: w.clock.now_ms(),
+        };
+    }
     let clock = JobClock {
         created_at: job.created_at,
         now: w.clock.now_ms(),
@@ -308,9 +465,6 @@ fn log_attempt(job: &LeasedJob, attempt: u32, report: &AttemptReport, next: &Dis
             %reason,
             "job dead-lettered; retry with `ipn-bridge queue retry {job_id}` once fixed"
         ),
-    }
-    if let Outcome::TargetDown { reason } = &report.outcome {
-        tracing::error!(target = %job.target, %reason, "the target refuses every request; check its login, IP allow-list and permissions");
     }
 }
 

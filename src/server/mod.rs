@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::delivery::{Heartbeat, Wake};
+use crate::delivery::{Heartbeat, TargetBoard, Wake};
 use crate::ingest;
 use crate::ipn;
 use crate::rules;
@@ -55,6 +55,7 @@ pub struct AppState {
     pub clock: SharedClock,
     pub wake: Wake,
     pub heartbeat: Heartbeat,
+    pub targets: TargetBoard,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -207,6 +208,9 @@ struct Health {
     store_writable: bool,
     store_error: Option<String>,
     dispatcher_alive: bool,
+    /// Paused targets and why (a paused target is degraded, not unhealthy: IPNs are still
+    /// received and kept).
+    targets_paused: std::collections::BTreeMap<String, String>,
     jobs: std::collections::BTreeMap<String, u64>,
 }
 
@@ -224,6 +228,12 @@ async fn healthz(State(state): State<AppState>) -> Response {
         store_writable: probe.is_ok(),
         store_error: probe.err().map(|e| e.to_string()),
         dispatcher_alive,
+        targets_paused: state
+            .targets
+            .paused()
+            .into_iter()
+            .map(|(t, p)| (t, p.reason))
+            .collect(),
         jobs,
     };
     let status = if healthy {
