@@ -265,3 +265,61 @@ async fn a_bad_login_pauses_the_target_until_a_probe_succeeds() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drains_at_the_configured_rate_and_never_faster() {
+    const RPS: f64 = 10.0;
+    const BURST: u32 = 2;
+    const IPNS: usize = 40;
+    let work = Workdir::new();
+    let fake = fake().await;
+    let mut setup = Setup::new(&fake.base_url);
+    setup.requests_per_second = RPS;
+    setup.burst = BURST;
+    setup.max_in_flight = 4;
+    // 40 IPNs arrive far faster than 10 per second: a backlog builds and drains.
+    let daemon = start_daemon(&work, &setup).await;
+    for i in 0..IPNS {
+        let body = variant(
+            "01_on_payment_single_product.txt",
+            &[
+                ("order_id", &format!("RATE{i:03}")),
+                ("transaction_id", &format!("7{i:03}")),
+            ],
+        );
+        assert_eq!(post_ipn(daemon.addr, "ds24", body).await.0, 200);
+    }
+    let store = open_store(&work);
+    wait_for(Duration::from_secs(20), "the backlog delivered", || {
+        let store = store.clone();
+        async move {
+            let counts = store.job_counts().await.ok()?;
+            (counts.get("delivered").copied() == Some(IPNS as u64)).then_some(())
+        }
+    })
+    .await;
+    daemon.stop().await;
+
+    let times: Vec<std::time::Instant> = fake.requests().iter().map(|r| r.at).collect();
+    assert_eq!(times.len(), IPNS, "one request per job");
+    let limit = RPS as usize + BURST as usize;
+    for (i, start) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|t| t.duration_since(*start) < Duration::from_secs(1))
+            .count();
+        assert!(
+            in_window <= limit,
+            "{in_window} requests within one second (limit {limit})"
+        );
+    }
+    // After the burst, requests follow the token rate.
+    let span = times[IPNS - 1]
+        .duration_since(times[BURST as usize])
+        .as_secs_f64();
+    let rate = (IPNS - BURST as usize - 1) as f64 / span;
+    assert!(
+        (RPS * 0.85..=RPS * 1.05).contains(&rate),
+        "drained at {rate:.2} requests/s, configured {RPS}"
+    );
+}
