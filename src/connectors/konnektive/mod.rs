@@ -16,8 +16,8 @@
 //! * **Transport errors**: a connect error (DNS, refused, TLS, connect timeout) sent nothing,
 //!   so it is retryable and not applied. Any other error (total timeout, connection cut, body
 //!   read error) may come after Konnektive acted: `Unknown`, maybe applied, reconcile first.
-//! * **Reads are safe to repeat**: for `order/query` and `campaign/query`, `Unknown` becomes
-//!   `Retryable` and `maybe_applied` is always false.
+//! * **Reads are safe to repeat**: for `order/query`, `transactions/query` and `campaign/query`,
+//!   `Unknown` becomes `Retryable` and `maybe_applied` is always false.
 //! * **Secrets**: `Debug` shows no password; the stored request replaces it with
 //!   `[redacted]`; every reason, response and transport error text is scrubbed of the
 //!   password (raw and form-encoded) in case an answer echoes it.
