@@ -1,6 +1,7 @@
 //! The Konnektive client against the fake Konnektive, over real sockets: success and
-//! receipts, every outcome class, reconciliation after an unknown outcome, QA approval, and
-//! that no report ever carries the password.
+//! receipts, every outcome class, reconciliation after an unknown outcome, QA approval,
+//! actions on an earlier import (finding it, refunds, chargebacks, cancellations, finding an
+//! applied refund), and that no report ever carries the password.
 
 #[path = "support/fake_konnektive.rs"]
 mod fake_konnektive;
@@ -11,8 +12,8 @@ use ipn_bridge::{config, connectors, domain};
 use config::{Delivery, Target, TargetKind};
 use connectors::KonnektiveClient;
 use domain::{
-    Action, Address, AttemptReport, Buyer, Day, DayWindow, Money, Order, OrderItem, Outcome,
-    Receipt,
+    Action, Address, AttemptReport, Buyer, Day, DayWindow, ImportRef, Money, Order, OrderItem,
+    Outcome, Receipt,
 };
 use secrecy::SecretString;
 use std::time::Duration;
@@ -605,4 +606,644 @@ async fn chaos_never_duplicates_an_order() {
         reports.iter().any(|r| r.outcome.label() == "unknown"),
         "some outcomes were unknown"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Actions on an earlier import
+// ---------------------------------------------------------------------------------------
+
+fn today() -> DayWindow {
+    let day = Day::parse_iso(&utc_today()).expect("today");
+    DayWindow {
+        first: day,
+        last: day,
+    }
+}
+
+/// The import of Digistore24 order `O1`, item `item`, payment `payment` (or the latest).
+fn import_ref(item: &str, payment: Option<&str>) -> ImportRef {
+    ImportRef {
+        ds24_order_id: "O1".to_owned(),
+        ds24_item: item.to_owned(),
+        payment_transaction: payment.map(str::to_owned),
+        reference_field: "custom1".to_owned(),
+        email: "max@example.com".to_owned(),
+        campaign_id: 12,
+        since: utc_today(),
+    }
+}
+
+fn refund(amount_minor: i64, full: bool, ds24_txn: &str) -> Action {
+    Action::Refund {
+        import: import_ref("1", Some("T1")),
+        amount: Money::from_minor(amount_minor),
+        ds24_transaction_id: ds24_txn.to_owned(),
+        full,
+    }
+}
+
+/// Imports `DS24-O1-1-T1` (49.00) and returns its receipt.
+async fn imported(client: &KonnektiveClient) -> Receipt {
+    let report = client.execute(&import(order("DS24-O1-1-T1"))).await;
+    receipt_of(&report)
+}
+
+#[tokio::test]
+async fn import_then_full_refund_is_external_and_keeps_the_ds24_id() {
+    let fake = FakeKonnektive::start(FakeConfig {
+        object_messages: true,
+        ..fake_config()
+    })
+    .await;
+    let client = client(&fake);
+    let import = imported(&client).await;
+    let order_id = import.order_id.clone().expect("order id");
+
+    let report = client
+        .execute_on(&refund(4900, true, "T-REF-1"), &import)
+        .await;
+    assert_clean(&report);
+    let receipt = receipt_of(&report);
+    assert_eq!(report.endpoint, "transactions/refund");
+    assert!(!report.maybe_applied);
+    assert!(
+        report.request.contains("--- transactions/query: ")
+            && report.request.contains("--- transactions/refund: "),
+        "{}",
+        report.request
+    );
+    assert!(report.request.contains("password=%5Bredacted%5D"));
+
+    let txns = fake.transactions();
+    assert_eq!(txns.len(), 2);
+    let (sale, refund_txn) = (&txns[0], &txns[1]);
+    assert_eq!(refund_txn.txn_type, "REFUND");
+    assert_eq!(refund_txn.order_id, order_id);
+    assert_eq!(refund_txn.amount_cents, 4900);
+    assert_eq!(refund_txn.merchant_txn_id.as_deref(), Some("T-REF-1"));
+    assert_eq!(refund_txn.parent_transaction_id, Some(sale.transaction_id));
+    assert!(refund_txn.external);
+    assert_eq!(
+        receipt,
+        Receipt {
+            order_id: Some(order_id.clone()),
+            transaction_ids: vec![refund_txn.transaction_id.to_string()],
+            ..Receipt::default()
+        }
+    );
+    let o = &fake.orders()[0];
+    assert_eq!(o.order_status, "REFUNDED");
+    assert_eq!(o.refund_remaining_cents, 0);
+    let sent = &fake.requests_to("transactions/refund")[0];
+    assert_eq!(sent.param("externalRefund"), Some("1"));
+    assert_eq!(sent.param("fullRefund"), Some("1"));
+    assert_eq!(sent.param("refundAmount"), Some("49.00"));
+    assert_eq!(sent.param("refundMerchantTxnId"), Some("T-REF-1"));
+    assert_eq!(
+        sent.param("transactionId"),
+        Some(sale.transaction_id.to_string().as_str())
+    );
+    assert_eq!(sent.param("cancelPurchase"), None);
+
+    // Again (e.g. a person refunded it first): "already refunded" is delivered, nothing new.
+    let again = client
+        .execute_on(&refund(4900, true, "T-REF-1"), &import)
+        .await;
+    assert_clean(&again);
+    assert_eq!(
+        receipt_of(&again).order_id.as_deref(),
+        Some(order_id.as_str())
+    );
+    assert!(again.response.contains("already been fully refunded"));
+    assert_eq!(fake.transactions().len(), 2);
+}
+
+#[tokio::test]
+async fn partial_refund_sends_the_amount_only() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let import = imported(&client).await;
+    let report = client
+        .execute_on(&refund(-1050, false, "T-REF-2"), &import)
+        .await;
+    assert_clean(&report);
+    // The string message carries no refund transaction id.
+    assert_eq!(
+        receipt_of(&report),
+        Receipt {
+            order_id: import.order_id.clone(),
+            ..Receipt::default()
+        }
+    );
+    let txns = fake.transactions();
+    assert_eq!(txns.len(), 2);
+    assert_eq!(txns[1].amount_cents, 1050);
+    assert_eq!(txns[1].merchant_txn_id.as_deref(), Some("T-REF-2"));
+    assert!(txns[1].external);
+    assert_eq!(fake.orders()[0].refund_remaining_cents, 3850);
+    let sent = &fake.requests_to("transactions/refund")[0];
+    assert_eq!(sent.param("refundAmount"), Some("10.50"));
+    assert_eq!(sent.param("fullRefund"), None);
+    assert_eq!(sent.param("externalRefund"), Some("1"));
+}
+
+#[tokio::test]
+async fn refund_goes_to_the_imported_sale_not_a_later_one() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let import = imported(&client).await;
+    let order_id = import.order_id.clone().expect("order id");
+    let sale = fake.transactions()[0].transaction_id;
+    fake.set_now(Some("2099-01-01 00:00:00"));
+    fake.push_transaction(&order_id, "SALE", "SUCCESS", 999)
+        .expect("upsale");
+    fake.push_transaction(&order_id, "SALE", "HARD_DECLINE", 999)
+        .expect("declined");
+    receipt_of(
+        &client
+            .execute_on(&refund(100, false, "T-REF-3"), &import)
+            .await,
+    );
+    let sent = &fake.requests_to("transactions/refund")[0];
+    assert_eq!(sent.param("transactionId"), Some(sale.to_string().as_str()));
+}
+
+#[tokio::test]
+async fn refund_without_a_transaction_is_permanent() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let missing = Receipt {
+        order_id: Some("DEADBEEF00".to_owned()),
+        ..Receipt::default()
+    };
+    let report = client
+        .execute_on(&refund(4900, true, "T-REF-4"), &missing)
+        .await;
+    assert_clean(&report);
+    assert!(
+        matches!(&report.outcome, Outcome::Permanent { reason } if reason.contains("no transaction for order DEADBEEF00")),
+        "{report:?}"
+    );
+    assert!(!report.maybe_applied);
+    assert_eq!(report.endpoint, "transactions/query");
+    assert!(fake.requests_to("transactions/refund").is_empty());
+
+    let no_order = client
+        .execute_on(&refund(4900, true, "T-REF-4"), &Receipt::default())
+        .await;
+    assert_eq!(no_order.outcome.label(), "permanent", "{no_order:?}");
+}
+
+#[tokio::test]
+async fn chargeback_marks_the_sale() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let import = imported(&client).await;
+    let action = Action::Chargeback {
+        import: import_ref("1", Some("T1")),
+        amount: Money::from_minor(4900),
+        date: "2026-03-20".to_owned(),
+        ds24_transaction_id: "T-CB-1".to_owned(),
+    };
+    let report = client.execute_on(&action, &import).await;
+    assert_clean(&report);
+    assert_eq!(report.endpoint, "transactions/update");
+    let sale = &fake.transactions()[0];
+    assert_eq!(
+        receipt_of(&report),
+        Receipt {
+            order_id: import.order_id.clone(),
+            transaction_ids: vec![sale.transaction_id.to_string()],
+            ..Receipt::default()
+        }
+    );
+    assert!(sale.is_chargedback);
+    assert_eq!(sale.chargeback_amount_cents, Some(4900));
+    assert_eq!(sale.chargeback_date.as_deref(), Some("03/20/2026"));
+    assert_eq!(sale.chargeback_reason_code.as_deref(), Some("DS24"));
+    assert_eq!(
+        sale.chargeback_note.as_deref(),
+        Some("Digistore24 chargeback T-CB-1 of order O1")
+    );
+    // Marking it again is harmless and delivered.
+    let again = client.execute_on(&action, &import).await;
+    receipt_of(&again);
+    assert!(again.response.contains("already marked as a chargeback"));
+
+    // A date that is not YYYY-MM-DD never leaves the process.
+    let bad = Action::Chargeback {
+        import: import_ref("1", Some("T1")),
+        amount: Money::from_minor(4900),
+        date: "20.03.2026".to_owned(),
+        ds24_transaction_id: "T-CB-2".to_owned(),
+    };
+    let before = fake.requests().len();
+    assert_eq!(
+        client.execute_on(&bad, &import).await.outcome.label(),
+        "permanent"
+    );
+    assert_eq!(fake.requests().len(), before);
+}
+
+#[tokio::test]
+async fn cancel_purchase_cancels_every_purchase() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let mut two = order("DS24-O1-1-T1");
+    two.items.push(OrderItem {
+        product_id: 32,
+        quantity: 1,
+        unit_price: Money::from_minor(995),
+    });
+    let import = receipt_of(&client.execute(&import(two)).await);
+    assert_eq!(import.purchase_ids.len(), 2);
+    let action = Action::CancelPurchase {
+        import: import_ref("1", None),
+        reason: "Digistore24 subscription cancelled".to_owned(),
+    };
+    let report = client.execute_on(&action, &import).await;
+    assert_clean(&report);
+    assert_eq!(report.endpoint, "purchase/cancel");
+    assert_eq!(
+        receipt_of(&report),
+        Receipt {
+            order_id: import.order_id.clone(),
+            purchase_ids: import.purchase_ids.clone(),
+            ..Receipt::default()
+        }
+    );
+    let o = &fake.orders()[0];
+    assert!(o.items.iter().all(|i| i.purchase_status == "CANCELLED"));
+    let sent = fake.requests_to("purchase/cancel");
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        sent[0].param("cancelReason"),
+        Some("Digistore24 subscription cancelled")
+    );
+
+    // Without purchase ids in the receipt they are read from order/query; already
+    // cancelled purchases count as delivered.
+    let bare = Receipt {
+        order_id: import.order_id.clone(),
+        ..Receipt::default()
+    };
+    let again = client.execute_on(&action, &bare).await;
+    assert_clean(&again);
+    assert_eq!(receipt_of(&again).purchase_ids.len(), 2);
+    assert!(
+        again.request.contains("--- order/query: "),
+        "{}",
+        again.request
+    );
+    assert_eq!(
+        fake.requests_to("order/query")[0].param("orderId"),
+        import.order_id.as_deref()
+    );
+}
+
+#[tokio::test]
+async fn cancel_purchase_stops_at_the_first_failure() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let mut two = order("DS24-O1-1-T1");
+    two.items.push(OrderItem {
+        product_id: 32,
+        quantity: 1,
+        unit_price: Money::from_minor(995),
+    });
+    let import = receipt_of(&client.execute(&import(two)).await);
+    fake.push_behaviour("purchase/cancel", Behaviour::Normal);
+    fake.push_behaviour("purchase/cancel", Behaviour::Html502);
+    let action = Action::CancelPurchase {
+        import: import_ref("1", None),
+        reason: String::new(),
+    };
+    let report = client.execute_on(&action, &import).await;
+    assert_eq!(report.outcome.label(), "retryable", "{report:?}");
+    assert!(report.maybe_applied, "the first purchase was cancelled");
+    assert_eq!(report.http_status, Some(502));
+    let sent = fake.requests_to("purchase/cancel");
+    assert_eq!(
+        sent[0].param("cancelReason"),
+        Some("Cancelled in Digistore24")
+    );
+    // The retry completes the job.
+    receipt_of(&client.execute_on(&action, &import).await);
+    assert!(
+        fake.orders()[0]
+            .items
+            .iter()
+            .all(|i| i.purchase_status == "CANCELLED")
+    );
+}
+
+#[tokio::test]
+async fn cancel_order_without_refund() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let import = imported(&client).await;
+    let action = Action::CancelOrder {
+        import: import_ref("1", Some("T1")),
+        reason: "Digistore24 refund".to_owned(),
+    };
+    let report = client.execute_on(&action, &import).await;
+    assert_clean(&report);
+    assert_eq!(report.endpoint, "order/cancel");
+    assert!(!report.request.contains("--- "), "one call, plain request");
+    assert_eq!(
+        receipt_of(&report),
+        Receipt {
+            order_id: import.order_id.clone(),
+            ..Receipt::default()
+        }
+    );
+    let o = &fake.orders()[0];
+    assert_eq!(o.order_status, "CANCELLED");
+    assert_eq!(o.cancel_reason.as_deref(), Some("Digistore24 refund"));
+    assert_eq!(o.refund_remaining_cents, 4900, "nothing refunded");
+    let sent = &fake.requests_to("order/cancel")[0];
+    assert_eq!(sent.param("fullRefund"), Some("0"));
+    assert!(fake.transactions().iter().all(|t| t.txn_type == "SALE"));
+    receipt_of(&client.execute_on(&action, &import).await);
+}
+
+#[tokio::test]
+async fn refund_that_hangs_after_applying_is_found_not_repeated() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let import = imported(&client).await;
+    let action = refund(4900, true, "T-REF-5");
+
+    // Nothing applied yet: nothing found.
+    assert_eq!(
+        client.find_applied(&action, Some(&import), today()).await,
+        Ok(None)
+    );
+
+    fake.push_behaviour(
+        "transactions/refund",
+        Behaviour::CreateThenHang(TIMEOUT * 2),
+    );
+    let report = client.execute_on(&action, &import).await;
+    assert_clean(&report);
+    assert_eq!(report.outcome.label(), "unknown", "{report:?}");
+    assert!(report.maybe_applied);
+    assert_eq!(report.endpoint, "transactions/refund");
+
+    let found = client
+        .find_applied(&action, Some(&import), today())
+        .await
+        .expect("lookup")
+        .expect("the refund exists");
+    let refunds: Vec<_> = fake
+        .transactions()
+        .into_iter()
+        .filter(|t| t.txn_type == "REFUND")
+        .collect();
+    assert_eq!(refunds.len(), 1, "exactly one refund");
+    assert_eq!(
+        found,
+        Receipt {
+            order_id: import.order_id.clone(),
+            transaction_ids: vec![refunds[0].transaction_id.to_string()],
+            ..Receipt::default()
+        }
+    );
+    // Without the resolved import, the lookup finds the import first.
+    assert_eq!(
+        client.find_applied(&action, None, today()).await,
+        Ok(Some(found))
+    );
+    // Another Digistore24 refund id is not this refund.
+    assert_eq!(
+        client
+            .find_applied(&refund(4900, true, "T-REF-6"), Some(&import), today())
+            .await,
+        Ok(None)
+    );
+    assert_eq!(fake.requests_to("transactions/refund").len(), 1);
+}
+
+#[tokio::test]
+async fn refund_behind_a_502_is_maybe_applied_and_found() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let import = imported(&client).await;
+    let action = refund(1000, false, "T-REF-7");
+    fake.push_behaviour(
+        "transactions/refund",
+        Behaviour::after_apply(Behaviour::Html502),
+    );
+    let report = client.execute_on(&action, &import).await;
+    assert_clean(&report);
+    assert_eq!(report.outcome.label(), "retryable", "{report:?}");
+    assert!(report.maybe_applied);
+    assert!(
+        client
+            .find_applied(&action, Some(&import), today())
+            .await
+            .expect("lookup")
+            .is_some()
+    );
+
+    // A read failing inside the attempt applied nothing.
+    fake.push_behaviour("transactions/query", Behaviour::Html502);
+    let report = client
+        .execute_on(&refund(1000, false, "T-REF-8"), &import)
+        .await;
+    assert_eq!(report.endpoint, "transactions/query");
+    assert_eq!(report.outcome.label(), "retryable");
+    assert!(!report.maybe_applied);
+    // An ERROR envelope on the write applied nothing either.
+    fake.push_behaviour(
+        "transactions/refund",
+        Behaviour::Error("Gateway busy".to_owned()),
+    );
+    let report = client
+        .execute_on(&refund(1000, false, "T-REF-8"), &import)
+        .await;
+    assert_eq!(report.outcome.label(), "retryable");
+    assert!(!report.maybe_applied);
+    assert_eq!(
+        fake.transactions()
+            .iter()
+            .filter(|t| t.txn_type == "REFUND")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn find_applied_is_none_for_repeatable_actions() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let receipt = imported(&client).await;
+    let cancel = Action::CancelOrder {
+        import: import_ref("1", None),
+        reason: "x".to_owned(),
+    };
+    assert_eq!(
+        client.find_applied(&cancel, Some(&receipt), today()).await,
+        Ok(None)
+    );
+    let o = order("DS24-O1-1-T1");
+    assert_eq!(
+        client
+            .find_applied(&import(o.clone()), None, around(&o))
+            .await,
+        Ok(Some(receipt.clone()))
+    );
+    assert_eq!(fake.requests().len(), 2, "the import and one order/query");
+}
+
+#[tokio::test]
+async fn find_import_picks_the_latest_and_honours_the_payment() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let day = utc_today();
+    let mut ids = Vec::new();
+    for (time, reference) in [
+        ("10:00:00", "DS24-O1-1-T1"),
+        ("11:00:00", "DS24-O1-1-T2"),
+        ("12:00:00", "DS24-O1-2-T3"),
+        ("13:00:00", "DS24-O1-10-T4"),
+        ("14:00:00", "DS24-O2-1-T5"),
+        ("09:00:00", "DS24-O1-1-T0"),
+    ] {
+        fake.set_now(Some(&format!("{day} {time}")));
+        let r = receipt_of(&client.execute(&import(order(reference))).await);
+        ids.push(r.order_id.expect("order id"));
+    }
+    let found = |r: Option<Receipt>| r.and_then(|r| r.order_id);
+
+    let latest = client
+        .find_import(&import_ref("1", None), today())
+        .await
+        .expect("query");
+    assert_eq!(
+        found(latest),
+        Some(ids[1].clone()),
+        "T2 is the latest of item 1"
+    );
+    let first = client
+        .find_import(&import_ref("1", Some("T1")), today())
+        .await
+        .expect("query");
+    assert_eq!(found(first), Some(ids[0].clone()));
+    let other_item = client
+        .find_import(&import_ref("10", None), today())
+        .await
+        .expect("query");
+    assert_eq!(found(other_item), Some(ids[3].clone()));
+    assert_eq!(
+        client
+            .find_import(&import_ref("1", Some("T9")), today())
+            .await,
+        Ok(None)
+    );
+    let q = &fake.requests_to("order/query")[0];
+    assert_eq!(q.param("emailAddress"), Some("max@example.com"));
+    assert_eq!(q.param("campaignId"), Some("12"));
+    assert_eq!(q.param("resultsPerPage"), Some("200"));
+}
+
+#[tokio::test]
+async fn find_import_reads_every_page() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let day = utc_today();
+    fake.set_now(Some(&format!("{day} 12:00:00")));
+    let early = receipt_of(&client.execute(&import(order("DS24-O1-1-T1"))).await);
+    fake.set_now(Some(&format!("{day} 08:00:00")));
+    for i in 0..200 {
+        receipt_of(&client.execute(&import(order(&format!("DS24-X-{i}")))).await);
+    }
+    // The match on page 1 is later than the one on page 2: the latest still wins.
+    fake.set_now(Some(&format!("{day} 07:00:00")));
+    receipt_of(&client.execute(&import(order("DS24-O1-1-T2"))).await);
+    let found = client
+        .find_import(&import_ref("1", None), today())
+        .await
+        .expect("query");
+    assert_eq!(found.and_then(|r| r.order_id), early.order_id);
+    let pages: Vec<Option<String>> = fake
+        .requests_to("order/query")
+        .iter()
+        .map(|r| r.param("page").map(str::to_owned))
+        .collect();
+    assert_eq!(pages, [Some("1".to_owned()), Some("2".to_owned())]);
+}
+
+#[tokio::test]
+async fn find_import_without_an_import_is_none() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    assert_eq!(
+        client.find_import(&import_ref("1", None), today()).await,
+        Ok(None)
+    );
+    receipt_of(&client.execute(&import(order("DS24-O2-1-T1"))).await);
+    receipt_of(&client.execute(&import(order("DS24-O1-11"))).await);
+    assert_eq!(
+        client.find_import(&import_ref("1", None), today()).await,
+        Ok(None)
+    );
+    fake.push_behaviour("order/query", Behaviour::Html502);
+    let err = client
+        .find_import(&import_ref("1", None), today())
+        .await
+        .expect_err("a failed read is no answer");
+    assert_eq!(err.outcome.label(), "retryable");
+    assert!(!err.maybe_applied);
+}
+
+#[tokio::test]
+async fn execute_refuses_actions_on_an_import() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let report = client(&fake).execute(&refund(100, false, "T")).await;
+    assert!(
+        matches!(&report.outcome, Outcome::Permanent { reason } if reason.contains("execute_on")),
+        "{report:?}"
+    );
+    assert!(!report.maybe_applied);
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn actions_never_leak_the_password() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let import = imported(&client).await;
+    fake.set_password("rotated-elsewhere");
+    let actions = [
+        refund(100, false, "T"),
+        Action::Chargeback {
+            import: import_ref("1", None),
+            amount: Money::from_minor(100),
+            date: "2026-03-20".to_owned(),
+            ds24_transaction_id: "T".to_owned(),
+        },
+        Action::CancelPurchase {
+            import: import_ref("1", None),
+            reason: PASSWORD.to_owned(),
+        },
+        Action::CancelOrder {
+            import: import_ref("1", None),
+            reason: PASSWORD.to_owned(),
+        },
+    ];
+    for action in &actions {
+        let report = client.execute_on(action, &import).await;
+        assert_clean(&report);
+        assert_eq!(report.outcome.label(), "target_down", "{report:?}");
+        assert!(!report.maybe_applied);
+        if let Err(err) = client.find_applied(action, Some(&import), today()).await {
+            assert_clean(&err);
+        }
+    }
+    let err = client
+        .find_import(&import_ref("1", None), today())
+        .await
+        .expect_err("bad login");
+    assert_clean(&err);
 }

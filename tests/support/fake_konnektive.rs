@@ -32,11 +32,25 @@
 //!   `resultsPerPage` (default 25, max 200), `page`. Rows as E8 (`items` an object keyed by
 //!   campaign product id, `custom1..5`, `sourceValue1..5`). No hits:
 //!   `No orders matching those parameters could be found`.
-//! * `campaign/query` (E7), `order/qa` (E2), `transactions/query` (E9),
-//!   `transactions/refund` (E9; refuses without `externalRefund=1`, GUESS text),
-//!   `transactions/update` (E10, `markChargeback`/`revertChargeback`), `order/cancel` and
-//!   `purchase/cancel` (E11). With `object_messages`, the refund/update/cancel successes
-//!   carry an object instead of a string (the reference asks the client to accept both).
+//! * `campaign/query` (E7), `order/qa` (E2), `transactions/query` (E9; filters `orderId`,
+//!   `purchaseId`, `customerId`, `txnType`, `isChargedback`, `merchantTxnId`; paging; no
+//!   hits: `No transactions matching those parameters could be found`).
+//! * `transactions/refund` (E9) on a SALE or CAPTURE: refuses without `externalRefund=1`
+//!   (GUESS text); creates a REFUND transaction recording `refundMerchantTxnId` as its
+//!   `merchantTxnId` and whether it was external; sets the order `REFUNDED`, lowers
+//!   `refundRemaining`; `cancelPurchase=1` cancels the purchases. A refund of an order with
+//!   nothing remaining answers `Transaction has already been fully refunded` (GUESS).
+//! * `transactions/update` (E10, `markChargeback`/`revertChargeback`); marking a transaction
+//!   that is already charged back answers `Transaction is already marked as a chargeback`
+//!   (GUESS).
+//! * `order/cancel` and `purchase/cancel` (E11); cancelling a cancelled order or purchase
+//!   answers `Order is already cancelled` / `Purchase is already cancelled` (GUESS).
+//!   `order/cancel` cancels every purchase of the order too.
+//! * With `object_messages`, the refund/update/cancel successes carry an object instead of a
+//!   string (the reference asks the client to accept both); the refund's object carries the
+//!   new REFUND `transactionId`.
+//! * [`FakeKonnektive::push_transaction`] adds a transaction by hand (a declined sale, an
+//!   upsale) so tests can check which transaction the client picks.
 //!
 //! Faults: [`FakeKonnektive::push_behaviour`] queues one-shot [`Behaviour`]s per endpoint
 //! (FIFO); when an endpoint's queue is empty, [`FakeKonnektive::set_chaos`] (seeded,
@@ -191,13 +205,15 @@ impl FakeOrder {
     }
 }
 
-/// A transaction (SALE at import, REFUND per refund).
+/// A transaction (SALE at import, REFUND per refund, others by `push_transaction`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeTransaction {
     pub transaction_id: u64,
     pub order_id: String,
     pub customer_id: u64,
     pub txn_type: String,
+    /// `SUCCESS`, `HARD_DECLINE`, `SOFT_DECLINE`.
+    pub response_type: String,
     pub amount_cents: i64,
     pub date_created: String,
     pub is_chargedback: bool,
@@ -208,6 +224,8 @@ pub struct FakeTransaction {
     pub merchant_txn_id: Option<String>,
     /// The transaction a REFUND refers to.
     pub parent_transaction_id: Option<u64>,
+    /// A REFUND made with `externalRefund=1` (no processor was asked).
+    pub external: bool,
 }
 
 /// Random faults for chaos tests: for every request whose endpoint has no queued behaviour,
@@ -379,6 +397,44 @@ impl FakeKonnektive {
 
     pub fn set_campaign(&self, campaign_id: u64, products: Vec<u64>) {
         self.state().cfg.campaigns.insert(campaign_id, products);
+    }
+
+    /// Adds a transaction to an existing order (created "now"): e.g. a declined `SALE` or a
+    /// later upsale. Returns its id, or `None` when the order does not exist.
+    pub fn push_transaction(
+        &self,
+        order_id: &str,
+        txn_type: &str,
+        response_type: &str,
+        amount_cents: i64,
+    ) -> Option<u64> {
+        let mut st = self.state();
+        let customer_id = st
+            .orders
+            .iter()
+            .find(|o| o.order_id == order_id)?
+            .customer_id;
+        let transaction_id = st.next_transaction_id;
+        st.next_transaction_id += 1;
+        let now = st.now();
+        st.transactions.push(FakeTransaction {
+            transaction_id,
+            order_id: order_id.to_owned(),
+            customer_id,
+            txn_type: txn_type.to_owned(),
+            response_type: response_type.to_owned(),
+            amount_cents,
+            date_created: now,
+            is_chargedback: false,
+            chargeback_amount_cents: None,
+            chargeback_date: None,
+            chargeback_reason_code: None,
+            chargeback_note: None,
+            merchant_txn_id: None,
+            parent_transaction_id: None,
+            external: false,
+        });
+        Some(transaction_id)
     }
 
     /// Pins the creation time (`YYYY-MM-DD HH:MM:SS`), or unpins it with `None`.
@@ -803,6 +859,7 @@ fn order_import(st: &mut FakeState, p: &[(String, String)]) -> Value {
         order_id: order_id.clone(),
         customer_id,
         txn_type: "SALE".to_owned(),
+        response_type: "SUCCESS".to_owned(),
         amount_cents: total_cents,
         date_created: now,
         is_chargedback: false,
@@ -812,6 +869,7 @@ fn order_import(st: &mut FakeState, p: &[(String, String)]) -> Value {
         chargeback_note: None,
         merchant_txn_id: None,
         parent_transaction_id: None,
+        external: false,
     });
     let message = import_message(&order);
     st.orders.push(order);
@@ -1186,7 +1244,7 @@ fn transaction_row(t: &FakeTransaction) -> Value {
         "customerId": t.customer_id,
         "txnType": t.txn_type,
         "paySource": "PREPAID",
-        "responseType": "SUCCESS",
+        "responseType": t.response_type,
         "totalAmount": money(t.amount_cents),
         "dateCreated": t.date_created,
         "isChargedback": u8::from(t.is_chargedback),
@@ -1203,6 +1261,7 @@ fn transactions_query(st: &FakeState, p: &[(String, String)]) -> Value {
     let customer = param(p, "customerId");
     let txn_type = param(p, "txnType");
     let chargedback = param(p, "isChargedback");
+    let merchant_txn = param(p, "merchantTxnId");
     let hits: Vec<&FakeTransaction> = st
         .transactions
         .iter()
@@ -1217,6 +1276,7 @@ fn transactions_query(st: &FakeState, p: &[(String, String)]) -> Value {
         .filter(|t| customer.is_none_or(|c| t.customer_id.to_string() == c))
         .filter(|t| txn_type.is_none_or(|ty| t.txn_type.eq_ignore_ascii_case(ty)))
         .filter(|t| chargedback.is_none_or(|c| (c == "1") == t.is_chargedback))
+        .filter(|t| merchant_txn.is_none_or(|m| t.merchant_txn_id.as_deref() == Some(m)))
         .collect();
     if hits.is_empty() {
         return error_text("No transactions matching those parameters could be found");
@@ -1244,7 +1304,11 @@ fn transactions_refund(st: &mut FakeState, p: &[(String, String)]) -> Value {
     let Some(sale) = st
         .transactions
         .iter()
-        .find(|t| Some(t.transaction_id) == txn_id && t.txn_type == "SALE")
+        .find(|t| {
+            Some(t.transaction_id) == txn_id
+                && (t.txn_type == "SALE" || t.txn_type == "CAPTURE")
+                && t.response_type == "SUCCESS"
+        })
         .cloned()
     else {
         return error_text("Transaction not found");
@@ -1265,6 +1329,9 @@ fn transactions_refund(st: &mut FakeState, p: &[(String, String)]) -> Value {
     };
     if order.order_status == "PENDING" {
         return error_text("Order has no successful transaction to refund");
+    }
+    if order.refund_remaining_cents <= 0 {
+        return error_text("Transaction has already been fully refunded");
     }
     let amount = if param(p, "fullRefund") == Some("1") {
         order.refund_remaining_cents
@@ -1287,6 +1354,7 @@ fn transactions_refund(st: &mut FakeState, p: &[(String, String)]) -> Value {
         order_id: sale.order_id.clone(),
         customer_id: sale.customer_id,
         txn_type: "REFUND".to_owned(),
+        response_type: "SUCCESS".to_owned(),
         amount_cents: amount,
         date_created: now,
         is_chargedback: false,
@@ -1296,6 +1364,7 @@ fn transactions_refund(st: &mut FakeState, p: &[(String, String)]) -> Value {
         chargeback_note: None,
         merchant_txn_id: param(p, "refundMerchantTxnId").map(str::to_owned),
         parent_transaction_id: Some(sale.transaction_id),
+        external: true,
     });
     let object_messages = st.cfg.object_messages;
     if let Some(o) = st.order_mut(&sale.order_id) {
@@ -1327,6 +1396,9 @@ fn transactions_update(st: &mut FakeState, p: &[(String, String)]) -> Value {
         return error_text("Transaction not found");
     };
     if param(p, "markChargeback") == Some("1") {
+        if st.transactions[idx].is_chargedback {
+            return error_text("Transaction is already marked as a chargeback");
+        }
         if let Some(err) = require(
             p,
             &["chargebackAmount", "chargebackDate", "chargebackReasonCode"],
@@ -1392,6 +1464,9 @@ fn order_cancel(st: &mut FakeState, p: &[(String, String)]) -> Value {
     let Some(order) = st.order_mut(&order_id) else {
         return error_text("Order not found");
     };
+    if order.order_status == "CANCELLED" {
+        return error_text("Order is already cancelled");
+    }
     order.order_status = "CANCELLED".to_owned();
     order.cancel_reason = param(p, "cancelReason").map(str::to_owned);
     for item in &mut order.items {
@@ -1418,6 +1493,9 @@ fn purchase_cancel(st: &mut FakeState, p: &[(String, String)]) -> Value {
     else {
         return error_text("Purchase not found");
     };
+    if item.purchase_status == "CANCELLED" {
+        return error_text("Purchase is already cancelled");
+    }
     item.purchase_status = "CANCELLED".to_owned();
     if object_messages {
         envelope_ok(json!({"purchaseId": purchase_id, "status": "CANCELLED"}))

@@ -16,8 +16,8 @@
 //! * **Transport errors**: a connect error (DNS, refused, TLS, connect timeout) sent nothing,
 //!   so it is retryable and not applied. Any other error (total timeout, connection cut, body
 //!   read error) may come after Konnektive acted: `Unknown`, maybe applied, reconcile first.
-//! * **Reads are safe to repeat**: for `order/query` and `campaign/query`, `Unknown` becomes
-//!   `Retryable` and `maybe_applied` is always false.
+//! * **Reads are safe to repeat**: for `order/query`, `transactions/query` and `campaign/query`,
+//!   `Unknown` becomes `Retryable` and `maybe_applied` is always false.
 //! * **Secrets**: `Debug` shows no password; the stored request replaces it with
 //!   `[redacted]`; every reason, response and transport error text is scrubbed of the
 //!   password (raw and form-encoded) in case an answer echoes it.
@@ -25,6 +25,27 @@
 //!   client calls `order/qa` with `APPROVE` at once. The import stays `Delivered` either way
 //!   (the order exists; repeating the import would duplicate it); a failed approval is logged
 //!   at ERROR and appended to the attempt's request/response so a person sees it.
+//! * **Actions on an earlier import** (refund, chargeback, cancellations) need the CRM order
+//!   first: [`KonnektiveClient::find_import`] finds it (`order/query`, every page, the latest
+//!   order whose reference [`ImportRef::matches`]), [`KonnektiveClient::execute_on`] acts on
+//!   it. [`KonnektiveClient::execute`] performs imports only; given another action it reports
+//!   a permanent local failure (a dispatcher bug), never a guess at the order.
+//! * **One attempt, several calls.** A refund or chargeback reads `transactions/query` (all
+//!   pages) to pick the payment transaction (see `response`), then writes; a purchase
+//!   cancellation may read the purchase ids (`order/query` by `orderId`) and then cancels each
+//!   purchase, stopping at the first failure. The report's endpoint and HTTP status are the
+//!   final call's; its request and response list every call (`--- endpoint: …`), scrubbed.
+//! * **maybe_applied** is the final call's (reads never set it), and also true when an
+//!   earlier write of the same attempt succeeded but a later one did not (some purchases are
+//!   cancelled): something happened, and the report says so. Repeating is harmless there:
+//!   the cancelled ones answer "already cancelled", which counts as delivered.
+//! * **No transaction is permanent.** An order without transactions, or without a
+//!   successful SALE/CAPTURE, cannot take a refund or chargeback however often we try (it is
+//!   typically still held in QA): a person must look.
+//! * **Finding an applied action** ([`KonnektiveClient::find_applied`]): an import by its
+//!   reference; a refund by the REFUND transaction whose `merchantTxnId` is our Digistore24
+//!   refund transaction id (sent as `refundMerchantTxnId`). Chargebacks and cancellations
+//!   are safe to repeat, so they are never looked up.
 
 pub mod request;
 pub mod response;
@@ -33,7 +54,9 @@ pub use request::import_params;
 pub use response::{Classified, classify};
 
 use crate::config::Target;
-use crate::domain::{Action, AttemptReport, DayWindow, Order, Outcome, Receipt};
+use crate::domain::{
+    Action, AttemptReport, Day, DayWindow, ImportRef, Money, Order, Outcome, Receipt,
+};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
@@ -50,6 +73,14 @@ const IMPORT_ENDPOINT: &str = "order/import";
 const QA_ENDPOINT: &str = "order/qa";
 const ORDER_QUERY_ENDPOINT: &str = "order/query";
 const CAMPAIGN_QUERY_ENDPOINT: &str = "campaign/query";
+const TRANSACTIONS_QUERY_ENDPOINT: &str = "transactions/query";
+const REFUND_ENDPOINT: &str = "transactions/refund";
+const TRANSACTION_UPDATE_ENDPOINT: &str = "transactions/update";
+const ORDER_CANCEL_ENDPOINT: &str = "order/cancel";
+const PURCHASE_CANCEL_ENDPOINT: &str = "purchase/cancel";
+
+/// Pages of transactions read at most for one order (200 each; an order has a handful).
+const TRANSACTION_MAX_PAGES: u32 = 5;
 
 /// A client for one Konnektive target. Cheap to clone (the HTTP client is shared).
 #[derive(Clone)]
@@ -117,11 +148,333 @@ impl KonnektiveClient {
             other => self.local_failure(
                 other.kind().config_name(),
                 format!(
-                    "action {} is not implemented by this connector yet",
+                    "action {} needs its import resolved first (find_import, then execute_on)",
                     other.kind().config_name()
                 ),
             ),
         }
+    }
+
+    /// Performs a Refund / Chargeback / CancelPurchase / CancelOrder on the resolved import
+    /// (`import.order_id`, `purchase_ids`). One attempt may make several calls; the report
+    /// describes the attempt (endpoint = the final call, request/response = every call,
+    /// redacted) and its outcome class. An import is simply [`Self::execute`]d.
+    pub async fn execute_on(&self, action: &Action, import: &Receipt) -> AttemptReport {
+        if let Action::ImportOrder { .. } = action {
+            return self.execute(action).await;
+        }
+        let Some(order_id) = import.order_id.as_deref().filter(|id| !id.is_empty()) else {
+            return self.local_failure(
+                action.kind().config_name(),
+                format!(
+                    "the import this {} refers to has no Konnektive order id",
+                    action.kind().config_name()
+                ),
+            );
+        };
+        match action {
+            Action::ImportOrder { .. } => self.execute(action).await,
+            Action::Refund {
+                amount,
+                ds24_transaction_id,
+                full,
+                ..
+            } => {
+                self.refund(order_id, *amount, *full, ds24_transaction_id)
+                    .await
+            }
+            Action::Chargeback {
+                import: import_ref,
+                amount,
+                date,
+                ds24_transaction_id,
+            } => {
+                let Some(day) = Day::parse_iso(date) else {
+                    return self.local_failure(
+                        TRANSACTION_UPDATE_ENDPOINT,
+                        format!("chargeback date {date:?} is not a YYYY-MM-DD date"),
+                    );
+                };
+                let params = |txn: &str| {
+                    request::chargeback_params(
+                        txn,
+                        *amount,
+                        day,
+                        ds24_transaction_id,
+                        &import_ref.ds24_order_id,
+                    )
+                };
+                self.chargeback(order_id, params).await
+            }
+            Action::CancelPurchase { reason, .. } => {
+                self.cancel_purchases(order_id, &import.purchase_ids, reason)
+                    .await
+            }
+            Action::CancelOrder { reason, .. } => self.cancel_order(order_id, reason).await,
+        }
+    }
+
+    /// `transactions/query`, then `transactions/refund` on the payment transaction.
+    async fn refund(
+        &self,
+        order_id: &str,
+        amount: Money,
+        full: bool,
+        ds24_transaction_id: &str,
+    ) -> AttemptReport {
+        let mut trail = Vec::new();
+        let txn = match self.payment_transaction_of(order_id, &mut trail).await {
+            Ok(txn) => txn,
+            Err(report) => return report,
+        };
+        let params = request::refund_params(&txn, amount, full, ds24_transaction_id);
+        let (report, body) = self.call(REFUND_ENDPOINT, params, false).await;
+        trail.push(report.clone());
+        let outcome = match report.outcome {
+            Outcome::Delivered(_) => Outcome::Delivered(Receipt {
+                order_id: Some(order_id.to_owned()),
+                transaction_ids: body
+                    .as_deref()
+                    .and_then(response::refund_transaction_id)
+                    .into_iter()
+                    .collect(),
+                ..Receipt::default()
+            }),
+            other => other,
+        };
+        self.combine(trail, outcome, report.maybe_applied)
+    }
+
+    /// `transactions/query`, then `transactions/update` marking the payment transaction.
+    async fn chargeback(
+        &self,
+        order_id: &str,
+        params: impl Fn(&str) -> Vec<(String, String)>,
+    ) -> AttemptReport {
+        let mut trail = Vec::new();
+        let txn = match self.payment_transaction_of(order_id, &mut trail).await {
+            Ok(txn) => txn,
+            Err(report) => return report,
+        };
+        let (report, _) = self
+            .call(TRANSACTION_UPDATE_ENDPOINT, params(&txn), false)
+            .await;
+        trail.push(report.clone());
+        let outcome = match report.outcome {
+            Outcome::Delivered(_) => Outcome::Delivered(Receipt {
+                order_id: Some(order_id.to_owned()),
+                transaction_ids: vec![txn],
+                ..Receipt::default()
+            }),
+            other => other,
+        };
+        self.combine(trail, outcome, report.maybe_applied)
+    }
+
+    /// `purchase/cancel` for every purchase of the order (read from `order/query` when the
+    /// receipt has none); stops at the first failure.
+    async fn cancel_purchases(
+        &self,
+        order_id: &str,
+        known: &[String],
+        reason: &str,
+    ) -> AttemptReport {
+        let mut trail = Vec::new();
+        let purchase_ids = if known.is_empty() {
+            match self.purchases_of(order_id, &mut trail).await {
+                Ok(ids) => ids,
+                Err(report) => return report,
+            }
+        } else {
+            known.to_vec()
+        };
+        let mut cancelled = Vec::with_capacity(purchase_ids.len());
+        for purchase_id in &purchase_ids {
+            let params = request::purchase_cancel_params(purchase_id, reason);
+            let (report, _) = self.call(PURCHASE_CANCEL_ENDPOINT, params, false).await;
+            trail.push(report.clone());
+            if !matches!(report.outcome, Outcome::Delivered(_)) {
+                let maybe_applied = report.maybe_applied || !cancelled.is_empty();
+                return self.combine(trail, report.outcome, maybe_applied);
+            }
+            cancelled.push(purchase_id.clone());
+        }
+        let receipt = Receipt {
+            order_id: Some(order_id.to_owned()),
+            purchase_ids: cancelled,
+            ..Receipt::default()
+        };
+        self.combine(trail, Outcome::Delivered(receipt), false)
+    }
+
+    /// `order/cancel` without a refund.
+    async fn cancel_order(&self, order_id: &str, reason: &str) -> AttemptReport {
+        let params = request::order_cancel_params(order_id, reason);
+        let (report, _) = self.call(ORDER_CANCEL_ENDPOINT, params, false).await;
+        let outcome = match report.outcome {
+            Outcome::Delivered(_) => Outcome::Delivered(Receipt {
+                order_id: Some(order_id.to_owned()),
+                ..Receipt::default()
+            }),
+            ref other => other.clone(),
+        };
+        with_outcome(report, outcome)
+    }
+
+    /// The transaction a refund or chargeback of `order_id` is recorded on. `Err` is the
+    /// finished report (the failed read, or a permanent "no transaction").
+    async fn payment_transaction_of(
+        &self,
+        order_id: &str,
+        trail: &mut Vec<AttemptReport>,
+    ) -> Result<String, AttemptReport> {
+        let rows = match self.order_transactions(order_id, trail).await {
+            Ok(rows) => rows,
+            Err(report) => return Err(self.combine(trail.clone(), report.outcome, false)),
+        };
+        if let Some(txn) = response::payment_transaction(&rows) {
+            return Ok(txn);
+        }
+        let reason = if rows.is_empty() {
+            format!("Konnektive has no transaction for order {order_id} (is it still held in QA?)")
+        } else {
+            format!(
+                "Konnektive order {order_id} has no successful SALE or CAPTURE transaction \
+                 ({} other transactions)",
+                rows.len()
+            )
+        };
+        Err(self.combine(trail.clone(), Outcome::Permanent { reason }, false))
+    }
+
+    /// Every transaction of `order_id`, all pages; empty on "No transactions matching…".
+    /// `Err` is the failed call's own report; every call is pushed onto `trail`.
+    async fn order_transactions(
+        &self,
+        order_id: &str,
+        trail: &mut Vec<AttemptReport>,
+    ) -> Result<Vec<serde_json::Value>, AttemptReport> {
+        let mut rows = Vec::new();
+        for page in 1..=TRANSACTION_MAX_PAGES {
+            let params = request::transactions_query_params(order_id, page);
+            let Some(found) = self
+                .query_page(TRANSACTIONS_QUERY_ENDPOINT, params, trail)
+                .await?
+            else {
+                return Ok(rows);
+            };
+            let empty = found.rows.is_empty();
+            rows.extend(found.rows);
+            if empty || rows.len() as u64 >= found.total_results {
+                return Ok(rows);
+            }
+        }
+        Err(self.local_failure(
+            TRANSACTIONS_QUERY_ENDPOINT,
+            format!("order {order_id} has more than {TRANSACTION_MAX_PAGES} pages of transactions"),
+        ))
+    }
+
+    /// The purchase ids of `order_id` from `order/query` (`items`). `Err` is the finished
+    /// report (the failed read, or a permanent "no such order" / "no purchases").
+    async fn purchases_of(
+        &self,
+        order_id: &str,
+        trail: &mut Vec<AttemptReport>,
+    ) -> Result<Vec<String>, AttemptReport> {
+        let params = request::order_by_id_params(order_id);
+        let found = match self.query_page(ORDER_QUERY_ENDPOINT, params, trail).await {
+            Ok(found) => found,
+            Err(report) => return Err(self.combine(trail.clone(), report.outcome, false)),
+        };
+        let ids = found
+            .iter()
+            .flat_map(|page| page.rows.iter())
+            .find(|row| response::row_field_equals(row, "orderId", order_id))
+            .map(|row| response::receipt_from_order(row).purchase_ids);
+        let reason = match ids {
+            Some(ids) if !ids.is_empty() => return Ok(ids),
+            Some(_) => format!("Konnektive order {order_id} has no purchases to cancel"),
+            None => format!("Konnektive has no order {order_id}"),
+        };
+        Err(self.combine(trail.clone(), Outcome::Permanent { reason }, false))
+    }
+
+    /// One page of a `*/query` (a read): `Ok(None)` on Konnektive's "No … matching those
+    /// parameters could be found"; `Err` is the call's report for any other failure.
+    async fn query_page(
+        &self,
+        endpoint: &str,
+        params: Vec<(String, String)>,
+        trail: &mut Vec<AttemptReport>,
+    ) -> Result<Option<response::QueryPage>, AttemptReport> {
+        let (report, body) = self.call(endpoint, params, true).await;
+        trail.push(report.clone());
+        let Some(body) = body else {
+            return Err(report);
+        };
+        let ok_status = report.http_status.is_some_and(|s| (200..300).contains(&s));
+        if ok_status && response::is_nothing_found(&body) {
+            return Ok(None);
+        }
+        if !matches!(report.outcome, Outcome::Delivered(_)) {
+            return Err(report);
+        }
+        match response::query_page(&body) {
+            Some(page) => Ok(Some(page)),
+            None => Err(with_outcome(
+                report,
+                Outcome::Retryable {
+                    reason: format!("{endpoint} answered SUCCESS without a paging object"),
+                    retry_after: None,
+                },
+            )),
+        }
+    }
+
+    /// One report for an attempt of several calls: the final call's endpoint and status,
+    /// every call's request and response, the given outcome.
+    fn combine(
+        &self,
+        mut trail: Vec<AttemptReport>,
+        outcome: Outcome,
+        maybe_applied: bool,
+    ) -> AttemptReport {
+        let Some(last) = trail.pop() else {
+            return self.local_failure("", "no call was made".to_owned());
+        };
+        if trail.is_empty() {
+            return self.scrub(AttemptReport {
+                outcome,
+                maybe_applied,
+                ..last
+            });
+        }
+        trail.push(last);
+        let mut request = String::new();
+        let mut response = String::new();
+        for (i, call) in trail.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "\n" };
+            request.push_str(&format!("{sep}--- {}: {}", call.endpoint, call.request));
+            response.push_str(&format!(
+                "{sep}--- {} ({}): {}",
+                call.endpoint,
+                call.outcome.label(),
+                call.response
+            ));
+        }
+        let (endpoint, http_status) = trail
+            .last()
+            .map(|c| (c.endpoint.clone(), c.http_status))
+            .unwrap_or_default();
+        self.scrub(AttemptReport {
+            outcome,
+            endpoint,
+            http_status,
+            request,
+            response,
+            maybe_applied,
+        })
     }
 
     async fn import_order(&self, order: &Order, auto_approve: bool) -> AttemptReport {
@@ -172,27 +525,14 @@ impl KonnektiveClient {
         window: DayWindow,
     ) -> Result<Option<Receipt>, AttemptReport> {
         let mut seen: u64 = 0;
+        let mut trail = Vec::new();
         for page in 1..=RECONCILE_MAX_PAGES {
             let params = request::order_query_params(order, window, page);
-            let (report, body) = self.call(ORDER_QUERY_ENDPOINT, params, true).await;
-            let Some(body) = body else {
-                return Err(report);
-            };
-            let ok_status = report.http_status.is_some_and(|s| (200..300).contains(&s));
-            if ok_status && response::is_nothing_found(&body) {
+            let Some(page_rows) = self
+                .query_page(ORDER_QUERY_ENDPOINT, params, &mut trail)
+                .await?
+            else {
                 return Ok(None);
-            }
-            if !matches!(report.outcome, Outcome::Delivered(_)) {
-                return Err(report);
-            }
-            let Some(page_rows) = response::query_page(&body) else {
-                return Err(with_outcome(
-                    report,
-                    Outcome::Retryable {
-                        reason: "order/query answered SUCCESS without a paging object".to_owned(),
-                        retry_after: None,
-                    },
-                ));
             };
             let mut hits = page_rows.rows.iter().filter(|row| {
                 response::row_field_equals(row, &order.reference_field, &order.reference)
@@ -216,6 +556,113 @@ impl KonnektiveClient {
             ORDER_QUERY_ENDPOINT,
             format!("cannot reconcile: more than {RECONCILE_MAX_PAGES} pages of orders"),
         ))
+    }
+
+    /// The CRM order an action refers to: `order/query` (buyer e-mail, campaign, `window`
+    /// widened by a day each side, all pages) for rows whose `import.reference_field` value
+    /// satisfies `import.matches(..)`; the latest by `dateCreated`. `Ok(None)` only on
+    /// Konnektive's "No orders matching…" or after reading every page without a match; any
+    /// failure is `Err(report)` (the failed read).
+    pub async fn find_import(
+        &self,
+        import: &ImportRef,
+        window: DayWindow,
+    ) -> Result<Option<Receipt>, AttemptReport> {
+        let mut seen: u64 = 0;
+        let mut trail = Vec::new();
+        let mut latest: Option<((String, u64), serde_json::Value)> = None;
+        for page in 1..=RECONCILE_MAX_PAGES {
+            let params = request::import_query_params(import, window, page);
+            let Some(page_rows) = self
+                .query_page(ORDER_QUERY_ENDPOINT, params, &mut trail)
+                .await?
+            else {
+                break;
+            };
+            seen += page_rows.rows.len() as u64;
+            let done = page_rows.rows.is_empty() || seen >= page_rows.total_results;
+            for row in page_rows.rows {
+                let matches = response::row_field(&row, &import.reference_field)
+                    .is_some_and(|reference| import.matches(&reference));
+                if !matches {
+                    continue;
+                }
+                let key = response::order_recency(&row);
+                if latest.as_ref().is_none_or(|(best, _)| key >= *best) {
+                    latest = Some((key, row));
+                }
+            }
+            if done {
+                return Ok(latest.map(|(_, row)| response::receipt_from_order(&row)));
+            }
+            if page == RECONCILE_MAX_PAGES {
+                return Err(self.local_failure(
+                    ORDER_QUERY_ENDPOINT,
+                    format!(
+                        "cannot find the import: more than {RECONCILE_MAX_PAGES} pages of orders"
+                    ),
+                ));
+            }
+        }
+        Ok(latest.map(|(_, row)| response::receipt_from_order(&row)))
+    }
+
+    /// After an attempt that may have been applied: whether the action already happened in
+    /// Konnektive. An import → [`Self::find_order`]; a refund → the order's REFUND
+    /// transaction whose `merchantTxnId` equals `ds24_transaction_id` (`Some(receipt)` with
+    /// that transaction id); other actions → `Ok(None)` (they are safe to repeat).
+    ///
+    /// A refund without a resolved `import` is looked up through [`Self::find_import`] over
+    /// `window` extended back to the import's `since` day; no import means no refund.
+    pub async fn find_applied(
+        &self,
+        action: &Action,
+        import: Option<&Receipt>,
+        window: DayWindow,
+    ) -> Result<Option<Receipt>, AttemptReport> {
+        match action {
+            Action::ImportOrder { order, .. } => self.find_order(order, window).await,
+            Action::Refund {
+                import: import_ref,
+                ds24_transaction_id,
+                ..
+            } => {
+                let known = import
+                    .and_then(|r| r.order_id.clone())
+                    .filter(|id| !id.is_empty());
+                let order_id = match known {
+                    Some(id) => id,
+                    None => {
+                        let since = Day::parse_iso(&import_ref.since)
+                            .map_or(window.first, |d| d.min(window.first));
+                        let widened = DayWindow {
+                            first: since,
+                            last: window.last,
+                        };
+                        match self.find_import(import_ref, widened).await? {
+                            Some(Receipt {
+                                order_id: Some(id), ..
+                            }) => id,
+                            _ => return Ok(None),
+                        }
+                    }
+                };
+                let mut trail = Vec::new();
+                let rows = self.order_transactions(&order_id, &mut trail).await?;
+                Ok(
+                    response::refund_with_merchant_txn(&rows, ds24_transaction_id).map(|txn| {
+                        Receipt {
+                            order_id: Some(order_id),
+                            transaction_ids: vec![txn],
+                            ..Receipt::default()
+                        }
+                    }),
+                )
+            }
+            Action::Chargeback { .. }
+            | Action::CancelPurchase { .. }
+            | Action::CancelOrder { .. } => Ok(None),
+        }
     }
 
     /// `campaign/query` for `campaign_id` (the `test-connection` recipe, reference §3.6):

@@ -20,8 +20,16 @@
 //!   redaction by name is complete.
 //! * **Field lengths** come from [`FIELD_MAX_CHARS`] (third-party validation rules, reference
 //!   §5; not official limits). Values are cut on char boundaries, counting chars.
+//! * **Actions on an earlier import** (refund, chargeback, cancellations; reference §3.7–§3.9)
+//!   never touch a payment gateway: a refund always carries `externalRefund=1` (Digistore24
+//!   paid it out) and our Digistore24 refund transaction id as `refundMerchantTxnId`, the key
+//!   by which a refund with an unknown outcome is found again. `cancelPurchase` is not sent
+//!   with a refund: cancelling is a separate, configurable action. Amounts are sent as
+//!   positive two-decimal numbers (Digistore24 writes refunds as negative amounts).
+//!   `cancelReason` is required by Konnektive, so an empty reason becomes
+//!   [`DEFAULT_CANCEL_REASON`].
 
-use crate::domain::{DayWindow, Order};
+use crate::domain::{Day, DayWindow, ImportRef, Money, Order};
 
 /// Maximum length in chars per Konnektive field, from the third-party validation rules in the
 /// reference (§5). Where the sources give a range ("names 30–50") the lower bound is used, so a
@@ -77,8 +85,14 @@ pub const PASSWORD_PARAM: &str = "password";
 /// What the stored request shows instead of the password.
 pub const REDACTED: &str = "[redacted]";
 
-/// `resultsPerPage` for `order/query`: the documented maximum.
+/// `resultsPerPage` for `order/query` and `transactions/query`: the documented maximum.
 pub const QUERY_RESULTS_PER_PAGE: u32 = 200;
+
+/// `chargebackReasonCode` of every chargeback we record (≤ 10 chars).
+pub const CHARGEBACK_REASON_CODE: &str = "DS24";
+
+/// `cancelReason` when the action carries none (Konnektive requires one).
+pub const DEFAULT_CANCEL_REASON: &str = "Cancelled in Digistore24";
 
 /// The limit for `field`, if the table has one.
 pub fn max_chars(field: &str) -> Option<usize> {
@@ -255,10 +269,246 @@ pub fn query_window(window: DayWindow) -> (String, String) {
     (window.first.add_days(-1).us(), window.last.add_days(1).us())
 }
 
+/// The `order/query` filter for finding the import an action refers to: like
+/// [`order_query_params`], with the buyer and campaign of `import`.
+pub fn import_query_params(
+    import: &ImportRef,
+    window: DayWindow,
+    page: u32,
+) -> Vec<(String, String)> {
+    let (start, end) = query_window(window);
+    vec![
+        ("emailAddress".to_owned(), import.email.clone()),
+        ("campaignId".to_owned(), import.campaign_id.to_string()),
+        ("startDate".to_owned(), start),
+        ("endDate".to_owned(), end),
+        ("includeCustomFields".to_owned(), "1".to_owned()),
+        (
+            "resultsPerPage".to_owned(),
+            QUERY_RESULTS_PER_PAGE.to_string(),
+        ),
+        ("page".to_owned(), page.to_string()),
+    ]
+}
+
+/// `order/query` for one order by its id (no date range needed).
+pub fn order_by_id_params(order_id: &str) -> Vec<(String, String)> {
+    vec![("orderId".to_owned(), order_id.to_owned())]
+}
+
+/// `transactions/query` for every transaction of one order, one page.
+pub fn transactions_query_params(order_id: &str, page: u32) -> Vec<(String, String)> {
+    vec![
+        ("orderId".to_owned(), order_id.to_owned()),
+        (
+            "resultsPerPage".to_owned(),
+            QUERY_RESULTS_PER_PAGE.to_string(),
+        ),
+        ("page".to_owned(), page.to_string()),
+    ]
+}
+
+/// `transactions/refund` recording a refund Digistore24 already paid out: `transactionId`,
+/// `refundAmount` (positive, two decimals), `fullRefund=1` when `full`, `externalRefund=1`
+/// always (no request to any processor), `refundMerchantTxnId=<ds24_transaction_id>`.
+pub fn refund_params(
+    transaction_id: &str,
+    amount: Money,
+    full: bool,
+    ds24_transaction_id: &str,
+) -> Vec<(String, String)> {
+    let mut p = Params(Vec::with_capacity(5));
+    p.push("transactionId", transaction_id);
+    p.push("refundAmount", &amount.abs().to_string());
+    if full {
+        p.push("fullRefund", "1");
+    }
+    p.push("externalRefund", "1");
+    p.push("refundMerchantTxnId", ds24_transaction_id);
+    p.0
+}
+
+/// `transactions/update` marking a chargeback: `transactionId`, `markChargeback=1`,
+/// `chargebackAmount` (positive), `chargebackDate` (`MM/DD/YYYY`), `chargebackReasonCode=DS24`,
+/// `chargebackNote` (≤ 500 chars). The client parses the action's `YYYY-MM-DD` date.
+pub fn chargeback_params(
+    transaction_id: &str,
+    amount: Money,
+    day: Day,
+    ds24_transaction_id: &str,
+    ds24_order_id: &str,
+) -> Vec<(String, String)> {
+    let mut p = Params(Vec::with_capacity(6));
+    p.push("transactionId", transaction_id);
+    p.push("markChargeback", "1");
+    p.push("chargebackAmount", &amount.abs().to_string());
+    p.push("chargebackDate", &day.us());
+    p.push("chargebackReasonCode", CHARGEBACK_REASON_CODE);
+    p.push(
+        "chargebackNote",
+        &format!("Digistore24 chargeback {ds24_transaction_id} of order {ds24_order_id}"),
+    );
+    p.0
+}
+
+/// `purchase/cancel` for one purchase: `purchaseId`, `cancelReason` (≤ 100 chars).
+pub fn purchase_cancel_params(purchase_id: &str, reason: &str) -> Vec<(String, String)> {
+    let mut p = Params(Vec::with_capacity(2));
+    p.push("purchaseId", purchase_id);
+    p.push("cancelReason", cancel_reason(reason));
+    p.0
+}
+
+/// `order/cancel`: `orderId`, `cancelReason` (≤ 100 chars), `fullRefund=0` (a refund is
+/// recorded by its own action, never by a cancellation).
+pub fn order_cancel_params(order_id: &str, reason: &str) -> Vec<(String, String)> {
+    let mut p = Params(Vec::with_capacity(3));
+    p.push("orderId", order_id);
+    p.push("cancelReason", cancel_reason(reason));
+    p.push("fullRefund", "0");
+    p.0
+}
+
+fn cancel_reason(reason: &str) -> &str {
+    if reason.trim().is_empty() {
+        DEFAULT_CANCEL_REASON
+    } else {
+        reason
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Address, Buyer, Day, Money, OrderItem};
+    use crate::domain::{Address, Buyer, OrderItem};
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn refund_params_always_external() {
+        assert_eq!(
+            refund_params("88001", Money::from_minor(4900), true, "T-777"),
+            pairs(&[
+                ("transactionId", "88001"),
+                ("refundAmount", "49.00"),
+                ("fullRefund", "1"),
+                ("externalRefund", "1"),
+                ("refundMerchantTxnId", "T-777"),
+            ])
+        );
+        // Partial, and written negative as Digistore24 does: sent positive, no fullRefund.
+        assert_eq!(
+            refund_params("88001", Money::from_minor(-1050), false, "T-778"),
+            pairs(&[
+                ("transactionId", "88001"),
+                ("refundAmount", "10.50"),
+                ("externalRefund", "1"),
+                ("refundMerchantTxnId", "T-778"),
+            ])
+        );
+    }
+
+    #[test]
+    fn chargeback_params_golden() {
+        let day = Day::parse_iso("2026-03-20").expect("date");
+        assert_eq!(
+            chargeback_params("88001", Money::from_minor(-4900), day, "T-9", "ABC123"),
+            pairs(&[
+                ("transactionId", "88001"),
+                ("markChargeback", "1"),
+                ("chargebackAmount", "49.00"),
+                ("chargebackDate", "03/20/2026"),
+                ("chargebackReasonCode", "DS24"),
+                (
+                    "chargebackNote",
+                    "Digistore24 chargeback T-9 of order ABC123"
+                ),
+            ])
+        );
+    }
+
+    #[test]
+    fn chargeback_note_is_cut_to_500_chars() {
+        let day = Day::parse_iso("2026-01-31").expect("date");
+        let long = "ü".repeat(600);
+        let params = chargeback_params("1", Money::from_minor(100), day, &long, "O");
+        let note = params
+            .iter()
+            .find(|(n, _)| n == "chargebackNote")
+            .map(|(_, v)| v.chars().count());
+        assert_eq!(note, Some(500));
+    }
+
+    #[test]
+    fn cancel_params_golden() {
+        assert_eq!(
+            order_cancel_params("7A1C0E93B2", "Digistore24 refund"),
+            pairs(&[
+                ("orderId", "7A1C0E93B2"),
+                ("cancelReason", "Digistore24 refund"),
+                ("fullRefund", "0"),
+            ])
+        );
+        assert_eq!(
+            purchase_cancel_params("C0FFEE1234", "  "),
+            pairs(&[
+                ("purchaseId", "C0FFEE1234"),
+                ("cancelReason", DEFAULT_CANCEL_REASON),
+            ])
+        );
+        let long = "x".repeat(150);
+        let got = purchase_cancel_params("C0FFEE1234", &long);
+        assert_eq!(got[1].1.len(), 100);
+    }
+
+    #[test]
+    fn lookup_params_golden() {
+        let day = Day::parse_iso("2026-03-02").expect("date");
+        let import = ImportRef {
+            ds24_order_id: "ABC123".to_owned(),
+            ds24_item: "1".to_owned(),
+            payment_transaction: None,
+            reference_field: "custom1".to_owned(),
+            email: "max@example.com".to_owned(),
+            campaign_id: 12,
+            since: "2026-03-02".to_owned(),
+        };
+        assert_eq!(
+            import_query_params(
+                &import,
+                DayWindow {
+                    first: day,
+                    last: day
+                },
+                2
+            ),
+            pairs(&[
+                ("emailAddress", "max@example.com"),
+                ("campaignId", "12"),
+                ("startDate", "03/01/2026"),
+                ("endDate", "03/03/2026"),
+                ("includeCustomFields", "1"),
+                ("resultsPerPage", "200"),
+                ("page", "2"),
+            ])
+        );
+        assert_eq!(
+            transactions_query_params("7A1C0E93B2", 1),
+            pairs(&[
+                ("orderId", "7A1C0E93B2"),
+                ("resultsPerPage", "200"),
+                ("page", "1"),
+            ])
+        );
+        assert_eq!(
+            order_by_id_params("7A1C0E93B2"),
+            pairs(&[("orderId", "7A1C0E93B2")])
+        );
+    }
 
     fn sample_order() -> Order {
         Order {

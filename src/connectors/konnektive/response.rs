@@ -21,6 +21,24 @@
 //!   unless it names the credentials, which is target-wide.
 //! * `MERC_REDIRECT` is permanent (the bridge sends no card data, so the campaign's payment
 //!   setup is wrong) and *maybe applied* (an order may wait for the redirect).
+//! * **"Already done" is success.** An ERROR saying the transaction is already refunded or
+//!   charged back, or the order/purchase already cancelled, is [`ErrorClass::AlreadyDone`]:
+//!   `Delivered` with an empty receipt, not maybe applied. These steps are retried after
+//!   unknown outcomes and a person may have acted in the CRM first; either way the wanted
+//!   state exists. The patterns name the state ("already refunded", "already been
+//!   cancelled", …), never a bare "already", so an unrelated "already exists" on an import
+//!   can never pass for a success. No verbatim texts are known (reference §6.5); these follow
+//!   the API's usual wording.
+//! * **Transactions** ([`payment_transaction`]): the transaction a refund or chargeback is
+//!   recorded on is the order's *earliest* successful `SALE` or `CAPTURE` (by `dateCreated`,
+//!   then numeric `transactionId`). That is the payment the import created (a PREPAID import
+//!   makes one SALE; a QA approval may turn an AUTHORIZE into a CAPTURE); later sales on the
+//!   same order (upsales) are not ours. Declined, AUTHORIZE, VOID and REFUND rows never
+//!   qualify; a row without `responseType` is taken as successful (the reference's rows carry
+//!   it, but not every source does).
+//! * **The latest import** ([`order_recency`]): when several orders carry matching
+//!   references, the latest by `dateCreated` (`YYYY-MM-DD HH:MM:SS` compares as text), then by
+//!   `actualOrderId`, wins.
 
 use crate::domain::{Outcome, Receipt};
 use serde_json::{Map, Value};
@@ -42,6 +60,8 @@ pub struct Classified {
 /// What an ERROR text means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
+    /// The refund, chargeback or cancellation asked for is already in place: a success.
+    AlreadyDone,
     /// Bad login, IP not allow-listed, missing endpoint permission: every request will fail.
     TargetDown,
     /// This request can never succeed as sent.
@@ -56,6 +76,26 @@ pub enum ErrorClass {
 /// The first entry whose pattern occurs in the lower-cased text wins, so order matters.
 /// Sources: reference §2 and §7; texts marked GUESS there are matched loosely on purpose.
 pub const ERROR_TEXTS: &[(&str, ErrorClass, &str)] = &[
+    // "Already done" first: such a text may also say "not allowed" ("Refund not allowed:
+    // transaction already refunded"), and it is about the state, not the API user. GUESSes
+    // (reference §6.5); each names the state, see the module docs.
+    ("already refunded", ErrorClass::AlreadyDone, ""),
+    ("already been refunded", ErrorClass::AlreadyDone, ""),
+    ("already fully refunded", ErrorClass::AlreadyDone, ""),
+    ("already been fully refunded", ErrorClass::AlreadyDone, ""),
+    ("already cancelled", ErrorClass::AlreadyDone, ""),
+    ("already canceled", ErrorClass::AlreadyDone, ""),
+    ("already been cancelled", ErrorClass::AlreadyDone, ""),
+    ("already been canceled", ErrorClass::AlreadyDone, ""),
+    ("already charged back", ErrorClass::AlreadyDone, ""),
+    ("already chargedback", ErrorClass::AlreadyDone, ""),
+    ("already been charged back", ErrorClass::AlreadyDone, ""),
+    (
+        "already marked as a chargeback",
+        ErrorClass::AlreadyDone,
+        "",
+    ),
+    ("already marked as chargeback", ErrorClass::AlreadyDone, ""),
     // Target-wide (reference §2: "never retry"; repeated bad logins can lock the API user).
     // "IP must be whitelisted - <ip>" is verbatim from the live API; the login texts are
     // guesses ("Invalid login credentials", "Invalid login: no user found").
@@ -212,6 +252,7 @@ fn classify_envelope(http_status: u16, body: &[u8]) -> (Outcome, bool) {
 fn classify_error(message: &Value) -> Outcome {
     match message {
         Value::String(text) => match error_class(text) {
+            (ErrorClass::AlreadyDone, _) => Outcome::Delivered(Receipt::default()),
             (ErrorClass::TargetDown, _) => Outcome::TargetDown {
                 reason: text.clone(),
             },
@@ -382,6 +423,84 @@ pub fn query_page(body: &[u8]) -> Option<QueryPage> {
 /// True when `row[field]` (a string or a number) equals `value` exactly.
 pub fn row_field_equals(row: &Value, field: &str, value: &str) -> bool {
     id_string(row.get(field)).is_some_and(|v| v == value)
+}
+
+/// True when the body is an ERROR envelope of class [`ErrorClass::AlreadyDone`].
+pub fn is_already_done(body: &[u8]) -> bool {
+    match parse_envelope(body) {
+        Some(Envelope {
+            result,
+            message: Value::String(text),
+        }) => result == "ERROR" && error_class(&text).0 == ErrorClass::AlreadyDone,
+        _ => false,
+    }
+}
+
+/// The value of `row[field]` as a string (a string or a number; `None` when absent or "").
+pub fn row_field(row: &Value, field: &str) -> Option<String> {
+    id_string(row.get(field))
+}
+
+/// How recent an order row is: `(dateCreated, actualOrderId)`; larger is later.
+pub fn order_recency(row: &Value) -> (String, u64) {
+    let created = row
+        .get("dateCreated")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let actual = id_string(row.get("actualOrderId"))
+        .and_then(|id| id.parse().ok())
+        .unwrap_or(0);
+    (created, actual)
+}
+
+fn text_is(row: &Value, field: &str, wanted: &str) -> bool {
+    row.get(field)
+        .and_then(Value::as_str)
+        .is_some_and(|v| v.eq_ignore_ascii_case(wanted))
+}
+
+/// `(dateCreated, numeric transactionId)` of a transaction row, for ordering.
+fn txn_order_key(row: &Value) -> (String, u64) {
+    let created = row
+        .get("dateCreated")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let id = id_string(row.get("transactionId"))
+        .and_then(|id| id.parse().ok())
+        .unwrap_or(u64::MAX);
+    (created, id)
+}
+
+/// The `transactionId` a refund or chargeback of the order is recorded on: the earliest
+/// successful `SALE` or `CAPTURE` (see the module docs). `None` when there is none.
+pub fn payment_transaction(rows: &[Value]) -> Option<String> {
+    rows.iter()
+        .filter(|row| text_is(row, "txnType", "SALE") || text_is(row, "txnType", "CAPTURE"))
+        .filter(|row| row.get("responseType").is_none() || text_is(row, "responseType", "SUCCESS"))
+        .filter(|row| id_string(row.get("transactionId")).is_some())
+        .min_by_key(|row| txn_order_key(row))
+        .and_then(|row| id_string(row.get("transactionId")))
+}
+
+/// The `transactionId` of a REFUND row whose `merchantTxnId` is `merchant_txn_id` (the
+/// `refundMerchantTxnId` we sent), if any.
+pub fn refund_with_merchant_txn(rows: &[Value], merchant_txn_id: &str) -> Option<String> {
+    rows.iter()
+        .filter(|row| text_is(row, "txnType", "REFUND"))
+        .find(|row| id_string(row.get("merchantTxnId")).as_deref() == Some(merchant_txn_id))
+        .and_then(|row| id_string(row.get("transactionId")))
+}
+
+/// The refund's own `transactionId` from a SUCCESS answer of `transactions/refund`, when the
+/// message is an object that carries one (the string message "Refund processed" does not).
+pub fn refund_transaction_id(body: &[u8]) -> Option<String> {
+    let env = parse_envelope(body)?;
+    if env.result != "SUCCESS" {
+        return None;
+    }
+    id_string(env.message.get("transactionId"))
 }
 
 /// The campaign product ids of `campaign_id` in a `campaign/query` answer (reference §3.6,
@@ -669,6 +788,51 @@ mod tests {
                 reason_contains: "HTTP 404",
             },
             Case {
+                name: "already refunded (GUESS text) is a success",
+                status: 200,
+                retry_after: None,
+                body: r#"{"result":"ERROR","message":"Transaction has already been fully refunded"}"#,
+                label: "delivered",
+                maybe_applied: false,
+                reason_contains: "",
+            },
+            Case {
+                name: "already cancelled wins over 'not allowed'",
+                status: 200,
+                retry_after: None,
+                body: r#"{"result":"ERROR","message":"Cancel not allowed: order is already cancelled"}"#,
+                label: "delivered",
+                maybe_applied: false,
+                reason_contains: "",
+            },
+            Case {
+                name: "already charged back is a success",
+                status: 200,
+                retry_after: None,
+                body: r#"{"result":"ERROR","message":"Transaction is already marked as a chargeback"}"#,
+                label: "delivered",
+                maybe_applied: false,
+                reason_contains: "",
+            },
+            Case {
+                name: "a bare 'already' is not a success",
+                status: 200,
+                retry_after: None,
+                body: r#"{"result":"ERROR","message":"Customer already exists"}"#,
+                label: "retryable",
+                maybe_applied: false,
+                reason_contains: "Customer already exists",
+            },
+            Case {
+                name: "no transactions (empty query result)",
+                status: 200,
+                retry_after: None,
+                body: r#"{"result":"ERROR","message":"No transactions matching those parameters could be found"}"#,
+                label: "retryable",
+                maybe_applied: false,
+                reason_contains: "No transactions matching",
+            },
+            Case {
                 name: "credentials in a validation map",
                 status: 200,
                 retry_after: None,
@@ -792,5 +956,168 @@ mod tests {
         assert!(ex.ends_with('…'));
         let exact = "a".repeat(EXCERPT_MAX_CHARS);
         assert_eq!(excerpt(exact.as_bytes()), exact);
+    }
+
+    #[test]
+    fn already_texts_table() {
+        let table = [
+            ("Transaction already refunded", ErrorClass::AlreadyDone),
+            ("Order has already been refunded", ErrorClass::AlreadyDone),
+            (
+                "Transaction has already been fully refunded",
+                ErrorClass::AlreadyDone,
+            ),
+            ("Order Already Cancelled", ErrorClass::AlreadyDone),
+            ("Purchase is already canceled", ErrorClass::AlreadyDone),
+            (
+                "This order has already been cancelled",
+                ErrorClass::AlreadyDone,
+            ),
+            ("Transaction already charged back", ErrorClass::AlreadyDone),
+            (
+                "Transaction is already chargedback",
+                ErrorClass::AlreadyDone,
+            ),
+            (
+                "Transaction is already marked as chargeback",
+                ErrorClass::AlreadyDone,
+            ),
+            ("Customer already exists", ErrorClass::Unrecognised),
+            ("Invalid login credentials", ErrorClass::TargetDown),
+        ];
+        for (text, class) in table {
+            assert_eq!(error_class(text).0, class, "{text}");
+        }
+        assert!(is_already_done(
+            br#"{"result":"ERROR","message":"Order is already cancelled"}"#
+        ));
+        assert!(!is_already_done(
+            br#"{"result":"SUCCESS","message":"Order is already cancelled"}"#
+        ));
+        assert!(!is_already_done(b"<html>already cancelled</html>"));
+    }
+
+    fn txn(id: u64, ty: &str, response: Option<&str>, created: &str) -> Value {
+        let mut row = serde_json::json!({
+            "transactionId": id,
+            "orderId": "7A1C0E93B2",
+            "txnType": ty,
+            "totalAmount": "49.00",
+            "dateCreated": created,
+        });
+        if let (Some(r), Some(obj)) = (response, row.as_object_mut()) {
+            obj.insert("responseType".to_owned(), r.into());
+        }
+        row
+    }
+
+    #[test]
+    fn payment_transaction_is_the_earliest_successful_sale_or_capture() {
+        let t0 = "2026-03-02 10:00:00";
+        let t1 = "2026-03-02 10:05:00";
+        let t2 = "2026-03-03 09:00:00";
+        let cases: Vec<(&str, Vec<Value>, Option<&str>)> = vec![
+            (
+                "E9 single sale",
+                vec![txn(88001, "SALE", Some("SUCCESS"), t0)],
+                Some("88001"),
+            ),
+            (
+                "declined sale, then a captured one",
+                vec![
+                    txn(1, "SALE", Some("HARD_DECLINE"), t0),
+                    txn(2, "AUTHORIZE", Some("SUCCESS"), t0),
+                    txn(3, "CAPTURE", Some("SUCCESS"), t1),
+                ],
+                Some("3"),
+            ),
+            (
+                "several sales: the earliest (the import), whatever the row order",
+                vec![
+                    txn(7, "SALE", Some("SUCCESS"), t2),
+                    txn(5, "SALE", Some("SUCCESS"), t1),
+                    txn(9, "REFUND", Some("SUCCESS"), t0),
+                ],
+                Some("5"),
+            ),
+            (
+                "same time: the lower id",
+                vec![
+                    txn(12, "SALE", Some("SUCCESS"), t0),
+                    txn(11, "sale", Some("success"), t0),
+                ],
+                Some("11"),
+            ),
+            (
+                "no responseType is taken as success",
+                vec![txn(4, "SALE", None, t0)],
+                Some("4"),
+            ),
+            (
+                "only refunds, voids, authorizations",
+                vec![
+                    txn(1, "REFUND", Some("SUCCESS"), t0),
+                    txn(2, "VOID", Some("SUCCESS"), t0),
+                    txn(3, "AUTHORIZE", Some("SUCCESS"), t0),
+                ],
+                None,
+            ),
+            ("nothing", vec![], None),
+        ];
+        for (name, rows, want) in cases {
+            assert_eq!(payment_transaction(&rows).as_deref(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn refunds_are_found_by_merchant_txn_id() {
+        let mut refund = txn(88002, "REFUND", Some("SUCCESS"), "2026-03-05 10:00:00");
+        if let Some(obj) = refund.as_object_mut() {
+            obj.insert("merchantTxnId".to_owned(), "T-777".into());
+        }
+        let mut sale = txn(88001, "SALE", Some("SUCCESS"), "2026-03-02 10:00:00");
+        if let Some(obj) = sale.as_object_mut() {
+            obj.insert("merchantTxnId".to_owned(), "T-778".into());
+        }
+        let rows = [sale, refund];
+        assert_eq!(
+            refund_with_merchant_txn(&rows, "T-777").as_deref(),
+            Some("88002")
+        );
+        assert_eq!(
+            refund_with_merchant_txn(&rows, "T-778"),
+            None,
+            "a SALE is no refund"
+        );
+        assert_eq!(refund_with_merchant_txn(&rows, "T-7"), None);
+    }
+
+    #[test]
+    fn refund_transaction_id_only_from_an_object_success() {
+        assert_eq!(
+            refund_transaction_id(
+                br#"{"result":"SUCCESS","message":{"transactionId":88002,"refundAmount":"49.00"}}"#
+            )
+            .as_deref(),
+            Some("88002")
+        );
+        assert_eq!(
+            refund_transaction_id(br#"{"result":"SUCCESS","message":"Refund processed"}"#),
+            None
+        );
+        assert_eq!(
+            refund_transaction_id(br#"{"result":"ERROR","message":{"transactionId":1}}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn order_recency_orders_by_creation_then_actual_id() {
+        let row = |created: &str, actual: Value| serde_json::json!({"dateCreated": created, "actualOrderId": actual});
+        let a = order_recency(&row("2026-03-02 10:15:00", 49835.into()));
+        let b = order_recency(&row("2026-03-02 10:15:00", "49836".into()));
+        let c = order_recency(&row("2026-03-03 00:00:01", 1.into()));
+        assert!(a < b && b < c);
+        assert_eq!(order_recency(&serde_json::json!({})), (String::new(), 0));
     }
 }
