@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::SharedClock;
 use crate::config::{Config, Delivery, Target};
 use crate::connectors::KonnektiveClient;
-use crate::domain::{AttemptReport, Day, DayWindow, Outcome};
+use crate::domain::{Action, AttemptReport, Day, DayWindow, ImportRef, Outcome, Receipt};
 use crate::store::{AttemptKind, Disposition, LeasedJob, Store, StoreError};
 
 use schedule::JobClock;
@@ -337,48 +337,60 @@ fn pause_target(w: &TargetWorker, reason: &str) {
 }
 
 async fn run_job(w: Arc<TargetWorker>, job: LeasedJob, permit: OwnedSemaphorePermit) {
+    attempt(&w, &job).await;
+    drop(permit);
+    w.slot_freed.notify_one();
+}
+
+/// One lease of a job: resolve the import it refers to, reconcile if an earlier attempt may
+/// have been applied, send, record.
+async fn attempt(w: &TargetWorker, job: &LeasedJob) {
     let mut attempt_id = job.attempt_id;
     let mut attempt_no = job.attempt_no;
-    let order = job.action.reconcile_reference();
-    if let (AttemptKind::Reconcile, Some(order)) = (job.kind, order) {
+    let reconciling = job.kind == AttemptKind::Reconcile;
+    let window = DayWindow {
+        first: Day::from_unix_ms(job.created_at),
+        last: Day::from_unix_ms(w.clock.now_ms()),
+    };
+
+    let import = match job.action.import_ref() {
+        None => None,
+        Some(import_ref) => match resolve_import(w, job, import_ref).await {
+            Ok(receipt) => Some(receipt),
+            Err(report) => {
+                let disposition = next_step(w, job, &report.outcome, reconciling, attempt_no);
+                log_attempt(job, attempt_no, &report, &disposition);
+                finish(w, job, attempt_id, report, disposition).await;
+                return;
+            }
+        },
+    };
+
+    if reconciling && job.action.needs_reconcile() {
         w.limiter.until_ready().await;
-        let window = DayWindow {
-            first: Day::from_unix_ms(job.created_at),
-            last: Day::from_unix_ms(w.clock.now_ms()),
-        };
-        match w.client.find_order(order, window).await {
+        match w.client.find_applied(&job.action, import.as_ref(), window).await {
             Ok(Some(receipt)) => {
                 tracing::info!(
                     job_id = %job.id, integration = %job.integration, attempt = attempt_no,
-                    order_id = receipt.order_id.as_deref().unwrap_or(""),
-                    "found the order of an earlier attempt; recorded as delivered"
+                    "found the result of an earlier attempt in the target; recorded as delivered"
                 );
                 let report = AttemptReport {
-                    endpoint: "order/query".into(),
+                    endpoint: lookup_endpoint(&job.action).into(),
                     http_status: Some(200),
-                    request: format!("{} = {}", order.reference_field, order.reference),
-                    response: format!("found order {}", receipt.order_id.as_deref().unwrap_or("?")),
+                    request: "look up the result of the earlier attempt".into(),
+                    response: format!("found: {receipt:?}"),
                     maybe_applied: false,
                     outcome: Outcome::Delivered(receipt.clone()),
                 };
-                finish(
-                    &w,
-                    &job,
-                    attempt_id,
-                    report,
-                    Disposition::Delivered(receipt),
-                )
-                .await;
-                drop(permit);
-                w.slot_freed.notify_one();
+                finish(w, job, attempt_id, report, Disposition::Delivered(receipt)).await;
                 return;
             }
             Ok(None) => {
                 let report = AttemptReport {
-                    endpoint: "order/query".into(),
+                    endpoint: lookup_endpoint(&job.action).into(),
                     http_status: Some(200),
-                    request: format!("{} = {}", order.reference_field, order.reference),
-                    response: "no such order; sending the import".into(),
+                    request: "look up the result of the earlier attempt".into(),
+                    response: "not found; sending again".into(),
                     maybe_applied: false,
                     outcome: Outcome::Retryable {
                         reason: String::new(),
@@ -387,7 +399,7 @@ async fn run_job(w: Arc<TargetWorker>, job: LeasedJob, permit: OwnedSemaphorePer
                 };
                 let store = w.store.clone();
                 let (id, clock) = (job.id, w.clock.clone());
-                let opened = persist(&w, move || {
+                let opened = persist(w, move || {
                     let (store, report) = (store.clone(), report.clone());
                     let now = clock.now_ms();
                     async move { store.reconciled_absent(id, attempt_id, report, now).await }
@@ -402,23 +414,103 @@ async fn run_job(w: Arc<TargetWorker>, job: LeasedJob, permit: OwnedSemaphorePer
                 }
             }
             Err(report) => {
-                let disposition = next_step(&w, &job, &report.outcome, true, attempt_no);
-                log_attempt(&job, attempt_no, &report, &disposition);
-                finish(&w, &job, attempt_id, report, disposition).await;
-                drop(permit);
-                w.slot_freed.notify_one();
+                let disposition = next_step(w, job, &report.outcome, true, attempt_no);
+                log_attempt(job, attempt_no, &report, &disposition);
+                finish(w, job, attempt_id, report, disposition).await;
                 return;
             }
         }
     }
+
     w.limiter.until_ready().await;
-    let report = w.client.execute(&job.action).await;
+    let report = match &import {
+        Some(receipt) => w.client.execute_on(&job.action, receipt).await,
+        None => w.client.execute(&job.action).await,
+    };
     let reconcile = report.maybe_applied && job.action.needs_reconcile();
-    let disposition = next_step(&w, &job, &report.outcome, reconcile, attempt_no);
-    log_attempt(&job, attempt_no, &report, &disposition);
-    finish(&w, &job, attempt_id, report, disposition).await;
-    drop(permit);
-    w.slot_freed.notify_one();
+    let disposition = next_step(w, job, &report.outcome, reconcile, attempt_no);
+    log_attempt(job, attempt_no, &report, &disposition);
+    finish(w, job, attempt_id, report, disposition).await;
+}
+
+/// Where the result of an earlier attempt is looked up.
+fn lookup_endpoint(action: &Action) -> &'static str {
+    match action {
+        Action::ImportOrder { .. } => "order/query",
+        _ => "transactions/query",
+    }
+}
+
+/// The CRM order an action refers to: the ledger first, else Konnektive's `order/query`.
+/// No import anywhere is a retryable failure with that reason: the payment IPN may still
+/// arrive (Digistore24 does not guarantee the order of IPNs), and if it never does, the job
+/// is dead-lettered with the reason once `give_up_after` has passed.
+async fn resolve_import(
+    w: &TargetWorker,
+    job: &LeasedJob,
+    import: &ImportRef,
+) -> Result<Receipt, AttemptReport> {
+    let describe = || {
+        format!(
+            "the import of Digistore24 order {} item {} ({})",
+            import.ds24_order_id,
+            import.ds24_item,
+            import
+                .payment_transaction
+                .as_deref()
+                .map_or("latest payment".to_owned(), |t| format!("payment {t}"))
+        )
+    };
+    match w.store.ledger_import(&job.integration, import).await {
+        Ok(Some(receipt)) if receipt.order_id.is_some() => return Ok(receipt),
+        Ok(_) => {}
+        Err(e) => {
+            return Err(AttemptReport {
+                outcome: Outcome::Retryable {
+                    reason: format!("cannot read the ledger: {e}"),
+                    retry_after: None,
+                },
+                endpoint: "ledger".into(),
+                http_status: None,
+                request: describe(),
+                response: e.to_string(),
+                maybe_applied: false,
+            });
+        }
+    }
+    let today = Day::from_unix_ms(w.clock.now_ms());
+    let since = Day::parse_iso(&import.since)
+        .unwrap_or_else(|| Day::from_unix_ms(job.created_at))
+        .min(Day::from_unix_ms(job.created_at));
+    w.limiter.until_ready().await;
+    match w
+        .client
+        .find_import(
+            import,
+            DayWindow {
+                first: since,
+                last: today,
+            },
+        )
+        .await
+    {
+        Ok(Some(receipt)) => Ok(receipt),
+        Ok(None) => Err(AttemptReport {
+            outcome: Outcome::Retryable {
+                reason: format!(
+                    "{} was not found (not in the ledger, not in Konnektive); waiting for it",
+                    describe()
+                ),
+                retry_after: None,
+            },
+            endpoint: "order/query".into(),
+            http_status: Some(200),
+            request: describe(),
+            response: "no matching order".into(),
+            maybe_applied: false,
+        }),
+        Err(report) => Err(report),
+    }
 }
 
 fn next_step(

@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::{Action, AttemptReport, EventId, ImportRef, JobId, JobState, Receipt};
+use crate::domain::{
+    Action, ActionKind, AttemptReport, EventId, ImportRef, JobId, JobState, Receipt,
+};
 
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 
@@ -860,7 +862,7 @@ fn insert_job(
     now: i64,
 ) -> Result<JobId, StoreError> {
     let payload = serde_json::to_string(&job.action)?;
-    let hold = hold_reason(c, integration, &job.order_key, i64::MAX)?;
+    let hold = hold_reason(c, integration, &job.order_key, job.action.kind(), i64::MAX)?;
     let id = c
         .prepare_cached(
             "INSERT INTO jobs (ipn_id, integration, target, action, payload, order_key, state,
@@ -886,12 +888,18 @@ fn insert_job(
     Ok(JobId(id))
 }
 
-/// Why a job of `(integration, order_key)` with an id below `before` must be held: the
-/// first dead earlier job of the same Digistore24 order, with its error.
+/// Why a new job with action `kind` of `(integration, order_key)` must be held: the first
+/// dead earlier job of the same Digistore24 order that it depends on, with its error.
+///
+/// Jobs of one order run in the order received, with one exception: an import never waits
+/// for (and is never held behind) an earlier refund, chargeback or cancellation, because it
+/// cannot depend on them, while they may be waiting for it: Digistore24 does not guarantee
+/// the order of IPNs, and a refund can arrive before its payment.
 fn hold_reason(
     c: &Connection,
     integration: &str,
     order_key: &str,
+    kind: ActionKind,
     before: i64,
 ) -> Result<Option<String>, StoreError> {
     Ok(c.prepare_cached(
@@ -899,16 +907,22 @@ fn hold_reason(
                 || COALESCE(' (' || last_error || ')', '')
          FROM jobs
          WHERE integration = ?1 AND order_key = ?2 AND id < ?3 AND state = 'dead'
+           AND (?4 != 'import_order' OR action = 'import_order')
          ORDER BY id LIMIT 1",
     )?
-    .query_row(params![integration, order_key, before], |r| r.get(0))
+    .query_row(
+        params![integration, order_key, before, kind.config_name()],
+        |r| r.get(0),
+    )
     .optional()?)
 }
 
 /// Holds the unfinished jobs that follow a job that just died.
 fn hold_followers(c: &Connection, dead: JobId, now: i64) -> Result<(), StoreError> {
-    let (integration, order_key, error): (String, String, Option<String>) = c
-        .prepare_cached("SELECT integration, order_key, last_error FROM jobs WHERE id = ?1")?
+    let (integration, order_key, error, action): (String, String, Option<String>, String) = c
+        .prepare_cached(
+            "SELECT integration, order_key, last_error, action FROM jobs WHERE id = ?1",
+        )?
         .query_row(params![dead.0], |r| <_>::try_from(r))?;
     let reason = format!(
         "held: job {dead} of the same Digistore24 order is dead{}",
@@ -916,9 +930,24 @@ fn hold_followers(c: &Connection, dead: JobId, now: i64) -> Result<(), StoreErro
     );
     c.prepare_cached(
         "UPDATE jobs SET state = 'held', last_error = ?4, updated_at = ?5
-         WHERE integration = ?1 AND order_key = ?2 AND id > ?3 AND state = 'pending'",
+         WHERE integration = ?1 AND order_key = ?2 AND id > ?3 AND state = 'pending'
+           AND (action != 'import_order' OR ?6 = 'import_order')",
     )?
-    .execute(params![integration, order_key, dead.0, reason, now])?;
+    .execute(params![integration, order_key, dead.0, reason, now, action])?;
+    Ok(())
+}
+
+/// After an import was delivered, the actions of the same order waiting for it (a refund
+/// that arrived first, say) are due at once instead of at their next back-off.
+fn wake_dependents(c: &Connection, delivered: JobId, now: i64) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE jobs SET next_attempt_at = MIN(next_attempt_at, ?2)
+         WHERE state = 'pending' AND action != 'import_order'
+           AND (integration, order_key) =
+               (SELECT integration, order_key FROM jobs
+                WHERE id = ?1 AND action = 'import_order')",
+    )?
+    .execute(params![delivered.0, now])?;
     Ok(())
 }
 
@@ -939,7 +968,8 @@ fn lease_due(
                AND NOT EXISTS (
                    SELECT 1 FROM jobs e
                    WHERE e.integration = j.integration AND e.order_key = j.order_key
-                     AND e.id < j.id AND e.state IN ('pending', 'in_flight', 'held', 'dead'))
+                     AND e.id < j.id AND e.state IN ('pending', 'in_flight', 'held', 'dead')
+                     AND (j.action != 'import_order' OR e.action = 'import_order'))
              ORDER BY j.next_attempt_at, j.id
              LIMIT ?3",
         )?;
@@ -1038,6 +1068,7 @@ fn finish_attempt(
             )?
             .execute(params![job.0, now])?;
             write_ledger(c, job, receipt, now)?;
+            wake_dependents(c, job, now)?;
         }
         Disposition::Retry { at, reconcile } => {
             c.prepare_cached(
