@@ -1,7 +1,14 @@
 //! The command line: one file per subcommand, this file holds the argument types, logging
-//! set-up and dispatch.
+//! set-up and dispatch. The review commands (`queue`, `events`) share `output` (tables, JSON,
+//! times, exit codes).
+//!
+//! Exit codes: 0 success; 1 failure (invalid configuration, database unavailable, a refused
+//! queue change); 2 usage error (clap); 3 an id named on the command line does not exist.
 
 mod check_config;
+pub mod events;
+pub mod output;
+pub mod queue;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +57,14 @@ pub enum Command {
     ///
     /// Example: ipn-bridge check-config -c connectors.toml
     CheckConfig(ConfigArg),
+    /// Review and repair the delivery queue: list, show, retry, drop, purge.
+    ///
+    /// Works on the live database while the daemon runs. Example: ipn-bridge queue list --state dead
+    Queue(queue::QueueArgs),
+    /// Review stored IPNs and how each was routed: list, show.
+    ///
+    /// Example: ipn-bridge events list --since 2h
+    Events(events::EventsArgs),
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (`info`).
@@ -77,5 +92,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(args) => Ok(check_config::run(&args.config)),
+        Command::Queue(args) => queue::run(args),
+        Command::Events(args) => events::run(args),
     }
 }
