@@ -191,7 +191,7 @@ pub struct RetryArgs {
     #[arg(long)]
     pub dead: bool,
     /// With --dead: only this integration's jobs.
-    #[arg(long, value_name = "N", requires = "dead")]
+    #[arg(long, value_name = "N", conflicts_with = "ids")]
     pub integration: Option<String>,
     /// Recorded in the audit trail.
     #[arg(long, default_value = "manual retry")]
