@@ -1,6 +1,7 @@
 //! The `ipn-bridge` binary: parses the command line, starts logging, dispatches to
 //! [`ipn_bridge::cli`] and maps the result to an exit code (0 success, 1 failure or invalid
-//! configuration, 2 usage error from clap).
+//! configuration, 2 usage error from clap, 3 an id that does not exist — set by the queue
+//! and events commands themselves).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;

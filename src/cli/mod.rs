@@ -1,8 +1,15 @@
 //! The command line: one file per subcommand, this file holds the argument types, logging
-//! set-up and dispatch.
+//! set-up and dispatch. The review commands (`queue`, `events`) share `output` (tables, JSON,
+//! times, exit codes).
+//!
+//! Exit codes: 0 success; 1 failure (invalid configuration, database unavailable, a refused
+//! queue change); 2 usage error (clap); 3 an id named on the command line does not exist.
 
 mod check_config;
+pub mod events;
 mod explain;
+pub mod output;
+pub mod queue;
 mod replay;
 
 use std::path::PathBuf;
@@ -85,17 +92,17 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Review and repair the delivery queue: list, show, retry, drop, purge.
+    ///
+    /// Works on the live database while the daemon runs. Example: ipn-bridge queue list --state dead
+    Queue(queue::QueueArgs),
+    /// Review stored IPNs and how each was routed: list, show.
+    ///
+    /// Example: ipn-bridge events list --since 2h
+    Events(events::EventsArgs),
 }
 
 pub use crate::app::load_config;
-
-/// Who runs an operator command, for the audit trail: `$SUDO_USER`, else `$USER`.
-pub fn operator() -> String {
-    ["SUDO_USER", "USER"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| "unknown".to_owned())
-}
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (`info`).
 pub fn init_logging(format: LogFormat) {
@@ -133,5 +140,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             integration,
             dry_run,
         } => replay::run(&config.config, &events, integration.as_deref(), dry_run),
+        Command::Queue(args) => queue::run(args),
+        Command::Events(args) => events::run(args),
     }
 }

@@ -88,7 +88,7 @@ pub fn run(
                 .collect();
             let routes = ingest::new_routes(routed, &event, now);
             let results = store
-                .add_routes(EventId(id), routes, super::operator(), now)
+                .add_routes(EventId(id), routes, super::output::operator_user(), now)
                 .await?;
             for ((name, reason), result) in names.iter().zip(&reasons).zip(results) {
                 let line = match result {

@@ -368,7 +368,11 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob) {
 
     if reconciling && job.action.needs_reconcile() {
         w.limiter.until_ready().await;
-        match w.client.find_applied(&job.action, import.as_ref(), window).await {
+        match w
+            .client
+            .find_applied(&job.action, import.as_ref(), window)
+            .await
+        {
             Ok(Some(receipt)) => {
                 tracing::info!(
                     job_id = %job.id, integration = %job.integration, attempt = attempt_no,

@@ -1,0 +1,721 @@
+//! Review queries and operator commands on the queue: what `ipn-bridge queue …` and
+//! `ipn-bridge events …` read and change.
+//!
+//! These run in the CLI process on its own [`Store`] opened on the daemon's file; every
+//! method is one closure on the writer thread, so each command is one SQLite transaction
+//! (`BEGIN IMMEDIATE`). A state change therefore checks and writes under the database lock:
+//! a job the dispatcher leases a millisecond earlier is seen as `in_flight` and refused, never
+//! overwritten.
+//!
+//! Decisions:
+//! - **All or nothing.** `retry` and `drop` with several ids change nothing when any id is
+//!   unknown ([`StoreError::NotFound`]) or refused ([`StoreError::Invalid`]); the error lists
+//!   every problem, one per line. Ids are handled in ascending order, so `retry 5 6` with 6
+//!   held behind 5 works.
+//! - **Never twice.** A delivered job cannot be retried (its ledger entry proves the target
+//!   has it); a dropped job is final too. An `in_flight` job is refused by both commands: the
+//!   dispatcher's result would overwrite the change.
+//! - **Order per Digistore24 order.** A dead or held job is not retried while an earlier job
+//!   of the same integration and order is still dead or held (a refund must not overtake its
+//!   import): retry or drop the earlier job first. After a retry or drop, every held job of
+//!   the order with no dead job before it is released to `pending` (the dispatcher's lease
+//!   keeps them in order behind the retried job).
+//! - **Audit.** Every retry, drop, release and purge writes an `operator_actions` row (time,
+//!   user, command, job, reason) in the same transaction as the change.
+//! - **Purge keeps what matters.** See [`Store::purge_history_batch`]: only attempt rows and
+//!   raw bodies of old *final* jobs go; `ipns` rows (the business keys that make a repeated
+//!   IPN a duplicate), jobs, routes, the ledger and the audit trail are never deleted. A purged
+//!   raw body is an empty blob (a stored IPN never has an empty body otherwise).
+
+use std::collections::BTreeSet;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{AttemptRow, JOB_COLUMNS, JobRow, LedgerRow, Store, StoreError, job_row};
+use crate::domain::{EventId, JobId, JobState};
+
+/// Filter of [`Store::review_jobs`].
+#[derive(Debug, Clone, Default)]
+pub struct ReviewFilter {
+    pub state: Option<JobState>,
+    pub integration: Option<String>,
+    /// Only jobs created at or after this time (Unix ms).
+    pub since: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+/// A job with the IPN facts a person needs to recognise it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobListing {
+    pub job: JobRow,
+    pub event: String,
+    pub ds24_order_id: Option<String>,
+    pub product_id: Option<String>,
+}
+
+/// Everything stored about an IPN except its raw body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpnDetail {
+    pub id: i64,
+    pub source: String,
+    pub event: String,
+    pub order_id: Option<String>,
+    pub order_item_id: Option<String>,
+    pub product_id: Option<String>,
+    pub transaction_id: Option<String>,
+    /// Unmasked; the CLI masks it for display.
+    pub buyer_email: Option<String>,
+    pub amount: Option<String>,
+    pub currency: Option<String>,
+    pub received_at: i64,
+    /// Size of the stored raw body; 0 once purged.
+    pub body_bytes: u64,
+}
+
+/// One row of the `operator_actions` audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorActionRow {
+    pub id: i64,
+    pub at: i64,
+    pub user: String,
+    pub command: String,
+    pub job_id: Option<i64>,
+    pub ipn_id: Option<i64>,
+    pub reason: String,
+}
+
+/// A job with its IPN, attempts, ledger entry and audit trail (`queue show`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDetail {
+    pub job: JobRow,
+    pub ipn: IpnDetail,
+    pub attempts: Vec<AttemptRow>,
+    pub ledger: Option<LedgerRow>,
+    pub actions: Vec<OperatorActionRow>,
+}
+
+/// One integration's routing decision for an IPN, with the job's current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRow {
+    pub integration: String,
+    /// `job` or `skipped`.
+    pub decision: String,
+    pub reason: String,
+    pub job_id: Option<i64>,
+    pub job_state: Option<String>,
+    pub decided_at: i64,
+}
+
+/// An IPN with how it was routed (`events list` / `events show`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventListing {
+    pub ipn: IpnDetail,
+    pub routes: Vec<RouteRow>,
+}
+
+/// Who runs an operator command, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    pub user: String,
+    pub reason: String,
+}
+
+/// Which jobs `queue retry` takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetrySelection {
+    Ids(Vec<JobId>),
+    /// Every dead job, optionally of one integration.
+    Dead {
+        integration: Option<String>,
+    },
+}
+
+/// What `retry` or `drop` changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueChange {
+    /// The jobs named (or selected) and changed, ascending.
+    pub changed: Vec<i64>,
+    /// Held jobs released to `pending` as a consequence, ascending.
+    pub released: Vec<i64>,
+}
+
+/// What one purge batch removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeCount {
+    pub attempts_deleted: u64,
+    pub bodies_cleared: u64,
+}
+
+const FINAL_STATES_SQL: &str = "('delivered', 'dropped')";
+
+const IPN_COLUMNS: &str = "i.id, i.source, i.event, i.order_id, i.order_item_id, i.product_id, \
+     i.transaction_id, i.buyer_email, i.amount, i.currency, i.received_at, length(i.raw_body)";
+
+impl Store {
+    /// Jobs matching `filter`, newest first.
+    pub async fn review_jobs(&self, filter: ReviewFilter) -> Result<Vec<JobListing>, StoreError> {
+        self.call(move |c| {
+            let columns = prefixed_job_columns("j");
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {columns}, i.event, i.order_id, i.product_id
+                 FROM jobs j JOIN ipns i ON i.id = j.ipn_id
+                 WHERE (?1 IS NULL OR j.state = ?1) AND (?2 IS NULL OR j.integration = ?2)
+                   AND (?3 IS NULL OR j.created_at >= ?3)
+                 ORDER BY j.id DESC LIMIT ?4"
+            ))?;
+            let rows = stmt.query_map(
+                params![
+                    filter.state.map(JobState::as_str),
+                    filter.integration,
+                    filter.since,
+                    filter.limit.map_or(-1, i64::from)
+                ],
+                |r| {
+                    Ok(JobListing {
+                        job: job_row(r)?,
+                        event: r.get(13)?,
+                        ds24_order_id: r.get(14)?,
+                        product_id: r.get(15)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// One job with everything known about it; [`StoreError::NotFound`] for an unknown id.
+    pub async fn job_detail(&self, id: JobId) -> Result<JobDetail, StoreError> {
+        self.call(move |c| {
+            let job = c
+                .query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                    params![id.0],
+                    job_row,
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("job {id}")))?;
+            let ipn = ipn_detail(c, job.ipn_id)?
+                .ok_or_else(|| StoreError::Internal(format!("job {id} has no IPN")))?;
+            Ok(JobDetail {
+                attempts: attempts_of(c, id.0)?,
+                ledger: ledger_of(c, id.0)?,
+                actions: actions_of(c, id.0)?,
+                job,
+                ipn,
+            })
+        })
+        .await
+    }
+
+    /// Stored IPNs received at or after `since`, newest first, each with its routes.
+    pub async fn review_events(
+        &self,
+        since: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<Vec<EventListing>, StoreError> {
+        self.call(move |c| {
+            let ipns: Vec<IpnDetail> = {
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {IPN_COLUMNS} FROM ipns i
+                     WHERE (?1 IS NULL OR i.received_at >= ?1)
+                     ORDER BY i.id DESC LIMIT ?2"
+                ))?;
+                let rows =
+                    stmt.query_map(params![since, limit.map_or(-1, i64::from)], ipn_detail_row)?;
+                rows.collect::<Result<_, _>>()?
+            };
+            ipns.into_iter()
+                .map(|ipn| {
+                    Ok(EventListing {
+                        routes: routes_of(c, ipn.id)?,
+                        ipn,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// One stored IPN with its routes; [`StoreError::NotFound`] for an unknown id.
+    pub async fn review_event(&self, id: EventId) -> Result<EventListing, StoreError> {
+        self.call(move |c| {
+            let ipn =
+                ipn_detail(c, id.0)?.ok_or_else(|| StoreError::NotFound(format!("event {id}")))?;
+            Ok(EventListing {
+                routes: routes_of(c, id.0)?,
+                ipn,
+            })
+        })
+        .await
+    }
+
+    /// `queue retry`: the selected dead, held or pending jobs become `pending`, due at `now`;
+    /// held jobs behind them are released. All or nothing (see the module docs).
+    pub async fn retry_jobs(
+        &self,
+        selection: RetrySelection,
+        operator: Operator,
+        now: i64,
+    ) -> Result<QueueChange, StoreError> {
+        self.call(move |c| {
+            let ids = match selection {
+                RetrySelection::Ids(ids) => ids.into_iter().map(|i| i.0).collect(),
+                RetrySelection::Dead { integration } => {
+                    let mut stmt = c.prepare_cached(
+                        "SELECT id FROM jobs WHERE state = 'dead' AND (?1 IS NULL OR integration = ?1)
+                         ORDER BY id",
+                    )?;
+                    let rows = stmt.query_map(params![integration], |r| r.get::<_, i64>(0))?;
+                    rows.collect::<Result<BTreeSet<_>, _>>()?
+                }
+            };
+            change_jobs(c, &ids, Command::Retry, &operator, now)
+        })
+        .await
+    }
+
+    /// `queue drop`: the named non-final jobs become `dropped`; held jobs behind them are
+    /// released. All or nothing (see the module docs).
+    pub async fn drop_jobs(
+        &self,
+        ids: Vec<JobId>,
+        operator: Operator,
+        now: i64,
+    ) -> Result<QueueChange, StoreError> {
+        self.call(move |c| {
+            let ids: BTreeSet<i64> = ids.into_iter().map(|i| i.0).collect();
+            change_jobs(c, &ids, Command::Drop, &operator, now)
+        })
+        .await
+    }
+
+    /// What a purge with this cutoff would remove, without removing it.
+    pub async fn purge_preview(&self, cutoff: i64) -> Result<PurgeCount, StoreError> {
+        self.call(move |c| {
+            let attempts: i64 = c.query_row(
+                &format!(
+                    "SELECT COUNT(*) FROM attempts WHERE job_id IN (
+                         SELECT id FROM jobs
+                         WHERE state IN {FINAL_STATES_SQL} AND updated_at < ?1)"
+                ),
+                params![cutoff],
+                |r| r.get(0),
+            )?;
+            let bodies: i64 = c.query_row(
+                &format!("SELECT COUNT(*) FROM ipns WHERE {PURGEABLE_BODY_SQL}"),
+                params![cutoff],
+                |r| r.get(0),
+            )?;
+            Ok(PurgeCount {
+                attempts_deleted: attempts.max(0) as u64,
+                bodies_cleared: bodies.max(0) as u64,
+            })
+        })
+        .await
+    }
+
+    /// One bounded step of `queue purge`: deletes up to `max_rows` attempt rows of jobs that
+    /// became final (delivered or dropped) before `cutoff`, and empties up to `max_rows` raw
+    /// bodies of IPNs received before `cutoff` whose jobs (at least one) are all final since
+    /// before `cutoff`. Call until it returns zero counts; small batches keep the write lock
+    /// short so the running daemon is not blocked.
+    ///
+    /// Kept, always: `ipns` rows and their business keys (idempotency), jobs, routes, the
+    /// ledger (later refunds need the target's ids), `operator_actions`; raw bodies of IPNs
+    /// that produced no job (a replay may want them after a configuration change) and of
+    /// IPNs with any unfinished job.
+    pub async fn purge_history_batch(
+        &self,
+        cutoff: i64,
+        max_rows: u32,
+    ) -> Result<PurgeCount, StoreError> {
+        self.call(move |c| {
+            let attempts = c.execute(
+                &format!(
+                    "DELETE FROM attempts WHERE id IN (
+                         SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
+                         WHERE j.state IN {FINAL_STATES_SQL} AND j.updated_at < ?1
+                         LIMIT ?2)"
+                ),
+                params![cutoff, max_rows],
+            )?;
+            let bodies = c.execute(
+                &format!(
+                    "UPDATE ipns SET raw_body = X'' WHERE id IN (
+                         SELECT id FROM ipns WHERE {PURGEABLE_BODY_SQL} LIMIT ?2)"
+                ),
+                params![cutoff, max_rows],
+            )?;
+            Ok(PurgeCount {
+                attempts_deleted: attempts as u64,
+                bodies_cleared: bodies as u64,
+            })
+        })
+        .await
+    }
+
+    /// Writes one audit row not tied to a job (e.g. a finished purge).
+    pub async fn record_operator_action(
+        &self,
+        command: &str,
+        operator: Operator,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let command = command.to_owned();
+        self.call(move |c| {
+            record(
+                c,
+                now,
+                &operator.user,
+                &command,
+                None,
+                None,
+                &operator.reason,
+            )
+        })
+        .await
+    }
+}
+
+/// Raw bodies a purge empties (`?1` = cutoff). Unqualified column names refer to `ipns`.
+const PURGEABLE_BODY_SQL: &str = "received_at < ?1 AND length(raw_body) > 0
+     AND EXISTS (SELECT 1 FROM jobs j WHERE j.ipn_id = ipns.id)
+     AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.ipn_id = ipns.id
+                     AND (j.state NOT IN ('delivered', 'dropped') OR j.updated_at >= ?1))";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Retry,
+    Drop,
+}
+
+impl Command {
+    fn name(self) -> &'static str {
+        match self {
+            Command::Retry => "retry",
+            Command::Drop => "drop",
+        }
+    }
+}
+
+/// `(state, integration, order_key, ipn_id)` of a job.
+type JobKey = (String, String, String, i64);
+
+fn change_jobs(
+    c: &Connection,
+    ids: &BTreeSet<i64>,
+    command: Command,
+    operator: &Operator,
+    now: i64,
+) -> Result<QueueChange, StoreError> {
+    let mut missing = Vec::new();
+    let mut refused = Vec::new();
+    let mut change = QueueChange::default();
+    for &id in ids {
+        let found: Option<JobKey> = c
+            .prepare_cached("SELECT state, integration, order_key, ipn_id FROM jobs WHERE id = ?1")?
+            .query_row(params![id], |r| <_>::try_from(r))
+            .optional()?;
+        let Some((state, integration, order_key, ipn_id)) = found else {
+            missing.push(format!("job {id} does not exist"));
+            continue;
+        };
+        let state = JobState::parse(&state)
+            .ok_or_else(|| StoreError::Internal(format!("job {id} has unknown state {state}")))?;
+        if let Err(why) = allowed(c, command, id, state, &integration, &order_key)? {
+            refused.push(why);
+            continue;
+        }
+        match command {
+            Command::Retry => c
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?2
+                     WHERE id = ?1",
+                )?
+                .execute(params![id, now])?,
+            Command::Drop => c
+                .prepare_cached("UPDATE jobs SET state = 'dropped', updated_at = ?2 WHERE id = ?1")?
+                .execute(params![id, now])?,
+        };
+        record(
+            c,
+            now,
+            &operator.user,
+            command.name(),
+            Some(id),
+            Some(ipn_id),
+            &operator.reason,
+        )?;
+        change.changed.push(id);
+        // Released at once, so a later id of the same order is checked against the new
+        // states (`retry 5 7` with 6 held behind 5 and 7 dead behind 6).
+        let released = release_held(c, &integration, &order_key, id, command, operator, now)?;
+        change.released.extend(released);
+    }
+    if !missing.is_empty() {
+        missing.extend(refused);
+        return Err(StoreError::NotFound(missing.join("\n")));
+    }
+    if !refused.is_empty() {
+        return Err(StoreError::Invalid(refused.join("\n")));
+    }
+    change.released.sort_unstable();
+    change.released.dedup();
+    let changed = &change.changed;
+    change.released.retain(|id| !changed.contains(id));
+    Ok(change)
+}
+
+/// Whether `command` may change job `id`; `Ok(Err(why))` when it is refused.
+fn allowed(
+    c: &Connection,
+    command: Command,
+    id: i64,
+    state: JobState,
+    integration: &str,
+    order_key: &str,
+) -> Result<Result<(), String>, StoreError> {
+    let verb = command.name();
+    let why = match state {
+        JobState::Delivered => Some(format!(
+            "job {id} was delivered (its ledger entry proves it); it is never sent twice and \
+             cannot be {}",
+            if command == Command::Retry {
+                "retried"
+            } else {
+                "dropped"
+            }
+        )),
+        JobState::Dropped => Some(format!("job {id} was dropped by an operator; it is final")),
+        JobState::InFlight => Some(format!(
+            "job {id} is being delivered right now; look again in a moment \
+             (`ipn-bridge queue show {id}`)"
+        )),
+        JobState::Pending | JobState::Dead | JobState::Held => None,
+    };
+    if let Some(why) = why {
+        return Ok(Err(why));
+    }
+    if command == Command::Retry && matches!(state, JobState::Dead | JobState::Held) {
+        let blocker: Option<(i64, String)> = c
+            .prepare_cached(
+                "SELECT id, state FROM jobs
+                 WHERE integration = ?1 AND order_key = ?2 AND id < ?3
+                   AND state IN ('dead', 'held')
+                 ORDER BY id LIMIT 1",
+            )?
+            .query_row(params![integration, order_key, id], |r| <_>::try_from(r))
+            .optional()?;
+        if let Some((earlier, earlier_state)) = blocker {
+            return Ok(Err(format!(
+                "job {id} waits behind job {earlier} ({earlier_state}) of the same Digistore24 \
+                 order; {verb} job {earlier} first (that releases {id}) or drop it"
+            )));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Releases every held job of the order that no dead job precedes any more.
+fn release_held(
+    c: &Connection,
+    integration: &str,
+    order_key: &str,
+    by: i64,
+    command: Command,
+    operator: &Operator,
+    now: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let jobs: Vec<(i64, String, i64)> = {
+        let mut stmt = c.prepare_cached(
+            "SELECT id, state, ipn_id FROM jobs WHERE integration = ?1 AND order_key = ?2
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![integration, order_key], |r| <_>::try_from(r))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut released = Vec::new();
+    for (id, state, ipn_id) in jobs {
+        match state.as_str() {
+            "dead" => break,
+            "held" => {
+                c.prepare_cached(
+                    "UPDATE jobs SET state = 'pending', next_attempt_at = MAX(next_attempt_at, ?2),
+                            updated_at = ?2
+                     WHERE id = ?1",
+                )?
+                .execute(params![id, now])?;
+                let reason = format!(
+                    "released: job {by} of the same Digistore24 order was {}",
+                    if command == Command::Retry {
+                        "retried"
+                    } else {
+                        "dropped"
+                    }
+                );
+                record(
+                    c,
+                    now,
+                    &operator.user,
+                    "release",
+                    Some(id),
+                    Some(ipn_id),
+                    &reason,
+                )?;
+                released.push(id);
+            }
+            _ => {}
+        }
+    }
+    Ok(released)
+}
+
+fn record(
+    c: &Connection,
+    at: i64,
+    user: &str,
+    command: &str,
+    job_id: Option<i64>,
+    ipn_id: Option<i64>,
+    reason: &str,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO operator_actions (at, user, command, job_id, ipn_id, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![at, user, command, job_id, ipn_id, reason])?;
+    Ok(())
+}
+
+fn prefixed_job_columns(alias: &str) -> String {
+    JOB_COLUMNS
+        .split(',')
+        .map(|col| format!("{alias}.{}", col.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ipn_detail_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IpnDetail> {
+    Ok(IpnDetail {
+        id: r.get(0)?,
+        source: r.get(1)?,
+        event: r.get(2)?,
+        order_id: r.get(3)?,
+        order_item_id: r.get(4)?,
+        product_id: r.get(5)?,
+        transaction_id: r.get(6)?,
+        buyer_email: r.get(7)?,
+        amount: r.get(8)?,
+        currency: r.get(9)?,
+        received_at: r.get(10)?,
+        body_bytes: r.get::<_, i64>(11)?.max(0) as u64,
+    })
+}
+
+fn ipn_detail(c: &Connection, id: i64) -> Result<Option<IpnDetail>, StoreError> {
+    Ok(
+        c.prepare_cached(&format!("SELECT {IPN_COLUMNS} FROM ipns i WHERE i.id = ?1"))?
+            .query_row(params![id], ipn_detail_row)
+            .optional()?,
+    )
+}
+
+fn routes_of(c: &Connection, ipn_id: i64) -> Result<Vec<RouteRow>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT r.integration, r.decision, r.reason, r.job_id, j.state, r.decided_at
+         FROM routes r LEFT JOIN jobs j ON j.id = r.job_id
+         WHERE r.ipn_id = ?1 ORDER BY r.id",
+    )?;
+    let rows = stmt.query_map(params![ipn_id], |r| {
+        Ok(RouteRow {
+            integration: r.get(0)?,
+            decision: r.get(1)?,
+            reason: r.get(2)?,
+            job_id: r.get(3)?,
+            job_state: r.get(4)?,
+            decided_at: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn attempts_of(c: &Connection, job_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, job_id, number, kind, started_at, finished_at, outcome, endpoint,
+                http_status, request, response, reason
+         FROM attempts WHERE job_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![job_id], |r| {
+        Ok(AttemptRow {
+            id: r.get(0)?,
+            job_id: r.get(1)?,
+            number: r.get(2)?,
+            kind: r.get(3)?,
+            started_at: r.get(4)?,
+            finished_at: r.get(5)?,
+            outcome: r.get(6)?,
+            endpoint: r.get(7)?,
+            http_status: r.get(8)?,
+            request: r.get(9)?,
+            response: r.get(10)?,
+            reason: r.get(11)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn ledger_of(c: &Connection, job_id: i64) -> Result<Option<LedgerRow>, StoreError> {
+    let found = c
+        .prepare_cached(
+            "SELECT job_id, integration, ds24_order_id, ds24_item, ds24_transaction_id,
+                    reference, target_order_id, target_customer_id, purchase_ids,
+                    transaction_ids, created_at
+             FROM ledger WHERE job_id = ?1",
+        )?
+        .query_row(params![job_id], |r| {
+            Ok((
+                LedgerRow {
+                    job_id: r.get(0)?,
+                    integration: r.get(1)?,
+                    ds24_order_id: r.get(2)?,
+                    ds24_item: r.get(3)?,
+                    ds24_transaction_id: r.get(4)?,
+                    reference: r.get(5)?,
+                    target_order_id: r.get(6)?,
+                    target_customer_id: r.get(7)?,
+                    purchase_ids: Vec::new(),
+                    transaction_ids: Vec::new(),
+                    created_at: r.get(10)?,
+                },
+                r.get::<_, String>(8)?,
+                r.get::<_, String>(9)?,
+            ))
+        })
+        .optional()?;
+    let Some((mut entry, purchases, transactions)) = found else {
+        return Ok(None);
+    };
+    entry.purchase_ids = serde_json::from_str(&purchases)?;
+    entry.transaction_ids = serde_json::from_str(&transactions)?;
+    Ok(Some(entry))
+}
+
+fn actions_of(c: &Connection, job_id: i64) -> Result<Vec<OperatorActionRow>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, at, user, command, job_id, ipn_id, reason
+         FROM operator_actions WHERE job_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![job_id], |r| {
+        Ok(OperatorActionRow {
+            id: r.get(0)?,
+            at: r.get(1)?,
+            user: r.get(2)?,
+            command: r.get(3)?,
+            job_id: r.get(4)?,
+            ipn_id: r.get(5)?,
+            reason: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
