@@ -12,6 +12,7 @@
 //! `Store` on the same file; WAL lets them read while the daemon writes, and SQLite's lock
 //! serialises their writes.
 
+pub mod alerts;
 mod schema;
 #[cfg(test)]
 mod tests;
