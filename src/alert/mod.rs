@@ -310,7 +310,10 @@ impl Alerter {
         let Some(mail) = mail else { return };
         let ids: Vec<i64> = outbox.alerts.iter().map(|a| a.id).collect();
         let result = match &settings.mailer {
-            Ok(mailer) => mailer.send(&outbox.recipient, &mail).await,
+            Ok(mailer) => {
+                let now = self.inner.clock.now_ms();
+                mailer.send(&outbox.recipient, &mail, now).await
+            }
             Err(e) => Err(smtp::SendError::Permanent(e.clone())),
         };
         let recipient = outbox.recipient.as_str();

@@ -196,10 +196,39 @@ fn what_failed(a: &OutboxAlert) -> String {
     }
 }
 
+/// Longest body line the layout aims for: the classic 72, below the 76 at which `lettre`
+/// switches a body to quoted-printable, so a plain ASCII body travels as readable 7bit text.
+const LINE_WIDTH: usize = 72;
+/// Where values start: two spaces, a 13-wide label, one space.
+const VALUE_INDENT: usize = 16;
+
 fn push_field(out: &mut String, label: &str, value: Option<&str>) {
     if let Some(v) = value.filter(|v| !v.is_empty()) {
-        out.push_str(&format!("  {label:<13} {v}\n"));
+        out.push_str(&format!("  {label:<13} "));
+        push_wrapped(out, v);
     }
+}
+
+/// Appends `text` word-wrapped at [`LINE_WIDTH`], continuation lines indented to the value
+/// column. A single word longer than a line stays whole (a URL, a command).
+fn push_wrapped(out: &mut String, text: &str) {
+    let mut col = VALUE_INDENT;
+    let mut first = true;
+    for word in text.split_whitespace() {
+        let len = word.chars().count();
+        if !first && col + 1 + len > LINE_WIDTH {
+            out.push('\n');
+            out.push_str(&" ".repeat(VALUE_INDENT));
+            col = VALUE_INDENT;
+        } else if !first {
+            out.push(' ');
+            col += 1;
+        }
+        out.push_str(word);
+        col += len;
+        first = false;
+    }
+    out.push('\n');
 }
 
 fn push_item(out: &mut String, a: &OutboxAlert) {
@@ -217,11 +246,14 @@ fn push_item(out: &mut String, a: &OutboxAlert) {
     push_field(out, "Amount:", a.amount.as_deref());
     push_field(out, "Buyer:", a.buyer_email.as_deref());
     push_field(out, "Message:", Some(&a.message));
-    push_field(out, "To retry:", a.retry_command.as_deref());
+    // Never wrapped: it is meant to be pasted into a shell.
+    if let Some(cmd) = a.retry_command.as_deref().filter(|c| !c.is_empty()) {
+        out.push_str(&format!("  {:<13} {cmd}\n", "To retry:"));
+    }
 }
 
-const FOOTER: &str = "--\nSent by ipn-bridge. Review the queue with `ipn-bridge queue list`; \
-                      a job's attempts with `ipn-bridge queue show ID`.\n";
+const FOOTER: &str = "--\nSent by ipn-bridge. Review the queue: `ipn-bridge queue list`;\n\
+                      a job and its attempts: `ipn-bridge queue show ID`.\n";
 
 /// The e-mail for one alert, sent at once.
 pub fn single(a: &OutboxAlert) -> Mail {
@@ -375,6 +407,22 @@ mod tests {
             assert!(mail.body.contains(needle), "{needle} in\n{}", mail.body);
         }
         assert!(!mail.body.contains("jane@"));
+        assert!(
+            mail.body.lines().all(|l| l.len() <= LINE_WIDTH),
+            "{}",
+            mail.body
+        );
+    }
+
+    #[test]
+    fn long_values_wrap_under_their_column() {
+        let mut out = String::new();
+        push_field(&mut out, "Message:", Some(&"word ".repeat(30)));
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.len() > 1);
+        assert!(lines.iter().all(|l| l.len() <= LINE_WIDTH), "{out}");
+        assert!(lines[1].starts_with(&" ".repeat(VALUE_INDENT)), "{out}");
+        assert_eq!(out.split_whitespace().filter(|w| *w == "word").count(), 30);
     }
 
     #[test]

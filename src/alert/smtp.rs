@@ -13,7 +13,7 @@
 //!   credentials; every text is still scrubbed of the password before it is returned, so it
 //!   can be logged and stored without a second thought.
 
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use backon::{ExponentialBuilder, Retryable};
 use lettre::message::{Mailbox, header::ContentType};
@@ -91,9 +91,10 @@ impl Mailer {
         })
     }
 
-    /// Sends `mail` to `to`, retrying transient failures a few times.
-    pub async fn send(&self, to: &str, mail: &Mail) -> Result<(), SendError> {
-        let message = self.message(to, mail)?;
+    /// Sends `mail` to `to`, dated `now_ms` (the caller's clock), retrying transient
+    /// failures a few times.
+    pub async fn send(&self, to: &str, mail: &Mail, now_ms: i64) -> Result<(), SendError> {
+        let message = self.message(to, mail, now_ms)?;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(SEND_RETRY_MIN_DELAY_MS))
             .with_max_delay(Duration::from_millis(SEND_RETRY_MAX_DELAY_MS))
@@ -109,7 +110,8 @@ impl Mailer {
             .await
     }
 
-    fn message(&self, to: &str, mail: &Mail) -> Result<Message, SendError> {
+    fn message(&self, to: &str, mail: &Mail, now_ms: i64) -> Result<Message, SendError> {
+        let date = UNIX_EPOCH + Duration::from_millis(u64::try_from(now_ms).unwrap_or(0));
         let to: Mailbox = to
             .parse()
             .map_err(|e| SendError::Permanent(format!("recipient `{to}`: {e}")))?;
@@ -117,6 +119,7 @@ impl Mailer {
             .from(self.from.clone())
             .to(to)
             .subject(mail.subject.clone())
+            .date(date)
             .header(ContentType::TEXT_PLAIN)
             .body(mail.body.clone())
             .map_err(|e| SendError::Permanent(format!("cannot build the e-mail: {e}")))
