@@ -7,9 +7,11 @@
 //!   record, reschedule).
 //! - [`ipn`] (Digistore24 format and signature), [`rules`] (routing and mapping, pure),
 //!   [`store`] (SQLite), [`connectors`] (Konnektive), [`config`] (TOML → validated values).
+//! - [`alert`]: the alert outbox and its SMTP sender (digest per recipient).
 //! - [`domain`]: plain data used by all of the above. [`clock`]: the injectable time source.
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod app;
 pub mod cli;
 pub mod clock;

@@ -12,6 +12,7 @@
 //! `Store` on the same file; WAL lets them read while the daemon writes, and SQLite's lock
 //! serialises their writes.
 
+pub mod alerts;
 pub mod review;
 mod schema;
 #[cfg(test)]

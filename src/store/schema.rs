@@ -115,6 +115,38 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX operator_actions_job ON operator_actions (job_id);
     "#,
+    // 3: the alert outbox. One row per alert (what a person is told, already masked and
+    // redacted), one row per (alert, recipient) saying whether and when it was mailed.
+    r#"
+    CREATE TABLE alerts (
+        id             INTEGER PRIMARY KEY,
+        created_at     INTEGER NOT NULL,
+        kind           TEXT    NOT NULL,
+        integration    TEXT,
+        target         TEXT,
+        job_id         INTEGER,
+        ds24_order_id  TEXT,
+        product        TEXT,
+        amount         TEXT,
+        buyer_email    TEXT,
+        message        TEXT    NOT NULL,
+        retry_command  TEXT
+    );
+    CREATE INDEX alerts_created ON alerts (created_at);
+
+    CREATE TABLE alert_deliveries (
+        alert_id    INTEGER NOT NULL REFERENCES alerts (id),
+        recipient   TEXT    NOT NULL,
+        sent_at     INTEGER,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT,
+        PRIMARY KEY (alert_id, recipient)
+    );
+    CREATE INDEX alert_deliveries_unsent ON alert_deliveries (recipient, alert_id)
+        WHERE sent_at IS NULL;
+    CREATE INDEX alert_deliveries_sent ON alert_deliveries (recipient, sent_at)
+        WHERE sent_at IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
