@@ -8,6 +8,8 @@
 //! - [`ipn`] (Digistore24 format and signature), [`rules`] (routing and mapping, pure),
 //!   [`store`] (SQLite), [`connectors`] (Konnektive), [`config`] (TOML → validated values).
 //! - [`domain`]: plain data used by all of the above. [`clock`]: the injectable time source.
+//! - [`metrics`]: Prometheus counters, gauges and histograms (recorded by server and
+//!   dispatcher); [`service`]: life under systemd (watchdog keep-alive).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -18,6 +20,8 @@ pub mod connectors;
 pub mod delivery;
 pub mod domain;
 pub mod ipn;
+pub mod metrics;
 pub mod rules;
 pub mod server;
+pub mod service;
 pub mod store;
