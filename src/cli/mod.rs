@@ -2,6 +2,7 @@
 //! set-up and dispatch.
 
 mod check_config;
+mod test_connection;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,28 @@ pub enum Command {
     ///
     /// Example: ipn-bridge check-config -c connectors.toml
     CheckConfig(ConfigArg),
+    /// Test each integration's connections: Konnektive login, IP allow-list, campaign and
+    /// every product_map entry; the SMTP server of [alerts]; the IPN endpoint (a signed
+    /// connection_test). One verdict per line; exit 0 when nothing failed, 1 otherwise.
+    ///
+    /// Example: ipn-bridge test-connection -c connectors.toml main-campaign --send-test-email
+    TestConnection(TestConnectionArgs),
+}
+
+/// Arguments of `test-connection`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TestConnectionArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Integrations to test (default: all).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Also send a real test e-mail to [alerts].to.
+    #[arg(long)]
+    pub send_test_email: bool,
+    /// Print a JSON array of {integration, check, ok, detail} (ok is null for a skipped check).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (`info`).
@@ -77,5 +100,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(args) => Ok(check_config::run(&args.config)),
+        Command::TestConnection(args) => test_connection::run(&test_connection::Options {
+            config: &args.config.config,
+            names: &args.names,
+            send_test_email: args.send_test_email,
+            json: args.json,
+        }),
     }
 }
