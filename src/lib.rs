@@ -9,6 +9,8 @@
 //!   [`store`] (SQLite), [`connectors`] (Konnektive), [`config`] (TOML → validated values).
 //! - [`alert`]: the alert outbox and its SMTP sender (digest per recipient).
 //! - [`domain`]: plain data used by all of the above. [`clock`]: the injectable time source.
+//! - [`metrics`]: Prometheus counters, gauges and histograms (recorded by server and
+//!   dispatcher); [`service`]: life under systemd (watchdog keep-alive).
 #![forbid(unsafe_code)]
 
 pub mod alert;
@@ -21,6 +23,8 @@ pub mod delivery;
 pub mod domain;
 pub mod ingest;
 pub mod ipn;
+pub mod metrics;
 pub mod rules;
 pub mod server;
+pub mod service;
 pub mod store;

@@ -11,6 +11,7 @@ mod explain;
 pub mod output;
 pub mod queue;
 mod replay;
+mod test_connection;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,6 +101,28 @@ pub enum Command {
     ///
     /// Example: ipn-bridge events list --since 2h
     Events(events::EventsArgs),
+    /// Test each integration's connections: Konnektive login, IP allow-list, campaign and
+    /// every product_map entry; the SMTP server of [alerts]; the IPN endpoint (a signed
+    /// connection_test). One verdict per line; exit 0 when nothing failed, 1 otherwise.
+    ///
+    /// Example: ipn-bridge test-connection -c connectors.toml main-campaign --send-test-email
+    TestConnection(TestConnectionArgs),
+}
+
+/// Arguments of `test-connection`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TestConnectionArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Integrations to test (default: all).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Also send a real test e-mail to [alerts].to.
+    #[arg(long)]
+    pub send_test_email: bool,
+    /// Print a JSON array of {integration, check, ok, detail} (ok is null for a skipped check).
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub use crate::app::load_config;
@@ -142,5 +165,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => replay::run(&config.config, &events, integration.as_deref(), dry_run),
         Command::Queue(args) => queue::run(args),
         Command::Events(args) => events::run(args),
+        Command::TestConnection(args) => test_connection::run(&test_connection::Options {
+            config: &args.config.config,
+            names: &args.names,
+            send_test_email: args.send_test_email,
+            json: args.json,
+        }),
     }
 }
