@@ -9,9 +9,18 @@ use crate::domain::IpnEvent;
 use crate::rules::{Decision, Routed, Severity};
 use crate::store::{NewIpn, NewJob, NewRoute, RouteDecision};
 
-/// The store records for `routed`, received (or replayed) at `now`.
-pub fn new_routes(routed: Vec<Routed>, event: &IpnEvent, now: i64) -> Vec<NewRoute> {
-    routed
+/// A decision not to deliver that needs a person: `(integration, reason)`.
+pub type Attention = (String, String);
+
+/// The store records for `routed`, received (or replayed) at `now`, and the decisions among
+/// them that need a person (for alerts, once the records are committed).
+pub fn new_routes(
+    routed: Vec<Routed>,
+    event: &IpnEvent,
+    now: i64,
+) -> (Vec<NewRoute>, Vec<Attention>) {
+    let mut attention = Vec::new();
+    let routes = routed
         .into_iter()
         .map(|r| {
             let decision = match r.decision {
@@ -40,6 +49,7 @@ pub fn new_routes(routed: Vec<Routed>, event: &IpnEvent, now: i64) -> Vec<NewRou
                             %reason,
                             "IPN not delivered; the configuration needs a look"
                         );
+                        attention.push((r.integration.clone(), reason.clone()));
                     }
                     RouteDecision::Skip { reason }
                 }
@@ -49,7 +59,8 @@ pub fn new_routes(routed: Vec<Routed>, event: &IpnEvent, now: i64) -> Vec<NewRou
                 decision,
             }
         })
-        .collect()
+        .collect();
+    (routes, attention)
 }
 
 /// The inbox record of a verified IPN with its routes.

@@ -86,7 +86,7 @@ pub fn run(
                     }
                 })
                 .collect();
-            let routes = ingest::new_routes(routed, &event, now);
+            let (routes, _) = ingest::new_routes(routed, &event, now);
             let results = store
                 .add_routes(EventId(id), routes, super::output::operator_user(), now)
                 .await?;

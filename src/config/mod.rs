@@ -19,6 +19,7 @@
 mod diagnostic;
 mod document;
 mod duration;
+mod live;
 mod load;
 mod model;
 mod reader;
@@ -28,6 +29,7 @@ mod template;
 
 pub use diagnostic::{ConfigErrors, Diagnostic, Severity};
 pub use duration::parse_duration;
+pub use live::LiveConfig;
 pub use load::{Loaded, load, parse};
 pub use model::*;
 pub use secret::{Environment, SystemEnvironment};

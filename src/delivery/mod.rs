@@ -43,10 +43,12 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alert::{Alert, AlertKind, Alerter};
 use crate::clock::SharedClock;
 use crate::config::{Config, Delivery, Target};
 use crate::connectors::KonnektiveClient;
-use crate::domain::{Action, AttemptReport, Day, DayWindow, ImportRef, Outcome, Receipt};
+use crate::domain::{Action, AttemptReport, Day, DayWindow, ImportRef, Money, Outcome, Receipt};
+use crate::metrics::Metrics;
 use crate::store::{AttemptKind, Disposition, LeasedJob, Store, StoreError};
 
 use schedule::JobClock;
@@ -157,6 +159,12 @@ pub fn probe_interval(policy: &Delivery) -> Duration {
 
 struct TargetWorker {
     name: String,
+    alerter: Alerter,
+    metrics: Metrics,
+    /// Each integration's `error_emails`, for alerts about its jobs.
+    recipients: BTreeMap<String, Vec<String>>,
+    /// The `error_emails` of every integration using this target, for pause alerts.
+    target_recipients: Vec<String>,
     /// A campaign of one of the target's integrations, for the probe.
     probe_campaign: Option<u64>,
     board: TargetBoard,
@@ -167,13 +175,19 @@ struct TargetWorker {
     slot_freed: Notify,
     store: Store,
     clock: SharedClock,
+    /// The process is stopping: give up retrying store writes (the job is recovered on the
+    /// next start).
     shutdown: CancellationToken,
+    /// This generation of loops stops leasing (shutdown or reload).
+    stop: CancellationToken,
 }
 
 /// What every target loop shares with the rest of the daemon.
 #[derive(Clone)]
 pub struct Handles {
     pub store: Store,
+    pub alerter: Alerter,
+    pub metrics: Metrics,
     pub clock: SharedClock,
     pub wake: Wake,
     pub heartbeat: Heartbeat,
@@ -181,10 +195,19 @@ pub struct Handles {
     pub shutdown: CancellationToken,
 }
 
-/// Starts one loop per target on `tracker`. Returns after spawning.
-pub fn spawn(config: &Config, handles: &Handles, tracker: &TaskTracker) -> anyhow::Result<()> {
+/// Starts one loop per target of `config` on `tracker` (a *generation* of the dispatcher).
+/// The loops stop leasing when `stop` is cancelled (a reload starts the next generation);
+/// jobs already leased finish normally and are recorded even then. Returns after spawning.
+pub fn spawn(
+    config: &Config,
+    handles: &Handles,
+    stop: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
     let Handles {
         store,
+        alerter,
+        metrics,
         clock,
         wake,
         heartbeat,
@@ -192,8 +215,21 @@ pub fn spawn(config: &Config, handles: &Handles, tracker: &TaskTracker) -> anyho
         shutdown,
     } = handles;
     for target in config.targets.values() {
+        let recipients: BTreeMap<String, Vec<String>> = config
+            .integrations
+            .values()
+            .filter(|i| i.target == target.name)
+            .map(|i| (i.name.clone(), i.error_emails.clone()))
+            .collect();
+        let mut target_recipients: Vec<String> = recipients.values().flatten().cloned().collect();
+        target_recipients.sort();
+        target_recipients.dedup();
         let worker = Arc::new(TargetWorker {
             name: target.name.clone(),
+            alerter: alerter.clone(),
+            metrics: metrics.clone(),
+            recipients,
+            target_recipients,
             probe_campaign: config
                 .integrations
                 .values()
@@ -208,6 +244,7 @@ pub fn spawn(config: &Config, handles: &Handles, tracker: &TaskTracker) -> anyho
             store: store.clone(),
             clock: clock.clone(),
             shutdown: shutdown.clone(),
+            stop: stop.clone(),
         });
         tracker.spawn(target_loop(
             worker,
@@ -237,7 +274,7 @@ async fn target_loop(
 ) {
     tracing::debug!(target = %w.name, "dispatcher started");
     loop {
-        if w.shutdown.is_cancelled() {
+        if w.stop.is_cancelled() {
             break;
         }
         let now = w.clock.now_ms();
@@ -249,7 +286,7 @@ async fn target_loop(
             }
             let wait = (pause.next_probe_ms - now).clamp(10, POLL_INTERVAL_MS);
             tokio::select! {
-                _ = w.shutdown.cancelled() => break,
+                _ = w.stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
             }
             continue;
@@ -281,7 +318,7 @@ async fn target_loop(
             wait_ms.max(10)
         };
         tokio::select! {
-            _ = w.shutdown.cancelled() => break,
+            _ = w.stop.cancelled() => break,
             _ = wake.changed() => {}
             _ = w.slot_freed.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
@@ -301,11 +338,25 @@ async fn probe(w: &TargetWorker) {
     match result {
         Ok(()) => {
             if let Some(pause) = w.board.resume(&w.name) {
+                w.metrics.set_target_paused(&w.name, false);
                 tracing::warn!(
                     target = %w.name,
                     paused_for_s = (now - pause.since_ms) / 1000,
                     "the target accepts requests again; resuming deliveries"
                 );
+                let mut alert = Alert::new(
+                    AlertKind::TargetResumed,
+                    format!(
+                        "Target {} accepts requests again after {} s; deliveries resumed. \
+                         It had refused them with: {}",
+                        w.name,
+                        (now - pause.since_ms) / 1000,
+                        pause.reason
+                    ),
+                );
+                alert.target = Some(w.name.clone());
+                alert.extra_recipients = w.target_recipients.clone();
+                raise(w, alert).await;
             }
         }
         Err(report) => {
@@ -323,28 +374,44 @@ async fn probe(w: &TargetWorker) {
     }
 }
 
-/// Pauses the target after a target-wide refusal (once; later refusals only requeue).
-fn pause_target(w: &TargetWorker, reason: &str) {
+/// Pauses the target after a target-wide refusal; the first refusal logs and alerts, later
+/// ones (from requests already in flight) only requeue their jobs.
+async fn pause_target(w: &TargetWorker, reason: &str) {
     let now = w.clock.now_ms();
     let interval = i64::try_from(probe_interval(&w.policy).as_millis()).unwrap_or(i64::MAX);
     if w.board.pause(&w.name, reason, now, interval) {
+        w.metrics.set_target_paused(&w.name, true);
         tracing::error!(
             target = %w.name, %reason,
             "the target refuses every request; deliveries paused until a probe succeeds. \
              Check the API user's login, IP allow-list and endpoint permissions"
         );
+        let mut alert = Alert::new(
+            AlertKind::TargetPaused,
+            format!(
+                "Konnektive refuses every request from ipn-bridge: {reason}. Deliveries to \
+                 target {} are paused; jobs wait without spending attempts and resume by \
+                 themselves once a probe succeeds. Check the API user's login, the IP \
+                 allow-list and the allowed endpoints; `ipn-bridge test-connection` shows \
+                 which.",
+                w.name
+            ),
+        );
+        alert.target = Some(w.name.clone());
+        alert.extra_recipients = w.target_recipients.clone();
+        raise(w, alert).await;
     }
 }
 
 async fn run_job(w: Arc<TargetWorker>, job: LeasedJob, permit: OwnedSemaphorePermit) {
-    attempt(&w, &job).await;
+    attempt(&w, &job, std::time::Instant::now()).await;
     drop(permit);
     w.slot_freed.notify_one();
 }
 
 /// One lease of a job: resolve the import it refers to, reconcile if an earlier attempt may
 /// have been applied, send, record.
-async fn attempt(w: &TargetWorker, job: &LeasedJob) {
+async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant) {
     let mut attempt_id = job.attempt_id;
     let mut attempt_no = job.attempt_no;
     let reconciling = job.kind == AttemptKind::Reconcile;
@@ -358,9 +425,15 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob) {
         Some(import_ref) => match resolve_import(w, job, import_ref).await {
             Ok(receipt) => Some(receipt),
             Err(report) => {
-                let disposition = next_step(w, job, &report.outcome, reconciling, attempt_no);
-                log_attempt(job, attempt_no, &report, &disposition);
-                finish(w, job, attempt_id, report, disposition).await;
+                settle(
+                    w,
+                    job,
+                    (attempt_id, attempt_no),
+                    report,
+                    reconciling,
+                    started,
+                )
+                .await;
                 return;
             }
         },
@@ -386,7 +459,15 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob) {
                     maybe_applied: false,
                     outcome: Outcome::Delivered(receipt.clone()),
                 };
-                finish(w, job, attempt_id, report, Disposition::Delivered(receipt)).await;
+                finish(
+                    w,
+                    job,
+                    attempt_id,
+                    report,
+                    Disposition::Delivered(receipt),
+                    started,
+                )
+                .await;
                 return;
             }
             Ok(None) => {
@@ -418,9 +499,7 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob) {
                 }
             }
             Err(report) => {
-                let disposition = next_step(w, job, &report.outcome, true, attempt_no);
-                log_attempt(job, attempt_no, &report, &disposition);
-                finish(w, job, attempt_id, report, disposition).await;
+                settle(w, job, (attempt_id, attempt_no), report, true, started).await;
                 return;
             }
         }
@@ -432,9 +511,81 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob) {
         None => w.client.execute(&job.action).await,
     };
     let reconcile = report.maybe_applied && job.action.needs_reconcile();
+    settle(w, job, (attempt_id, attempt_no), report, reconcile, started).await;
+}
+
+/// Ends an attempt: pauses the target on a target-wide refusal, decides the job's next step,
+/// logs, records it, counts it, and raises a dead-letter alert.
+async fn settle(
+    w: &TargetWorker,
+    job: &LeasedJob,
+    (attempt_id, attempt_no): (i64, u32),
+    report: AttemptReport,
+    reconcile: bool,
+    started: std::time::Instant,
+) {
+    if let Outcome::TargetDown { reason } = &report.outcome {
+        pause_target(w, reason).await;
+    }
     let disposition = next_step(w, job, &report.outcome, reconcile, attempt_no);
     log_attempt(job, attempt_no, &report, &disposition);
-    finish(w, job, attempt_id, report, disposition).await;
+    let dead = disposition == Disposition::Dead;
+    let message = report.outcome.reason().to_owned();
+    finish(w, job, attempt_id, report, disposition, started).await;
+    if dead {
+        let mut alert = alert_for(job, AlertKind::DeadLetter, message);
+        alert.extra_recipients = w
+            .recipients
+            .get(&job.integration)
+            .cloned()
+            .unwrap_or_default();
+        raise(w, alert).await;
+    }
+}
+
+/// An alert about `job`, with the Digistore24 facts its action carries.
+fn alert_for(job: &LeasedJob, kind: AlertKind, message: String) -> Alert {
+    let mut alert = Alert::new(kind, message);
+    alert.integration = Some(job.integration.clone());
+    alert.target = Some(job.target.clone());
+    alert.job_id = Some(job.id.0);
+    alert.retry_command = Some(format!("ipn-bridge queue retry {}", job.id));
+    match &job.action {
+        Action::ImportOrder { order, .. } => {
+            alert.ds24_order_id = order
+                .reference
+                .strip_prefix("DS24-")
+                .and_then(|r| r.split('-').next())
+                .map(str::to_owned);
+            alert.product = order
+                .items
+                .first()
+                .map(|i| format!("campaign product {}", i.product_id));
+            alert.amount = order.items.first().map(|i| {
+                let total = i.unit_price.minor() * i64::from(i.quantity);
+                format!("{} {}", Money::from_minor(total), order.currency)
+            });
+            alert.buyer_email = Some(order.buyer.email.clone());
+        }
+        other => {
+            if let Some(import) = other.import_ref() {
+                alert.ds24_order_id = Some(import.ds24_order_id.clone());
+                alert.product = Some(format!("order item {}", import.ds24_item));
+                alert.buyer_email = Some(import.email.clone());
+            }
+            if let Action::Refund { amount, .. } | Action::Chargeback { amount, .. } = other {
+                alert.amount = Some(amount.to_string());
+            }
+        }
+    }
+    alert
+}
+
+/// Records an alert; a failure to record it is logged, never fatal to a delivery.
+async fn raise(w: &TargetWorker, alert: Alert) {
+    if let Err(e) = w.alerter.raise(alert).await {
+        tracing::error!(target = %w.name, error = %e, "could not record an alert");
+    }
 }
 
 /// Where the result of an earlier attempt is looked up.
@@ -524,8 +675,7 @@ fn next_step(
     reconcile: bool,
     attempts: u32,
 ) -> Disposition {
-    if let Outcome::TargetDown { reason } = outcome {
-        pause_target(w, reason);
+    if let Outcome::TargetDown { .. } = outcome {
         return Disposition::Requeue {
             at: w.clock.now_ms(),
         };
@@ -570,7 +720,10 @@ async fn finish(
     attempt_id: i64,
     report: AttemptReport,
     disposition: Disposition,
+    started: std::time::Instant,
 ) {
+    w.metrics
+        .delivery_attempt(&w.name, report.outcome.label(), started.elapsed());
     let store = w.store.clone();
     let (id, clock) = (job.id, w.clock.clone());
     persist(w, move || {

@@ -15,7 +15,6 @@
 //! has its own deadline ([`BODY_READ_TIMEOUT_SECS`], answered 408) besides its size limit.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -30,11 +29,14 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::{Alert, AlertKind, Alerter};
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{Config, LiveConfig};
 use crate::delivery::{Heartbeat, TargetBoard, Wake};
+use crate::domain::{IpnEvent, JobState};
 use crate::ingest;
 use crate::ipn;
+use crate::metrics::Metrics;
 use crate::rules;
 use crate::store::{Ingested, Store};
 
@@ -50,18 +52,21 @@ pub const SHUTDOWN_GRACE_SECS: u64 = 10;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
+    pub config: LiveConfig,
     pub store: Store,
     pub clock: SharedClock,
     pub wake: Wake,
     pub heartbeat: Heartbeat,
     pub targets: TargetBoard,
+    pub alerter: Alerter,
+    pub metrics: Metrics,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ipn/{source}", get(ipn_get).post(ipn_post))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -75,7 +80,7 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
 }
 
 async fn ipn_get(State(state): State<AppState>, Path(source): Path<String>) -> Response {
-    if !state.config.sources.contains_key(&source) {
+    if !state.config.current().sources.contains_key(&source) {
         return text(StatusCode::NOT_FOUND, format!("unknown source {source:?}"));
     }
     text(StatusCode::OK, "OK")
@@ -136,22 +141,43 @@ async fn ipn_post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let config = state.config.clone();
-    let Some(source) = config.sources.get(&source_name) else {
-        return text(
+    let started = std::time::Instant::now();
+    let response = receive(&state, &source_name, &headers, body).await;
+    state.metrics.ingest_duration(started.elapsed());
+    response
+}
+
+/// `POST /ipn/{source}` without the timing.
+async fn receive(state: &AppState, source_name: &str, headers: &HeaderMap, body: Body) -> Response {
+    let config = state.config.current();
+    let reject = |status: StatusCode, label: &str, reason: String| {
+        state.metrics.ipn_rejected(label);
+        text(status, reason)
+    };
+    let Some(source) = config.sources.get(source_name) else {
+        return reject(
             StatusCode::NOT_FOUND,
+            "unknown_source",
             format!("unknown source {source_name:?}"),
         );
     };
-    if !is_form(&headers) {
-        return text(
+    if !is_form(headers) {
+        return reject(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "expected Content-Type: application/x-www-form-urlencoded",
+            "content_type",
+            "expected Content-Type: application/x-www-form-urlencoded".into(),
         );
     }
-    let body = match read_body(body, &headers, config.server.max_body_bytes).await {
+    let body = match read_body(body, headers, config.server.max_body_bytes).await {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(resp) => {
+            state.metrics.ipn_rejected(match resp.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                StatusCode::REQUEST_TIMEOUT => "timeout",
+                _ => "unreadable",
+            });
+            return resp;
+        }
     };
     let received = match ipn::receive(&body, &source.passphrases) {
         Ok(r) => r,
@@ -162,14 +188,15 @@ async fn ipn_post(
             } else {
                 tracing::warn!(source = %source_name, reason = %e.reason(), "IPN refused: malformed");
             }
-            return text(status, e.reason());
+            return reject(status, e.label(), e.reason());
         }
     };
     let now = state.clock.now_ms();
     let event = &received.event;
-    let routes = ingest::new_routes(rules::route(&config, &source_name, event, now), event, now);
+    let (routes, attention) =
+        ingest::new_routes(rules::route(&config, source_name, event, now), event, now);
     let record = ingest::new_ipn(
-        &source_name,
+        source_name,
         received.business_key.clone(),
         event,
         body.to_vec(),
@@ -178,6 +205,9 @@ async fn ipn_post(
     );
     match state.store.ingest(record).await {
         Ok(Ingested::Stored { ipn_id, jobs }) => {
+            state
+                .metrics
+                .ipn_received(source_name, event.kind.ipn_name());
             tracing::info!(
                 event_id = %ipn_id, source = %source_name, event = event.kind.ipn_name(),
                 order_id = event.order_id().unwrap_or(""), jobs = jobs.len(),
@@ -186,20 +216,81 @@ async fn ipn_post(
             if !jobs.is_empty() {
                 state.wake.notify();
             }
+            for (integration, reason) in attention {
+                raise_attention(state, &config, event, integration, reason).await;
+            }
             text(StatusCode::OK, "OK")
         }
         Ok(Ingested::Duplicate { ipn_id }) => {
+            state
+                .metrics
+                .ipn_received(source_name, event.kind.ipn_name());
             tracing::info!(event_id = %ipn_id, source = %source_name, "IPN already stored; acknowledged again");
             text(StatusCode::OK, "OK")
         }
         Err(e) => {
             tracing::error!(source = %source_name, error = %e, "could not store an IPN; answered 503");
-            text(
+            reject(
                 StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
                 format!("IPN not stored, please retry: {e}"),
             )
         }
     }
+}
+
+/// An IPN an integration could not act on (an unmapped product, missing buyer data): the
+/// vendor is told, with what they need to fix it and re-route it.
+async fn raise_attention(
+    state: &AppState,
+    config: &Config,
+    event: &IpnEvent,
+    integration: String,
+    reason: String,
+) {
+    let mut alert = Alert::new(AlertKind::UnmappedProduct, reason);
+    alert.ds24_order_id = event.order_id().map(str::to_owned);
+    alert.product = event.get("product_id").map(|p| {
+        format!("{p} {}", event.get("product_name").unwrap_or_default())
+            .trim_end()
+            .to_owned()
+    });
+    alert.amount = event.get("amount").map(|a| {
+        format!("{a} {}", event.get("currency").unwrap_or_default())
+            .trim_end()
+            .to_owned()
+    });
+    alert.buyer_email = event.first_of(&["buyer_email", "email"]).map(str::to_owned);
+    alert.extra_recipients = config
+        .integrations
+        .get(&integration)
+        .map(|i| i.error_emails.clone())
+        .unwrap_or_default();
+    alert.retry_command = Some(format!(
+        "fix the configuration, then: ipn-bridge replay <event id> --integration {integration} \
+         (see ipn-bridge events list)"
+    ));
+    alert.integration = Some(integration);
+    if let Err(e) = state.alerter.raise(alert).await {
+        tracing::error!(error = %e, "could not record an alert");
+    }
+}
+
+/// `GET /metrics`: Prometheus / OpenMetrics text; job gauges are read at scrape time.
+async fn metrics(State(state): State<AppState>) -> Response {
+    if let Ok(counts) = state.store.job_counts().await {
+        for s in JobState::ALL {
+            state
+                .metrics
+                .set_jobs(s.as_str(), counts.get(s.as_str()).copied().unwrap_or(0));
+        }
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 #[derive(serde::Serialize)]
@@ -220,7 +311,7 @@ const DISPATCHER_STALE_MS: i64 = 10_000;
 async fn healthz(State(state): State<AppState>) -> Response {
     let probe = state.store.probe_writable().await;
     let jobs = state.store.job_counts().await.unwrap_or_default();
-    let dispatcher_alive = state.config.targets.is_empty()
+    let dispatcher_alive = state.config.current().targets.is_empty()
         || state.clock.now_ms() - state.heartbeat.last_beat_ms() < DISPATCHER_STALE_MS;
     let healthy = probe.is_ok() && dispatcher_alive;
     let health = Health {

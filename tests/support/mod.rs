@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_konnektive;
+pub mod smtp;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
