@@ -209,3 +209,25 @@ async fn explain_shows_the_refund_requests_with_the_import_from_the_ledger() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("event 999 not found"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_body_cannot_be_replayed_or_explained() {
+    let work = Workdir::new();
+    let fake = FakeKonnektive::start(FakeConfig::default()).await;
+    let config = work.write_config(&Setup::new(&fake.base_url));
+    let daemon = start_daemon_at(&config).await;
+    let body = fixture("10_connection_test.txt");
+    assert_eq!(post_ipn(daemon.addr, "ds24", body).await.0, 200);
+    daemon.stop().await;
+    // What `queue purge` leaves of an old IPN: the row and its key, no body.
+    let db = rusqlite::Connection::open(work.db()).expect("db");
+    db.execute_batch("UPDATE ipns SET raw_body = x''")
+        .expect("purge");
+    drop(db);
+    let (code, _, err) = bin(&config, &["replay", "1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("event 1: its body was purged"), "{err}");
+    let (code, _, err) = bin(&config, &["explain", "1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("purged"), "{err}");
+}

@@ -43,6 +43,11 @@ async fn explain(config: &Config, what: &str, source: Option<&str>) -> anyhow::R
                 return Ok(ExitCode::from(EXIT_NOT_FOUND));
             };
             match store.ipn(EventId(id)).await {
+                Ok(ipn) if ipn.raw_body.is_empty() => {
+                    anyhow::bail!(
+                        "event {id}: its body was purged (queue purge); nothing to explain"
+                    )
+                }
                 Ok(ipn) => (ipn.source, ipn.raw_body, ipn.received_at),
                 Err(StoreError::NotFound(what)) => {
                     eprintln!("{what} not found");

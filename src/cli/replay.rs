@@ -38,6 +38,7 @@ pub fn run(
     runtime.block_on(async {
         let store = Store::open(&config.store.path).context("cannot open the store")?;
         let mut missing = false;
+        let mut failed = false;
         for &id in events {
             let stored = match store.ipn(EventId(id)).await {
                 Ok(s) => s,
@@ -48,6 +49,13 @@ pub fn run(
                 }
                 Err(e) => return Err(e.into()),
             };
+            if stored.raw_body.is_empty() {
+                eprintln!(
+                    "event {id}: its body was purged (queue purge); it cannot be routed again"
+                );
+                failed = true;
+                continue;
+            }
             let pairs = ipn::parse_form(&stored.raw_body)
                 .map_err(|e| anyhow::anyhow!("event {id}: {}", e.reason()))?;
             let event = IpnEvent::new(pairs.into_iter().collect());
@@ -109,6 +117,8 @@ pub fn run(
         store.close().await;
         Ok(if missing {
             ExitCode::from(EXIT_NOT_FOUND)
+        } else if failed {
+            ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS
         })

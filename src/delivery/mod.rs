@@ -681,7 +681,7 @@ fn next_step(
         };
     }
     let clock = JobClock {
-        created_at: job.created_at,
+        since: job.retry_base,
         now: w.clock.now_ms(),
         attempts,
     };

@@ -11,7 +11,8 @@
 //! jittered down by up to 20% (so the jittered delays stay within `[0.8·d, d]`, never above
 //! the cap, and many jobs failing together spread out). A `Retry-After` from the target
 //! raises the delay to at least that value, still capped at `retry_max`. Once
-//! `give_up_after` has passed since the job was created, a failure dead-letters it.
+//! `give_up_after` has passed since the job was created (or last retried by an operator with
+//! `queue retry`), a failure dead-letters it.
 
 use std::time::Duration;
 
@@ -55,7 +56,8 @@ pub fn retry_delay(
 /// Facts about the job that the next step depends on.
 #[derive(Debug, Clone, Copy)]
 pub struct JobClock {
-    pub created_at: i64,
+    /// Start of the `give_up_after` window: the job's creation, or its last operator retry.
+    pub since: i64,
     pub now: i64,
     /// Attempts made so far, including the one that just ended.
     pub attempts: u32,
@@ -78,7 +80,7 @@ pub fn next_step(
         Outcome::Retryable { retry_after, .. } => *retry_after,
         Outcome::TargetDown { .. } | Outcome::Unknown { .. } => None,
     };
-    let age_ms = job.now.saturating_sub(job.created_at);
+    let age_ms = job.now.saturating_sub(job.since);
     let give_up_ms = i64::try_from(policy.give_up_after.as_millis()).unwrap_or(i64::MAX);
     if age_ms >= give_up_ms {
         return Disposition::Dead;
@@ -144,7 +146,7 @@ mod tests {
     fn next_step_table() {
         let p = policy();
         let job = JobClock {
-            created_at: 0,
+            since: 0,
             now: 1_000,
             attempts: 1,
         };
@@ -181,7 +183,7 @@ mod tests {
             }
         );
         let old = JobClock {
-            created_at: 0,
+            since: 0,
             now: 10 * 86_400_000,
             attempts: 40,
         };

@@ -206,6 +206,9 @@ pub struct LeasedJob {
     pub attempt_no: u32,
     pub kind: AttemptKind,
     pub created_at: i64,
+    /// When the job's `give_up_after` window started: its creation, or the operator's
+    /// last `queue retry`.
+    pub retry_base: i64,
 }
 
 /// How an attempt ends for its job.
@@ -959,12 +962,13 @@ fn lease_due(
     now: i64,
     limit: usize,
 ) -> Result<Vec<LeasedJob>, StoreError> {
-    // (id, ipn_id, integration, target, payload, needs_reconcile, attempts, created_at)
-    type Candidate = (i64, i64, String, String, String, bool, u32, i64);
+    // (id, ipn_id, integration, target, payload, needs_reconcile, attempts, created_at,
+    //  retry_base)
+    type Candidate = (i64, i64, String, String, String, bool, u32, i64, i64);
     let candidates: Vec<Candidate> = {
         let mut stmt = c.prepare_cached(
             "SELECT j.id, j.ipn_id, j.integration, j.target, j.payload, j.needs_reconcile,
-                    j.attempts, j.created_at
+                    j.attempts, j.created_at, COALESCE(j.retry_base, j.created_at)
              FROM jobs j
              WHERE j.target = ?1 AND j.state = 'pending' AND j.next_attempt_at <= ?2
                AND NOT EXISTS (
@@ -981,7 +985,9 @@ fn lease_due(
         rows.collect::<Result<_, _>>()?
     };
     let mut leased = Vec::with_capacity(candidates.len());
-    for (id, ipn_id, integration, target, payload, reconcile, attempts, created_at) in candidates {
+    for (id, ipn_id, integration, target, payload, reconcile, attempts, created_at, retry_base) in
+        candidates
+    {
         let action: Action = serde_json::from_str(&payload)?;
         let number = attempts + 1;
         c.prepare_cached(
@@ -1004,6 +1010,7 @@ fn lease_due(
             attempt_no: number,
             kind,
             created_at,
+            retry_base,
         });
     }
     Ok(leased)

@@ -430,7 +430,8 @@ fn change_jobs(
         match command {
             Command::Retry => c
                 .prepare_cached(
-                    "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?2
+                    "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?2,
+                            retry_base = ?2
                      WHERE id = ?1",
                 )?
                 .execute(params![id, now])?,

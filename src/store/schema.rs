@@ -147,6 +147,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX alert_deliveries_sent ON alert_deliveries (recipient, sent_at)
         WHERE sent_at IS NOT NULL;
     "#,
+    // 4: when a job's give-up window starts (its creation, or the operator's last retry).
+    r#"
+    ALTER TABLE jobs ADD COLUMN retry_base INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

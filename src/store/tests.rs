@@ -548,3 +548,45 @@ async fn the_ledger_finds_the_import_an_action_refers_to() {
         None
     );
 }
+
+#[tokio::test]
+async fn an_operator_retry_restarts_the_give_up_window() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    store.ingest(ipn("k1", "A", true)).await.expect("ingest");
+    let leased = store.lease_due("crm", 1_000, 10).await.expect("lease");
+    assert_eq!(leased[0].retry_base, 1_000, "starts at creation");
+    store
+        .finish_attempt(
+            leased[0].id,
+            leased[0].attempt_id,
+            report(Outcome::Retryable {
+                reason: "502".into(),
+                retry_after: None,
+            }),
+            Disposition::Dead,
+            9_000,
+        )
+        .await
+        .expect("finish");
+    store
+        .retry_jobs(
+            review::RetrySelection::Ids(vec![leased[0].id]),
+            review::Operator {
+                user: "ops".into(),
+                reason: "Konnektive is back".into(),
+            },
+            50_000,
+        )
+        .await
+        .expect("retry");
+    let again = store.lease_due("crm", 50_000, 10).await.expect("lease");
+    assert_eq!(
+        again[0].retry_base, 50_000,
+        "the window starts again at the retry"
+    );
+    assert_eq!(
+        again[0].created_at, 1_000,
+        "creation is kept for reconciliation"
+    );
+}
