@@ -268,3 +268,48 @@ digest_window = "2s"
     assert_eq!(pending.get("pending"), Some(&3));
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_json_object_per_line() {
+    let work = Workdir::new();
+    let fake = fake().await;
+    let mut setup = Setup::new(&fake.base_url);
+    let port = free_port();
+    setup.listen = format!("127.0.0.1:{port}");
+    let config = work.write_config(&setup);
+    let log = work.dir.path().join("json.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ipn-bridge"))
+        .args(["--log-format", "json", "run", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let addr: std::net::SocketAddr = setup.listen.parse().expect("addr");
+    wait_for(Duration::from_secs(20), "listening", || async {
+        std::net::TcpStream::connect(addr).is_ok().then_some(())
+    })
+    .await;
+    assert_eq!(
+        post_ipn(addr, "ds24", fixture("01_on_payment_single_product.txt"))
+            .await
+            .0,
+        200
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().expect("wait").success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let stored = lines
+        .iter()
+        .find(|l| l["message"] == "IPN stored")
+        .expect("an `IPN stored` line");
+    assert_eq!(stored["level"], "INFO");
+    assert_eq!(stored["order_id"], "K7Q2M9XA");
+    assert_eq!(stored["source"], "ds24");
+}
