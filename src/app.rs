@@ -233,7 +233,19 @@ pub async fn start(
 
 /// Loads the configuration or fails with every error listed; warnings are logged.
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
-    let loaded = crate::config::load(path).map_err(|errors| {
+    logged(path, crate::config::load(path))
+}
+
+/// [`load_config`] without reading secrets (see [`crate::config::load_without_secrets`]).
+pub fn load_config_without_secrets(path: &Path) -> anyhow::Result<Config> {
+    logged(path, crate::config::load_without_secrets(path))
+}
+
+fn logged(
+    path: &Path,
+    result: Result<crate::config::Loaded, crate::config::ConfigErrors>,
+) -> anyhow::Result<Config> {
+    let loaded = result.map_err(|errors| {
         anyhow::anyhow!("{errors}")
             .context(format!("the configuration {} is invalid", path.display()))
     })?;

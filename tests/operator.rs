@@ -231,3 +231,57 @@ async fn a_purged_body_cannot_be_replayed_or_explained() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("purged"), "{err}");
 }
+
+/// Outside the service, systemd credentials do not exist; the commands that need no secret
+/// still work, and `explain` says it could not check the signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_commands_work_without_the_services_credentials() {
+    let work = Workdir::new();
+    let fake = FakeKonnektive::start(FakeConfig::default()).await;
+    let config = work.write_config(&Setup::new(&fake.base_url));
+    let daemon = start_daemon_at(&config).await;
+    assert_eq!(
+        post_ipn(daemon.addr, "ds24", fixture("10_connection_test.txt"))
+            .await
+            .0,
+        200
+    );
+    daemon.stop().await;
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        &format!("password = \"{KONNEKTIVE_PASSWORD}\""),
+        "password = { credential = \"konnektive-password\" }",
+    );
+    std::fs::write(&config, text).expect("write");
+    let run = |args: &[&str]| {
+        let out = Command::cargo_bin("ipn-bridge")
+            .expect("binary")
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = run(&["check-config"]);
+    assert_eq!(
+        code, 1,
+        "the daemon's own check still needs the credential: {err}"
+    );
+    let (code, out, err) = run(&["queue", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no jobs") || out.contains("ID"), "{out}");
+    let (code, out, err) = run(&["events", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("connection_test"), "{out}");
+    let (code, out, err) = run(&["replay", "1", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("would skip"), "{out}");
+    let (code, out, err) = run(&["explain", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("signature: not checked"), "{out}");
+}

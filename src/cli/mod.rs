@@ -125,7 +125,7 @@ pub struct TestConnectionArgs {
     pub json: bool,
 }
 
-pub use crate::app::load_config;
+pub use crate::app::{load_config, load_config_without_secrets};
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (`info`).
 pub fn init_logging(format: LogFormat) {

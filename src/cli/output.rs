@@ -33,8 +33,10 @@ pub const DEFAULT_LIMIT: u32 = 50;
 
 /// Loads the configuration and opens the store it names (`[store].path`, relative to the
 /// working directory). A missing database file is an error, not a new empty database.
+/// Secrets are not read (these commands need none, and systemd credentials exist only
+/// inside the service).
 pub fn open_store(config_path: &Path) -> anyhow::Result<Store> {
-    let loaded = crate::config::load(config_path).map_err(|errors| {
+    let loaded = crate::config::load_without_secrets(config_path).map_err(|errors| {
         anyhow::anyhow!(
             "{errors}\n{}: the configuration is not valid (see `ipn-bridge check-config`)",
             config_path.display()

@@ -26,7 +26,8 @@ pub fn run(
     integration: Option<&str>,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
-    let config = super::load_config(config_path)?;
+    // Routing needs no secret; systemd credentials exist only inside the service.
+    let config = super::load_config_without_secrets(config_path)?;
     if let Some(name) = integration
         && !config.integrations.contains_key(name)
     {

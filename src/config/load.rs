@@ -28,6 +28,44 @@ pub struct Loaded {
 /// Reads and validates the file at `path` with the real environment. An unreadable file is
 /// one error at 1:1. Adds a warning per plain-text secret when the file is readable by group
 /// or others.
+/// Like [`load`], but secrets written as `{ env = … }`, `{ file = … }` or
+/// `{ credential = … }` are not read: they hold a placeholder. For the commands that never
+/// use a secret (`queue`, `events`, `replay`), so an operator can run them outside the
+/// service, where systemd credentials do not exist. Everything else is validated as usual.
+pub fn load_without_secrets(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        errors: vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: format!("cannot read the configuration file: {e}"),
+            hint: None,
+            severity: Severity::Error,
+        }],
+    })?;
+    parse(&text, path, &SecretsUnread)
+}
+
+/// An environment in which every external secret reads as a placeholder.
+struct SecretsUnread;
+
+/// What an unread secret holds.
+const UNREAD_SECRET: &str = "(secret not read)";
+
+impl Environment for SecretsUnread {
+    fn var(&self, _: &str) -> Option<String> {
+        Some(UNREAD_SECRET.to_owned())
+    }
+
+    fn read_file(&self, _: &Path) -> std::io::Result<String> {
+        Ok(UNREAD_SECRET.to_owned())
+    }
+
+    fn credentials_directory(&self) -> Option<std::path::PathBuf> {
+        Some(std::path::PathBuf::from("/nonexistent-credentials"))
+    }
+}
+
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         errors: vec![Diagnostic {

@@ -30,7 +30,7 @@ mod template;
 pub use diagnostic::{ConfigErrors, Diagnostic, Severity};
 pub use duration::parse_duration;
 pub use live::LiveConfig;
-pub use load::{Loaded, load, parse};
+pub use load::{Loaded, load, load_without_secrets, parse};
 pub use model::*;
 pub use secret::{Environment, SystemEnvironment};
 
