@@ -170,6 +170,7 @@ async fn healthz_and_metrics_report_what_happened() {
         r#"ipn_bridge_ipns_rejected_total{reason="bad_signature"} 1"#,
         r#"ipn_bridge_jobs{state="delivered"} 1"#,
         r#"ipn_bridge_jobs{state="dead"} 0"#,
+        r#"ipn_bridge_targets_paused{target="konnektive"} 0"#,
         r#"ipn_bridge_delivery_attempts_total{target="konnektive",outcome="delivered"} 1"#,
         "ipn_bridge_delivery_duration_seconds_count 1",
         "ipn_bridge_ingest_duration_seconds_count 2",
@@ -312,4 +313,52 @@ async fn log_format_json_writes_one_json_object_per_line() {
     assert_eq!(stored["level"], "INFO");
     assert_eq!(stored["order_id"], "K7Q2M9XA");
     assert_eq!(stored["source"], "ds24");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmapped_product_is_mailed_with_the_command_that_replays_it() {
+    let work = Workdir::new();
+    let fake = fake().await;
+    let smtp = SmtpServer::start(None).await;
+    let text = Setup::new(&fake.base_url)
+        .toml(&work.db())
+        .replace("\"*\" = 33\n", "")
+        .replace(
+            "[integration.main]\n",
+            "[integration.main]\nerror_emails = [\"vendor@example.com\"]\n",
+        )
+        + &format!(
+            "\n[alerts]\nsmtp_url = \"smtp://{}\"\nfrom = \"ipn-bridge <alerts@example.com>\"\n\
+             to = [\"ops@example.com\"]\n",
+            smtp.addr()
+        );
+    let config = work.config_path();
+    std::fs::write(&config, text).expect("config");
+    let daemon = start_daemon_at(&config).await;
+    let body = variant("01_on_payment_single_product.txt", &[("product_id", "555")]);
+    assert_eq!(post_ipn(daemon.addr, "ds24", body.clone()).await.0, 200);
+    // A repeat of the same IPN raises nothing more.
+    assert_eq!(post_ipn(daemon.addr, "ds24", body).await.0, 200);
+    let mails = wait_for(Duration::from_secs(15), "the alert mails", || async {
+        let mails = smtp.mails();
+        (mails.len() >= 2).then_some(mails)
+    })
+    .await;
+    let body = mails[0].body();
+    assert!(
+        body.contains("product 555 is not in [integration.main.product_map]"),
+        "{body}"
+    );
+    assert!(
+        body.contains("ipn-bridge replay 1 --integration main"),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        smtp.mails().len(),
+        2,
+        "one mail per recipient, none for the repeat"
+    );
+    assert!(fake.requests().is_empty());
+    daemon.stop().await;
 }

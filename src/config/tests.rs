@@ -338,7 +338,13 @@ fn the_example_file_parses_as_is_without_environment() {
     assert_eq!(i.product_map.fallback, Some(33));
     assert_eq!(
         i.on,
-        [(OrderEvent::Payment, ActionKind::ImportOrder)].into()
+        [
+            (OrderEvent::Payment, ActionKind::ImportOrder),
+            (OrderEvent::Refund, ActionKind::Refund),
+            (OrderEvent::Chargeback, ActionKind::Chargeback),
+            (OrderEvent::RebillCancelled, ActionKind::CancelPurchase),
+        ]
+        .into()
     );
     assert_eq!(i.fields.len(), 1);
     assert_eq!(i.fields[0].0, "custom2");

@@ -224,6 +224,7 @@ pub fn spawn(
         let mut target_recipients: Vec<String> = recipients.values().flatten().cloned().collect();
         target_recipients.sort();
         target_recipients.dedup();
+        metrics.set_target_paused(&target.name, board.get(&target.name).is_some());
         let worker = Arc::new(TargetWorker {
             name: target.name.clone(),
             alerter: alerter.clone(),

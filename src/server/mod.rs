@@ -33,7 +33,7 @@ use crate::alert::{Alert, AlertKind, Alerter};
 use crate::clock::SharedClock;
 use crate::config::{Config, LiveConfig};
 use crate::delivery::{Heartbeat, TargetBoard, Wake};
-use crate::domain::{IpnEvent, JobState};
+use crate::domain::{EventId, IpnEvent, JobState};
 use crate::ingest;
 use crate::ipn;
 use crate::metrics::Metrics;
@@ -217,7 +217,7 @@ async fn receive(state: &AppState, source_name: &str, headers: &HeaderMap, body:
                 state.wake.notify();
             }
             for (integration, reason) in attention {
-                raise_attention(state, &config, event, integration, reason).await;
+                raise_attention(state, &config, event, ipn_id, integration, reason).await;
             }
             text(StatusCode::OK, "OK")
         }
@@ -245,6 +245,7 @@ async fn raise_attention(
     state: &AppState,
     config: &Config,
     event: &IpnEvent,
+    ipn_id: EventId,
     integration: String,
     reason: String,
 ) {
@@ -267,8 +268,7 @@ async fn raise_attention(
         .map(|i| i.error_emails.clone())
         .unwrap_or_default();
     alert.retry_command = Some(format!(
-        "fix the configuration, then: ipn-bridge replay <event id> --integration {integration} \
-         (see ipn-bridge events list)"
+        "fix the configuration, reload it, then: ipn-bridge replay {ipn_id} --integration {integration}"
     ));
     alert.integration = Some(integration);
     if let Err(e) = state.alerter.raise(alert).await {
