@@ -285,3 +285,60 @@ async fn review_commands_work_without_the_services_credentials() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("signature: not checked"), "{out}");
 }
+
+/// A wrong campaign product made Konnektive refuse the import (dead letter); after the map
+/// is fixed, `replay` gives the dead job today's action and it is imported once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reroutes_a_job_that_died_of_a_wrong_product_map() {
+    let work = Workdir::new();
+    let fake = FakeKonnektive::start(FakeConfig {
+        password: KONNEKTIVE_PASSWORD.into(),
+        ..FakeConfig::default()
+    })
+    .await;
+    let setup = Setup::new(&fake.base_url);
+    let good = setup.toml(&work.db());
+    // 412346 → 39: not a product of campaign 12, so Konnektive refuses the import.
+    let wrong = good.replace("412346 = 31\n", "412346 = 39\n");
+    let config = work.config_path();
+    std::fs::write(&config, &wrong).expect("config");
+    let daemon = start_daemon_at(&config).await;
+    assert_eq!(
+        post_ipn(
+            daemon.addr,
+            "ds24",
+            fixture("01_on_payment_single_product.txt")
+        )
+        .await
+        .0,
+        200
+    );
+    let store = open_store(&work);
+    wait_for(Duration::from_secs(10), "the dead letter", || {
+        let store = store.clone();
+        async move {
+            let jobs = store.list_jobs(Default::default()).await.ok()?;
+            jobs.iter().any(|j| j.state == "dead").then_some(())
+        }
+    })
+    .await;
+    std::fs::write(&config, &good).expect("config");
+    daemon.reload(&config).expect("reload");
+    let (code, out, _) = bin(&config, &["replay", "1", "--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("would re-route dead job 1"), "{out}");
+    let (code, out, _) = bin(&config, &["replay", "1"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("re-routed dead job 1 with today's configuration"),
+        "{out}"
+    );
+    wait_for(Duration::from_secs(10), "the import", || async {
+        (fake.orders().len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(fake.orders()[0].param("product1_id"), Some("31"));
+    let job = store.job(ipn_bridge::domain::JobId(1)).await.expect("job");
+    assert_eq!(job.state, "delivered");
+    daemon.stop().await;
+}

@@ -77,7 +77,8 @@ pub enum Command {
         source: Option<String>,
     },
     /// Route stored IPNs again with today's configuration (after fixing a product map, say).
-    /// Never repeats an import: an IPN that already has a job for an integration keeps it.
+    /// Never repeats an import: a delivered, pending or held job is kept; a dead or dropped
+    /// job is re-routed in place with today's action.
     ///
     /// Example: ipn-bridge replay 41 42 --integration main-campaign --dry-run
     Replay {

@@ -2,9 +2,12 @@
 //! with today's configuration, after a product map or a filter was fixed.
 //!
 //! A replay creates a job only where the IPN has none for that integration yet
-//! ([`Store::add_routes`]), so an import that already happened (or is queued, or dead) is
-//! never repeated: a dead job is retried with `queue retry`, not replayed. The running daemon
-//! picks new jobs up within a second. `--dry-run` shows the decisions and writes nothing.
+//! ([`Store::add_routes`]), so an import that already happened (or is queued) is never
+//! repeated. A dead or dropped job is re-routed in place with today's action (after fixing
+//! the product map that made Konnektive refuse it, say); it keeps any pending
+//! reconciliation, so nothing that may have reached Konnektive is sent twice. The running
+//! daemon picks the jobs up within a second. `--dry-run` shows the decisions and writes
+//! nothing.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -74,6 +77,11 @@ pub fn run(
                 for r in &routed {
                     let job = existing.iter().find(|j| j.integration == r.integration);
                     let line = match (&r.decision, job) {
+                        (Decision::Deliver { reason, .. }, Some(j))
+                            if j.state == "dead" || j.state == "dropped" =>
+                        {
+                            format!("would re-route {} job {}: {reason}", j.state, j.id)
+                        }
                         (Decision::Deliver { reason, .. }, Some(j)) => {
                             format!("would keep existing job {} ({}); {reason}", j.id, j.state)
                         }
@@ -103,12 +111,10 @@ pub fn run(
                 let line = match result {
                     Rerouted::Created(job) => format!("created job {job}: {reason}"),
                     Rerouted::Existing { job, state } => {
-                        let hint = if state == "dead" {
-                            format!("; retry it with `ipn-bridge queue retry {job}`")
-                        } else {
-                            String::new()
-                        };
-                        format!("kept existing job {job} ({state}), nothing repeated{hint}")
+                        format!("kept existing job {job} ({state}), nothing repeated")
+                    }
+                    Rerouted::Rerouted { job, was } => {
+                        format!("re-routed {was} job {job} with today's configuration: {reason}")
                     }
                     Rerouted::Skipped => format!("skipped: {reason}"),
                 };

@@ -309,6 +309,8 @@ pub enum Rerouted {
     Created(JobId),
     /// The IPN already has a job for this integration; nothing was created.
     Existing { job: JobId, state: String },
+    /// The IPN's dead or dropped job was given today's action and is pending again.
+    Rerouted { job: JobId, was: String },
     /// The decision was to skip; recorded.
     Skipped,
 }
@@ -696,8 +698,11 @@ impl Store {
 
     /// Records new routing decisions for a stored IPN (a replay with today's
     /// configuration). A job is created only where the IPN has none for that integration
-    /// yet, so a replay can never repeat an import: an existing job, whatever its state, is
-    /// reported instead. The replay is recorded in `operator_actions`.
+    /// yet, so a replay can never repeat an import. An existing job that is dead or dropped
+    /// (a wrong product map made Konnektive refuse it, say) is re-routed in place: it takes
+    /// today's action and becomes pending, keeping its id, its attempts and any pending
+    /// reconciliation, so an earlier attempt that may have reached Konnektive is still looked
+    /// up first. Any other existing job is reported and kept. Recorded in `operator_actions`.
     pub async fn add_routes(
         &self,
         ipn: EventId,
@@ -715,6 +720,20 @@ impl Store {
                     .query_row(params![ipn.0, route.integration], |r| <_>::try_from(r))
                     .optional()?;
                 let (decision, reason, job_id, result) = match (&route.decision, existing) {
+                    (RouteDecision::Job { job, reason }, Some((id, state)))
+                        if state == "dead" || state == "dropped" =>
+                    {
+                        reroute_job(c, JobId(id), job, now)?;
+                        (
+                            "job",
+                            format!("replay: re-routed {state} job {id}; {reason}"),
+                            Some(id),
+                            Rerouted::Rerouted {
+                                job: JobId(id),
+                                was: state,
+                            },
+                        )
+                    }
                     (RouteDecision::Job { reason, .. }, Some((id, state))) => (
                         "job",
                         format!("replay: kept existing job {id} ({state}); {reason}"),
@@ -891,6 +910,35 @@ fn insert_job(
             |r| r.get(0),
         )?;
     Ok(JobId(id))
+}
+
+/// Gives a dead or dropped job a new action (a replay) and makes it pending; the jobs held
+/// behind it that no other dead job blocks are released.
+fn reroute_job(c: &Connection, id: JobId, job: &NewJob, now: i64) -> Result<(), StoreError> {
+    let payload = serde_json::to_string(&job.action)?;
+    c.prepare_cached(
+        "UPDATE jobs SET target = ?2, action = ?3, payload = ?4, state = 'pending',
+                next_attempt_at = ?5, retry_base = ?5, updated_at = ?5, last_error = NULL
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id.0,
+        job.target,
+        job.action.kind().config_name(),
+        payload,
+        now.max(job.not_before)
+    ])?;
+    c.prepare_cached(
+        "UPDATE jobs SET state = 'pending', updated_at = ?2, last_error = NULL
+         WHERE state = 'held'
+           AND (integration, order_key) = (SELECT integration, order_key FROM jobs WHERE id = ?1)
+           AND NOT EXISTS (
+               SELECT 1 FROM jobs e
+               WHERE e.integration = jobs.integration AND e.order_key = jobs.order_key
+                 AND e.id < jobs.id AND e.state = 'dead')",
+    )?
+    .execute(params![id.0, now])?;
+    Ok(())
 }
 
 /// Why a new job with action `kind` of `(integration, order_key)` must be held: the first

@@ -504,6 +504,9 @@ fn allowed(
                 "SELECT id, state FROM jobs
                  WHERE integration = ?1 AND order_key = ?2 AND id < ?3
                    AND state IN ('dead', 'held')
+                   -- an import never waits for an earlier refund or cancellation
+                   AND ((SELECT action FROM jobs WHERE id = ?3) != 'import_order'
+                        OR action = 'import_order')
                  ORDER BY id LIMIT 1",
             )?
             .query_row(params![integration, order_key, id], |r| <_>::try_from(r))
