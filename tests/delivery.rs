@@ -323,3 +323,34 @@ async fn a_backlog_drains_at_the_configured_rate_and_never_faster() {
         "drained at {rate:.2} requests/s, configured {RPS}"
     );
 }
+
+#[tokio::test]
+async fn delay_holds_the_push_after_receipt() {
+    let work = Workdir::new();
+    let fake = fake().await;
+    let text = Setup::new(&fake.base_url).toml(&work.db()).replace(
+        "[integration.main]\n",
+        "[integration.main]\ndelay = \"1s\"\n",
+    );
+    std::fs::write(work.config_path(), text).expect("config");
+    let daemon = start_daemon_at(&work.config_path()).await;
+    let posted = std::time::Instant::now();
+    let (status, _) = post_ipn(
+        daemon.addr,
+        "ds24",
+        fixture("01_on_payment_single_product.txt"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_for(Duration::from_secs(10), "the delayed import", || async {
+        (!fake.requests_to("order/import").is_empty()).then_some(())
+    })
+    .await;
+    let sent = fake.requests_to("order/import")[0].at;
+    assert!(
+        sent.duration_since(posted) >= Duration::from_millis(990),
+        "sent {:?} after receipt, delay is 1s",
+        sent.duration_since(posted)
+    );
+    daemon.stop().await;
+}
