@@ -5,8 +5,14 @@
 //! figures; asserts nothing about speed. Two measurements:
 //! 1. the store alone: many tasks calling `Store::ingest` at once (what group commit buys);
 //! 2. the whole daemon in-process: keep-alive HTTP clients posting signed IPN bodies to
-//!    `POST /ipn/ds24` (verification, routing, storage). The load generator runs in the same
-//!    process and competes for the same cores, so this figure is a lower bound.
+//!    `POST /ipn/ds24` (verification, routing, storage). The load generator (reqwest, 256
+//!    clients) runs in the same process, on the same tokio workers and the same cores as the
+//!    server: on a 2-core machine it takes a large share of the CPU, so this figure is a lower
+//!    bound on the daemon's own throughput, not a measure of it. Use an external load
+//!    generator (`wrk`, see `benches/RESULTS.md`) for the daemon alone, and compare CPU time
+//!    per request rather than requests per second when the machine is shared.
+//!
+//! Results and how they were taken: `benches/RESULTS.md`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,7 +160,7 @@ payment = "import_order"
         t.await.expect("task");
     }
     report(
-        &format!("HTTP POST /ipn, {concurrency} connections"),
+        &format!("HTTP POST /ipn, {concurrency} conns (client shares CPUs)"),
         n,
         start.elapsed(),
     );

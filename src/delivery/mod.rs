@@ -29,6 +29,13 @@
 //! The loop wakes when the server stores new jobs (a `watch` counter), when a slot frees, at
 //! the next due time, and at least every [`POLL_INTERVAL_MS`] so changes made by other
 //! processes (the queue commands) are seen quickly.
+//!
+//! Wake-ups are coalesced, because every lease round costs store calls that queue in the same
+//! writer as ingest: the `watch` counter holds one pending wake-up however many IPNs were
+//! stored, and after a wake-up for new jobs the loop waits [`WAKE_COALESCE_MS`] before it
+//! leases, so a burst of IPNs costs a handful of rounds, not one (`lease_due` +
+//! `next_due_at`) per IPN. While every slot of the target is busy the loop listens only for a
+//! freed slot (and the poll interval): new jobs could not be leased anyway.
 
 pub mod schedule;
 
@@ -55,6 +62,10 @@ use schedule::JobClock;
 
 /// Longest sleep of a target loop.
 pub const POLL_INTERVAL_MS: i64 = 1_000;
+
+/// After a wake-up for new jobs, the loop waits this long before leasing, so that the jobs of
+/// a burst of IPNs are leased together.
+pub const WAKE_COALESCE_MS: u64 = 5;
 
 /// Pause between retries of a failed store write after a call.
 const STORE_RETRY_MS: u64 = 500;
@@ -308,21 +319,33 @@ async fn target_loop(
                 Err(e) => tracing::error!(target = %w.name, error = %e, "could not lease jobs"),
             }
         }
+        if free == 0 {
+            // Every slot is busy: nothing can be leased before one frees, so neither new jobs
+            // nor the next due time are a reason to look (and to ask the store).
+            tokio::select! {
+                _ = w.stop.cancelled() => break,
+                _ = w.slot_freed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS as u64)) => {}
+            }
+            continue;
+        }
         let wait_ms = match w.store.next_due_at(&w.name).await {
-            Ok(Some(due)) => (due - w.clock.now_ms()).clamp(0, POLL_INTERVAL_MS),
+            Ok(Some(due)) => (due - w.clock.now_ms()).clamp(10, POLL_INTERVAL_MS),
             _ => POLL_INTERVAL_MS,
         };
-        // A due job behind a full set of slots waits for a slot, not for the clock.
-        let wait_ms = if free == 0 {
-            POLL_INTERVAL_MS
-        } else {
-            wait_ms.max(10)
-        };
-        tokio::select! {
+        let new_jobs = tokio::select! {
             _ = w.stop.cancelled() => break,
-            _ = wake.changed() => {}
-            _ = w.slot_freed.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+            _ = wake.changed() => true,
+            _ = w.slot_freed.notified() => false,
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => false,
+        };
+        if new_jobs {
+            // Coalesce: under a burst of IPNs, the jobs stored during this pause are leased
+            // in one round instead of one round (two store calls) per IPN.
+            tokio::select! {
+                _ = w.stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(WAKE_COALESCE_MS)) => {}
+            }
         }
     }
     tracing::debug!(target = %w.name, "dispatcher stopped taking jobs");

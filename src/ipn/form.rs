@@ -26,7 +26,7 @@
 //! ([`loggable_name`]) because they come from the network.
 
 use super::IpnError;
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 
 /// Longest field name (in characters) repeated in a log line or error message.
 const MAX_LOGGED_NAME_CHARS: usize = 64;
@@ -34,8 +34,6 @@ const MAX_LOGGED_NAME_CHARS: usize = 64;
 /// Decode `body` into ordered pairs, keeping duplicates. See the module docs for the rules.
 pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, IpnError> {
     let mut pairs: Vec<(String, String)> = Vec::new();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut warned_duplicate: BTreeSet<String> = BTreeSet::new();
 
     for (index, segment) in body.split(|&b| b == b'&').enumerate() {
         if segment.is_empty() {
@@ -83,13 +81,19 @@ pub fn parse_form(body: &[u8]) -> Result<Vec<(String, String)>, IpnError> {
                 "array-syntax field name kept as a plain name"
             );
         }
-        if !seen.insert(name.clone()) && warned_duplicate.insert(name.clone()) {
+        pairs.push((name, value));
+    }
+    // Duplicates are found after decoding, over borrowed names, so the common case (no
+    // duplicate) copies no name.
+    let mut seen: HashSet<&str> = HashSet::with_capacity(pairs.len());
+    let mut warned_duplicate: HashSet<&str> = HashSet::new();
+    for (name, _) in &pairs {
+        if !seen.insert(name) && warned_duplicate.insert(name) {
             tracing::warn!(
-                field = %loggable_name(&name),
+                field = %loggable_name(name),
                 "duplicate form field; the last value wins"
             );
         }
-        pairs.push((name, value));
     }
     Ok(pairs)
 }
@@ -111,6 +115,9 @@ pub(super) fn loggable_name(name: &str) -> String {
 /// `+` → space, `%XX` → byte (once); an invalid escape keeps its `%`. Returns the bytes and
 /// whether an invalid escape was seen.
 fn percent_decode(raw: &[u8]) -> (Vec<u8>, bool) {
+    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
+        return (raw.to_vec(), false);
+    }
     let mut out = Vec::with_capacity(raw.len());
     let mut invalid_escape = false;
     let mut rest = raw;

@@ -38,8 +38,13 @@ pub(super) const SIGNATURE_FIELDS: [&str; 2] = ["sha_sign", "SHASIGN"];
 /// Unlike PHP, an empty passphrase is not refused here (the function is total); [`verify`]
 /// never uses one.
 pub fn sign(pairs: &[(String, String)], passphrase: &str, key_case: KeyCase) -> String {
+    hash_fields(&signed_fields(pairs, key_case), passphrase)
+}
+
+/// Step 5 over fields already selected and ordered by [`signed_fields`].
+fn hash_fields(fields: &[(Cow<'_, str>, &str)], passphrase: &str) -> String {
     let mut hasher = Sha512::new();
-    for (name, value) in signed_fields(pairs, key_case) {
+    for (name, value) in fields {
         hasher.update(name.as_bytes());
         hasher.update(b"=");
         hasher.update(value.as_bytes());
@@ -48,9 +53,6 @@ pub fn sign(pairs: &[(String, String)], passphrase: &str, key_case: KeyCase) -> 
     hex::encode_upper(hasher.finalize())
 }
 
-/// Check the IPN's `sha_sign` against every passphrase and both key conventions.
-///
-/// Returns the convention that matched (the original-case one when both would).
 pub fn verify(
     pairs: &[(String, String)],
     passphrases: &[SecretString],
@@ -59,6 +61,12 @@ pub fn verify(
         .ok_or(IpnError::MissingSignature)?
         .to_ascii_uppercase();
 
+    // Steps 1–4 do not depend on the passphrase: select and order the fields once per
+    // convention, then hash them with every passphrase.
+    let conventions = [KeyCase::Original, KeyCase::Upper].map(|key_case| {
+        let fields = signed_fields(pairs, key_case);
+        (key_case, fields)
+    });
     let mut usable = 0usize;
     let mut matched: Option<KeyCase> = None;
     for passphrase in passphrases {
@@ -67,8 +75,9 @@ pub fn verify(
             continue;
         }
         usable += 1;
-        for key_case in [KeyCase::Original, KeyCase::Upper] {
-            let expected = sign(pairs, passphrase, key_case);
+        for (key_case, fields) in &conventions {
+            let key_case = *key_case;
+            let expected = hash_fields(fields, passphrase);
             let equal: bool = expected.as_bytes().ct_eq(received.as_bytes()).into();
             if equal && matched.is_none() {
                 matched = Some(key_case);
