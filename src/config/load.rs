@@ -25,15 +25,17 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Reads and validates the file at `path` with the real environment. An unreadable file is
-/// one error at 1:1. Adds a warning per plain-text secret when the file is readable by group
-/// or others.
 /// Like [`load`], but secrets written as `{ env = … }`, `{ file = … }` or
 /// `{ credential = … }` are not read: they hold a placeholder. For the commands that never
 /// use a secret (`queue`, `events`, `replay`), so an operator can run them outside the
 /// service, where systemd credentials do not exist. Everything else is validated as usual.
 pub fn load_without_secrets(path: &Path) -> Result<Loaded, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+    parse(&read_config(path)?, path, &SecretsUnread)
+}
+
+/// The file's text; an unreadable file is one error at 1:1.
+fn read_config(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         errors: vec![Diagnostic {
             file: path.to_path_buf(),
             line: 1,
@@ -42,8 +44,7 @@ pub fn load_without_secrets(path: &Path) -> Result<Loaded, ConfigErrors> {
             hint: None,
             severity: Severity::Error,
         }],
-    })?;
-    parse(&text, path, &SecretsUnread)
+    })
 }
 
 /// An environment in which every external secret reads as a placeholder.
@@ -66,17 +67,11 @@ impl Environment for SecretsUnread {
     }
 }
 
+/// Reads and validates the file at `path` with the real environment. An unreadable file is
+/// one error at 1:1. Adds a warning per plain-text secret when the file is readable by group
+/// or others.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        errors: vec![Diagnostic {
-            file: path.to_path_buf(),
-            line: 1,
-            column: 1,
-            message: format!("cannot read the configuration file: {e}"),
-            hint: None,
-            severity: Severity::Error,
-        }],
-    })?;
+    let text = read_config(path)?;
     let (mut loaded, plain_secrets) = parse_collecting(&text, path, &SystemEnvironment)?;
     if let Some(mode) = readable_by_others(path)
         && !plain_secrets.is_empty()

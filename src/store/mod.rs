@@ -551,39 +551,11 @@ impl Store {
     /// Every ledger entry, oldest first.
     pub async fn ledger(&self) -> Result<Vec<LedgerRow>, StoreError> {
         self.call(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT job_id, integration, ds24_order_id, ds24_item, ds24_transaction_id,
-                        reference, target_order_id, target_customer_id, purchase_ids,
-                        transaction_ids, created_at
-                 FROM ledger ORDER BY job_id",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    LedgerRow {
-                        job_id: r.get(0)?,
-                        integration: r.get(1)?,
-                        ds24_order_id: r.get(2)?,
-                        ds24_item: r.get(3)?,
-                        ds24_transaction_id: r.get(4)?,
-                        reference: r.get(5)?,
-                        target_order_id: r.get(6)?,
-                        target_customer_id: r.get(7)?,
-                        purchase_ids: Vec::new(),
-                        transaction_ids: Vec::new(),
-                        created_at: r.get(10)?,
-                    },
-                    r.get::<_, String>(8)?,
-                    r.get::<_, String>(9)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (mut entry, purchases, transactions) = row?;
-                entry.purchase_ids = serde_json::from_str(&purchases)?;
-                entry.transaction_ids = serde_json::from_str(&transactions)?;
-                out.push(entry);
-            }
-            Ok(out)
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {LEDGER_COLUMNS} FROM ledger ORDER BY job_id"
+            ))?;
+            let rows = stmt.query_map([], ledger_row)?;
+            rows.map(|row| decode_ledger_row(row?)).collect()
         })
         .await
     }
@@ -791,6 +763,41 @@ impl Store {
         })
         .await
     }
+}
+
+/// The columns [`ledger_row`] reads, in its order.
+const LEDGER_COLUMNS: &str = "job_id, integration, ds24_order_id, ds24_item, \
+     ds24_transaction_id, reference, target_order_id, target_customer_id, purchase_ids, \
+     transaction_ids, created_at";
+
+/// A ledger row with its two JSON lists still encoded (rusqlite's row closures cannot
+/// return a JSON error; [`decode_ledger_row`] finishes the job).
+fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(LedgerRow, String, String)> {
+    Ok((
+        LedgerRow {
+            job_id: r.get(0)?,
+            integration: r.get(1)?,
+            ds24_order_id: r.get(2)?,
+            ds24_item: r.get(3)?,
+            ds24_transaction_id: r.get(4)?,
+            reference: r.get(5)?,
+            target_order_id: r.get(6)?,
+            target_customer_id: r.get(7)?,
+            purchase_ids: Vec::new(),
+            transaction_ids: Vec::new(),
+            created_at: r.get(10)?,
+        },
+        r.get(8)?,
+        r.get(9)?,
+    ))
+}
+
+fn decode_ledger_row(
+    (mut entry, purchases, transactions): (LedgerRow, String, String),
+) -> Result<LedgerRow, StoreError> {
+    entry.purchase_ids = serde_json::from_str(&purchases)?;
+    entry.transaction_ids = serde_json::from_str(&transactions)?;
+    Ok(entry)
 }
 
 const JOB_COLUMNS: &str = "id, ipn_id, integration, target, action, order_key, state, attempts, \

@@ -670,39 +670,14 @@ fn attempts_of(c: &Connection, job_id: i64) -> Result<Vec<AttemptRow>, StoreErro
 }
 
 fn ledger_of(c: &Connection, job_id: i64) -> Result<Option<LedgerRow>, StoreError> {
-    let found = c
-        .prepare_cached(
-            "SELECT job_id, integration, ds24_order_id, ds24_item, ds24_transaction_id,
-                    reference, target_order_id, target_customer_id, purchase_ids,
-                    transaction_ids, created_at
-             FROM ledger WHERE job_id = ?1",
-        )?
-        .query_row(params![job_id], |r| {
-            Ok((
-                LedgerRow {
-                    job_id: r.get(0)?,
-                    integration: r.get(1)?,
-                    ds24_order_id: r.get(2)?,
-                    ds24_item: r.get(3)?,
-                    ds24_transaction_id: r.get(4)?,
-                    reference: r.get(5)?,
-                    target_order_id: r.get(6)?,
-                    target_customer_id: r.get(7)?,
-                    purchase_ids: Vec::new(),
-                    transaction_ids: Vec::new(),
-                    created_at: r.get(10)?,
-                },
-                r.get::<_, String>(8)?,
-                r.get::<_, String>(9)?,
-            ))
-        })
-        .optional()?;
-    let Some((mut entry, purchases, transactions)) = found else {
-        return Ok(None);
-    };
-    entry.purchase_ids = serde_json::from_str(&purchases)?;
-    entry.transaction_ids = serde_json::from_str(&transactions)?;
-    Ok(Some(entry))
+    c.prepare_cached(&format!(
+        "SELECT {} FROM ledger WHERE job_id = ?1",
+        super::LEDGER_COLUMNS
+    ))?
+    .query_row(params![job_id], super::ledger_row)
+    .optional()?
+    .map(super::decode_ledger_row)
+    .transpose()
 }
 
 fn actions_of(c: &Connection, job_id: i64) -> Result<Vec<OperatorActionRow>, StoreError> {
