@@ -99,6 +99,7 @@ impl std::fmt::Debug for Store {
 struct Call<F, T> {
     f: F,
     reply: oneshot::Sender<Result<T, StoreError>>,
+    read_only: bool,
 }
 
 impl<F, T> writer::Op for Call<F, T>
@@ -107,7 +108,7 @@ where
     T: Send + 'static,
 {
     fn run(self: Box<Self>, conn: &Connection) -> (bool, writer::Completion) {
-        let Call { f, reply } = *self;
+        let Call { f, reply, .. } = *self;
         let result = f(conn);
         let ok = result.is_ok();
         let completion: writer::Completion = Box::new(move |commit| {
@@ -118,6 +119,10 @@ where
 
     fn fail(self: Box<Self>, err: StoreError) {
         let _ = self.reply.send(Err(err));
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
     }
 }
 
@@ -373,9 +378,30 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        self.submit(f, false).await
+    }
+
+    /// Like `call`, for an operation that only reads (see [`writer::Op::read_only`]).
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    async fn submit<T, F>(&self, f: F, read_only: bool) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(writer::Msg::Op(Box::new(Call { f, reply })))
+            .send(writer::Msg::Op(Box::new(Call {
+                f,
+                reply,
+                read_only,
+            })))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -426,7 +452,7 @@ impl Store {
     /// The earliest `next_attempt_at` of the target's pending jobs.
     pub async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {
         let target = target.to_owned();
-        self.call(move |c| {
+        self.read(move |c| {
             Ok(c.query_row(
                 "SELECT MIN(next_attempt_at) FROM jobs WHERE target = ?1 AND state = 'pending'",
                 params![target],
@@ -477,7 +503,7 @@ impl Store {
     }
 
     pub async fn job(&self, id: JobId) -> Result<JobRow, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             c.query_row(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
                 params![id.0],
@@ -490,7 +516,7 @@ impl Store {
     }
 
     pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRow>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs
                  WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR integration = ?2)
@@ -510,7 +536,7 @@ impl Store {
     }
 
     pub async fn jobs_of_ipn(&self, ipn: EventId) -> Result<Vec<JobRow>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE ipn_id = ?1 ORDER BY id"
             ))?;
@@ -521,7 +547,7 @@ impl Store {
     }
 
     pub async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRow>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, job_id, number, kind, started_at, finished_at, outcome, endpoint,
                         http_status, request, response, reason
@@ -550,7 +576,7 @@ impl Store {
 
     /// Every ledger entry, oldest first.
     pub async fn ledger(&self) -> Result<Vec<LedgerRow>, StoreError> {
-        self.call(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {LEDGER_COLUMNS} FROM ledger ORDER BY job_id"
             ))?;
@@ -562,7 +588,7 @@ impl Store {
 
     /// Stored IPNs, oldest first.
     pub async fn list_ipns(&self, limit: Option<u32>) -> Result<Vec<IpnRow>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, source, event, order_id, product_id, transaction_id, received_at
                  FROM ipns ORDER BY id LIMIT ?1",
@@ -585,7 +611,7 @@ impl Store {
 
     /// Number of jobs per state.
     pub async fn job_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.call(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
             let rows = stmt.query_map([], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
@@ -600,7 +626,7 @@ impl Store {
         &self,
         ipn: EventId,
     ) -> Result<Vec<(String, String, String)>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT integration, decision, reason FROM routes WHERE ipn_id = ?1 ORDER BY id",
             )?;
@@ -619,7 +645,7 @@ impl Store {
     ) -> Result<Option<Receipt>, StoreError> {
         let integration = integration.to_owned();
         let import = import.clone();
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT reference, target_order_id, target_customer_id, purchase_ids,
                         transaction_ids
@@ -648,7 +674,7 @@ impl Store {
 
     /// A stored IPN by id.
     pub async fn ipn(&self, id: EventId) -> Result<StoredIpn, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             c.query_row(
                 "SELECT id, source, event, received_at, raw_body FROM ipns WHERE id = ?1",
                 params![id.0],

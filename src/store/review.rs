@@ -154,7 +154,7 @@ const IPN_COLUMNS: &str = "i.id, i.source, i.event, i.order_id, i.order_item_id,
 impl Store {
     /// Jobs matching `filter`, newest first.
     pub async fn review_jobs(&self, filter: ReviewFilter) -> Result<Vec<JobListing>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let columns = prefixed_job_columns("j");
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {columns}, i.event, i.order_id, i.product_id
@@ -186,7 +186,7 @@ impl Store {
 
     /// One job with everything known about it; [`StoreError::NotFound`] for an unknown id.
     pub async fn job_detail(&self, id: JobId) -> Result<JobDetail, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let job = c
                 .query_row(
                     &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
@@ -214,7 +214,7 @@ impl Store {
         since: Option<i64>,
         limit: Option<u32>,
     ) -> Result<Vec<EventListing>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let ipns: Vec<IpnDetail> = {
                 let mut stmt = c.prepare_cached(&format!(
                     "SELECT {IPN_COLUMNS} FROM ipns i
@@ -239,7 +239,7 @@ impl Store {
 
     /// One stored IPN with its routes; [`StoreError::NotFound`] for an unknown id.
     pub async fn review_event(&self, id: EventId) -> Result<EventListing, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let ipn =
                 ipn_detail(c, id.0)?.ok_or_else(|| StoreError::NotFound(format!("event {id}")))?;
             Ok(EventListing {
@@ -292,7 +292,7 @@ impl Store {
 
     /// What a purge with this cutoff would remove, without removing it.
     pub async fn purge_preview(&self, cutoff: i64) -> Result<PurgeCount, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let attempts: i64 = c.query_row(
                 &format!(
                     "SELECT COUNT(*) FROM attempts WHERE job_id IN (

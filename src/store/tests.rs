@@ -590,3 +590,39 @@ async fn an_operator_retry_restarts_the_give_up_window() {
         "creation is kept for reconciliation"
     );
 }
+
+/// A queue command reads while the daemon holds the write lock (draining a backlog): reads
+/// must not wait for it, let alone fail with "database is locked".
+#[tokio::test]
+async fn reads_do_not_wait_for_another_process_writing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    store.ingest(ipn("k1", "A", true)).await.expect("ingest");
+    let locker = rusqlite::Connection::open(dir.path().join("t.db")).expect("open");
+    locker.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let started = std::time::Instant::now();
+    assert_eq!(
+        store
+            .list_jobs(JobFilter::default())
+            .await
+            .expect("read")
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.job_counts().await.expect("read").get("pending"),
+        Some(&1)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(writer::BUSY_TIMEOUT_MS / 2),
+        "reads waited {:?} for the write lock",
+        started.elapsed()
+    );
+    // A write still waits for the lock, and fails after the busy timeout.
+    let write = store.ingest(ipn("k2", "B", true)).await;
+    assert!(
+        matches!(write, Err(StoreError::Unavailable(_))),
+        "{write:?}"
+    );
+    locker.execute_batch("ROLLBACK").expect("unlock");
+}

@@ -48,6 +48,12 @@ pub trait Op: Send {
     fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion);
     /// The operation cannot run (the batch could not start); reply with `err`.
     fn fail(self: Box<Self>, err: StoreError);
+    /// Whether the operation only reads. A batch of reads only begins a deferred transaction,
+    /// which in WAL mode never waits for another process's write lock (a `queue list` while
+    /// the daemon drains a backlog).
+    fn read_only(&self) -> bool {
+        false
+    }
 }
 
 /// Counters of the writer thread (read by health checks, metrics and tests).
@@ -130,7 +136,12 @@ pub fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, stats: Arc<Stats>) {
 }
 
 fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Op>>, stats: &Stats) {
-    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+    let begin = if batch.iter().all(|op| op.read_only()) {
+        "BEGIN DEFERRED"
+    } else {
+        "BEGIN IMMEDIATE"
+    };
+    if let Err(e) = control(conn, begin) {
         let err = StoreError::from(e);
         for op in batch.drain(..) {
             op.fail(err.clone());
