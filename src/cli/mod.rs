@@ -52,7 +52,8 @@ pub struct ConfigArg {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon: receive IPNs and deliver them (stops on SIGTERM or SIGINT).
+    /// Run the daemon: receive IPNs and deliver them (SIGHUP reloads the configuration;
+    /// SIGTERM or SIGINT stops it after in-flight deliveries finish).
     ///
     /// Example: ipn-bridge run -c /etc/ipn-bridge/connectors.toml
     Run(ConfigArg),
