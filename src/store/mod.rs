@@ -547,31 +547,7 @@ impl Store {
     }
 
     pub async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRow>, StoreError> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, job_id, number, kind, started_at, finished_at, outcome, endpoint,
-                        http_status, request, response, reason
-                 FROM attempts WHERE job_id = ?1 ORDER BY id",
-            )?;
-            let rows = stmt.query_map(params![job.0], |r| {
-                Ok(AttemptRow {
-                    id: r.get(0)?,
-                    job_id: r.get(1)?,
-                    number: r.get(2)?,
-                    kind: r.get(3)?,
-                    started_at: r.get(4)?,
-                    finished_at: r.get(5)?,
-                    outcome: r.get(6)?,
-                    endpoint: r.get(7)?,
-                    http_status: r.get(8)?,
-                    request: r.get(9)?,
-                    response: r.get(10)?,
-                    reason: r.get(11)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        self.read(move |c| attempts_of(c, job.0)).await
     }
 
     /// Every ledger entry, oldest first.
@@ -824,6 +800,32 @@ fn decode_ledger_row(
     entry.purchase_ids = serde_json::from_str(&purchases)?;
     entry.transaction_ids = serde_json::from_str(&transactions)?;
     Ok(entry)
+}
+
+/// Every attempt of a job, oldest first.
+fn attempts_of(c: &Connection, job_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, job_id, number, kind, started_at, finished_at, outcome, endpoint,
+                http_status, request, response, reason
+         FROM attempts WHERE job_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![job_id], |r| {
+        Ok(AttemptRow {
+            id: r.get(0)?,
+            job_id: r.get(1)?,
+            number: r.get(2)?,
+            kind: r.get(3)?,
+            started_at: r.get(4)?,
+            finished_at: r.get(5)?,
+            outcome: r.get(6)?,
+            endpoint: r.get(7)?,
+            http_status: r.get(8)?,
+            request: r.get(9)?,
+            response: r.get(10)?,
+            reason: r.get(11)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 const JOB_COLUMNS: &str = "id, ipn_id, integration, target, action, order_key, state, attempts, \

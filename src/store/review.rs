@@ -198,7 +198,7 @@ impl Store {
             let ipn = ipn_detail(c, job.ipn_id)?
                 .ok_or_else(|| StoreError::Internal(format!("job {id} has no IPN")))?;
             Ok(JobDetail {
-                attempts: attempts_of(c, id.0)?,
+                attempts: super::attempts_of(c, id.0)?,
                 ledger: ledger_of(c, id.0)?,
                 actions: actions_of(c, id.0)?,
                 job,
@@ -639,31 +639,6 @@ fn routes_of(c: &Connection, ipn_id: i64) -> Result<Vec<RouteRow>, StoreError> {
             job_id: r.get(3)?,
             job_state: r.get(4)?,
             decided_at: r.get(5)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-fn attempts_of(c: &Connection, job_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
-    let mut stmt = c.prepare_cached(
-        "SELECT id, job_id, number, kind, started_at, finished_at, outcome, endpoint,
-                http_status, request, response, reason
-         FROM attempts WHERE job_id = ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map(params![job_id], |r| {
-        Ok(AttemptRow {
-            id: r.get(0)?,
-            job_id: r.get(1)?,
-            number: r.get(2)?,
-            kind: r.get(3)?,
-            started_at: r.get(4)?,
-            finished_at: r.get(5)?,
-            outcome: r.get(6)?,
-            endpoint: r.get(7)?,
-            http_status: r.get(8)?,
-            request: r.get(9)?,
-            response: r.get(10)?,
-            reason: r.get(11)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
