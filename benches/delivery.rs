@@ -41,6 +41,9 @@
 //!
 //! The load generator, the fake and the daemon share one process and its cores.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,13 +53,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{Uri, header};
 use axum::response::{IntoResponse, Response};
+use common::PASSPHRASE;
 use ipn_bridge::clock::SystemClock;
-use ipn_bridge::ipn::{self, KeyCase};
 
-const PASSPHRASE: &str = "fixture-passphrase";
 const LOGIN: &str = "ds24bridge";
 const PASSWORD: &str = "k0nn-Secret-Pw";
-const FIXTURE: &str = include_str!("../tests/fixtures/ipn/01_on_payment_single_product.txt");
 /// Concurrent HTTP clients posting the backlog.
 const POSTERS: usize = 32;
 /// Longest a drain may take before the bench gives up.
@@ -67,33 +68,6 @@ struct Limits {
     requests_per_second: f64,
     burst: u32,
     max_in_flight: u32,
-}
-
-/// Signed IPN bodies with unique order and transaction ids.
-fn bodies(n: usize) -> Vec<Vec<u8>> {
-    let base: Vec<(String, String)> = form_urlencoded::parse(FIXTURE.trim().as_bytes())
-        .into_owned()
-        .filter(|(k, _)| k != "sha_sign")
-        .collect();
-    (0..n)
-        .map(|i| {
-            let mut pairs = base.clone();
-            for (k, v) in pairs.iter_mut() {
-                match k.as_str() {
-                    "order_id" => *v = format!("D{i:07}"),
-                    "transaction_id" => *v = format!("{}", 70_000_000 + i),
-                    _ => {}
-                }
-            }
-            let sig = ipn::sign(&pairs, PASSPHRASE, KeyCase::Original);
-            pairs.push(("sha_sign".into(), sig));
-            let mut s = form_urlencoded::Serializer::new(String::new());
-            for (k, v) in &pairs {
-                s.append_pair(k, v);
-            }
-            s.finish().into_bytes()
-        })
-        .collect()
 }
 
 /// A minimal instant Konnektive: answers every `order/import` with the success object of
@@ -277,7 +251,7 @@ async fn drain(n: usize, limits: Limits) -> Drain {
     // The backlog: the fake refuses, the target pauses, the jobs wait.
     fake.refuse.store(true, Ordering::Relaxed);
     let loader = start_daemon(&config).await;
-    post_all(loader.addr, bodies(n)).await;
+    post_all(loader.addr, common::signed_bodies(n, 'D', 70_000_000)).await;
     loader.stop().await;
     // Only ever runs SELECTs in autocommit: a WAL reader, never the write lock.
     let observer = rusqlite::Connection::open(&db).expect("open the database to observe it");

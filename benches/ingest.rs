@@ -14,41 +14,15 @@
 //!
 //! Results and how they were taken: `benches/RESULTS.md`.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{FIXTURE, PASSPHRASE};
 use ipn_bridge::clock::SystemClock;
-use ipn_bridge::ipn::{self, KeyCase};
 use ipn_bridge::store::{NewIpn, Store};
-
-const PASSPHRASE: &str = "fixture-passphrase";
-const FIXTURE: &str = include_str!("../tests/fixtures/ipn/01_on_payment_single_product.txt");
-
-fn bodies(n: usize) -> Vec<Vec<u8>> {
-    let base: Vec<(String, String)> = form_urlencoded::parse(FIXTURE.trim().as_bytes())
-        .into_owned()
-        .filter(|(k, _)| k != "sha_sign")
-        .collect();
-    (0..n)
-        .map(|i| {
-            let mut pairs = base.clone();
-            for (k, v) in pairs.iter_mut() {
-                match k.as_str() {
-                    "order_id" => *v = format!("B{i:07}"),
-                    "transaction_id" => *v = format!("{}", 90_000_000 + i),
-                    _ => {}
-                }
-            }
-            let sig = ipn::sign(&pairs, PASSPHRASE, KeyCase::Original);
-            pairs.push(("sha_sign".into(), sig));
-            let mut s = form_urlencoded::Serializer::new(String::new());
-            for (k, v) in &pairs {
-                s.append_pair(k, v);
-            }
-            s.finish().into_bytes()
-        })
-        .collect()
-}
 
 fn report(label: &str, n: usize, elapsed: Duration) {
     println!(
@@ -134,7 +108,7 @@ payment = "import_order"
         .await
         .expect("start");
     let url = format!("http://{}/ipn/ds24", running.addr);
-    let bodies = Arc::new(bodies(n));
+    let bodies = Arc::new(common::signed_bodies(n, 'B', 90_000_000));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..concurrency {
