@@ -257,7 +257,11 @@ pub fn filter_reason(integration: &Integration, event: &IpnEvent) -> Option<Stri
             }
         }
     }
+    // Digistore24's own setting: "only the first payment and, if necessary, the first
+    // cancellation". So it filters payments only; a cancellation, refund, chargeback or end of
+    // the paid period of a rebilled order always passes it.
     if !integration.followup_payments
+        && event.kind == EventKind::Order(OrderEvent::Payment)
         && let Some(n) = mapping::followup_sequence(event)
     {
         return Some(format!(

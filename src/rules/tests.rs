@@ -583,3 +583,55 @@ mod product_map_properties {
         }
     }
 }
+
+/// `event` with some fields changed or added.
+fn with_fields(body: &str, changes: &[(&str, &str)]) -> IpnEvent {
+    let mut fields = event(body).fields().clone();
+    for (k, v) in changes {
+        fields.insert((*k).into(), (*v).into());
+    }
+    IpnEvent::new(fields)
+}
+
+#[test]
+fn followup_payments_false_filters_follow_up_payments_only() {
+    let mut i = integration();
+    i.followup_payments = false;
+    assert_eq!(
+        filter_reason(&i, &event(fixture!("15_on_payment_followup_seq3.txt"))).as_deref(),
+        Some("follow-up payment #3 and followup_payments = false")
+    );
+    // Every other event of a rebilled order (pay_sequence_no = 3 in these fixtures) passes.
+    let followup = [("billing_type", "subscription"), ("pay_sequence_no", "3")];
+    let others = [
+        (
+            "rebill_cancelled",
+            event(fixture!("08_on_rebill_cancelled.txt")),
+        ),
+        (
+            "rebill_resumed",
+            event(fixture!("09_on_rebill_resumed.txt")),
+        ),
+        ("last_paid_day", event(fixture!("11_last_paid_day.txt"))),
+        (
+            "payment_missed",
+            event(fixture!("06_on_payment_missed.txt")),
+        ),
+        ("payment_denial", event(fixture!("07_payment_denial.txt"))),
+        (
+            "refund",
+            with_fields(fixture!("04_on_refund.txt"), &followup),
+        ),
+        (
+            "chargeback",
+            with_fields(fixture!("05_on_chargeback.txt"), &followup),
+        ),
+    ];
+    for (name, e) in others {
+        assert!(
+            mapping::followup_sequence(&e).is_some(),
+            "{name}: the fixture must look like a follow-up"
+        );
+        assert_eq!(filter_reason(&i, &e), None, "{name}");
+    }
+}
