@@ -170,6 +170,8 @@ pub struct Integration {
     pub followup_payments: bool,
     /// Default false.
     pub test_orders: bool,
+    /// Upper-case three-letter currency codes the integration takes; empty = any.
+    pub currencies: Vec<String>,
     /// Default `Any`.
     pub newsletter: Newsletter,
     /// Default 0s.

@@ -33,6 +33,22 @@ pub fn language(event: &IpnEvent) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
+/// The currencies the IPN states, upper case, each once: `transaction_currency` (the
+/// currency [`order`] books the order in) first, then `currency` if it differs. Each comes
+/// with the field it was read from.
+pub fn currencies(event: &IpnEvent) -> Vec<(&'static str, String)> {
+    let mut found: Vec<(&'static str, String)> = Vec::new();
+    for field in ["transaction_currency", "currency"] {
+        if let Some(code) = event.get(field) {
+            let code = code.trim().to_ascii_uppercase();
+            if !found.iter().any(|(_, c)| *c == code) {
+                found.push((field, code));
+            }
+        }
+    }
+    found
+}
+
 /// `Some(n)` when the IPN is the n-th payment (n ≥ 2) of a subscription or installment plan.
 pub fn followup_sequence(event: &IpnEvent) -> Option<u32> {
     let recurring = matches!(

@@ -5,6 +5,16 @@
 //! and `replay`, and is tested by tables. Every decision not to deliver carries a sentence a
 //! vendor can act on ("language fr not in [de, en]").
 //!
+//! Decisions:
+//! - **Currency** (`currencies`): an IPN names up to two currencies, `transaction_currency`
+//!   and `currency`. `transaction_currency` wins: it is the currency the order is booked in
+//!   (the order mapping reads it first), so this filter and the campaign's currency judge the
+//!   same value, and it is named first in a skip reason. Where `currency` is present and
+//!   differs, it must be accepted too: the reference says Digistore24 states its amounts in
+//!   `currency`, so an IPN whose two currencies differ could book amounts of one currency as
+//!   the other; it passes only an integration that takes both. Neither field → skipped when
+//!   `currencies` is set.
+//!
 //! The mapping from Digistore24 fields to the CRM-neutral [`Order`] lives in [`mapping`];
 //! everything there that rests on a guess about the IPN format is named and documented in
 //! that one file.
@@ -260,6 +270,30 @@ pub fn filter_reason(integration: &Integration, event: &IpnEvent) -> Option<Stri
     // Digistore24's own setting: "only the first payment and, if necessary, the first
     // cancellation". So it filters payments only; a cancellation, refund, chargeback or end of
     // the paid period of a rebilled order always passes it.
+    if !integration.currencies.is_empty() {
+        let named = mapping::currencies(event);
+        if named.is_empty() {
+            return Some(format!(
+                "the IPN names no currency and currencies = {}",
+                list(integration.currencies.iter())
+            ));
+        }
+        let both = named.len() > 1;
+        if let Some((field, code)) = named
+            .into_iter()
+            .find(|(_, code)| !integration.currencies.contains(code))
+        {
+            let whose = if both {
+                format!(" (the IPN's {field}; its two currency fields differ)")
+            } else {
+                String::new()
+            };
+            return Some(format!(
+                "currency {code} not in {}{whose}",
+                list(integration.currencies.iter())
+            ));
+        }
+    }
     if !integration.followup_payments
         && event.kind == EventKind::Order(OrderEvent::Payment)
         && let Some(n) = mapping::followup_sequence(event)

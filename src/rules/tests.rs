@@ -33,6 +33,7 @@ fn integration() -> Integration {
         languages: Vec::new(),
         followup_payments: true,
         test_orders: false,
+        currencies: Vec::new(),
         newsletter: Newsletter::Any,
         delay: Duration::ZERO,
         error_emails: Vec::new(),
@@ -634,4 +635,62 @@ fn followup_payments_false_filters_follow_up_payments_only() {
         );
         assert_eq!(filter_reason(&i, &e), None, "{name}");
     }
+}
+
+#[test]
+fn currencies_filter_table() {
+    let usd_order = fixture!("01_on_payment_single_product.txt");
+    let with = |currencies: &[&str]| {
+        let mut i = integration();
+        i.currencies = currencies.iter().map(|c| (*c).to_owned()).collect();
+        i
+    };
+    let reason = |i: &Integration, e: &IpnEvent| filter_reason(i, e);
+    let usd = event(usd_order);
+    assert_eq!(reason(&with(&[]), &usd), None, "empty takes any currency");
+    assert_eq!(reason(&with(&["USD"]), &usd), None);
+    assert_eq!(reason(&with(&["EUR", "USD"]), &usd), None);
+    assert_eq!(
+        reason(&with(&["EUR"]), &usd).as_deref(),
+        Some("currency USD not in [EUR]")
+    );
+    // Digistore24's spelling is not trusted to be upper case.
+    let lower = with_fields(
+        usd_order,
+        &[("currency", "usd"), ("transaction_currency", "usd")],
+    );
+    assert_eq!(reason(&with(&["USD"]), &lower), None);
+    // Only one of the two fields present: that one is judged.
+    let only_currency = with_fields(usd_order, &[("transaction_currency", "")]);
+    assert_eq!(
+        reason(&with(&["EUR"]), &only_currency).as_deref(),
+        Some("currency USD not in [EUR]")
+    );
+    let neither = with_fields(usd_order, &[("transaction_currency", ""), ("currency", "")]);
+    assert_eq!(
+        reason(&with(&["EUR"]), &neither).as_deref(),
+        Some("the IPN names no currency and currencies = [EUR]")
+    );
+    assert_eq!(reason(&with(&[]), &neither), None);
+    // The two fields differ: transaction_currency is named first, and both must be taken.
+    let mixed = with_fields(
+        usd_order,
+        &[("transaction_currency", "USD"), ("currency", "EUR")],
+    );
+    assert_eq!(
+        reason(&with(&["EUR"]), &mixed).as_deref(),
+        Some(
+            "currency USD not in [EUR] (the IPN's transaction_currency; its two currency fields differ)"
+        )
+    );
+    assert_eq!(
+        reason(&with(&["USD"]), &mixed).as_deref(),
+        Some("currency EUR not in [USD] (the IPN's currency; its two currency fields differ)")
+    );
+    assert_eq!(reason(&with(&["USD", "EUR"]), &mixed), None);
+    // Through decide: a skip a vendor reads, not an alert.
+    assert!(matches!(
+        decide(&with(&["EUR"]), &usd, 0),
+        Decision::Skip { severity: Severity::Normal, ref reason } if reason == "currency USD not in [EUR]"
+    ));
 }
