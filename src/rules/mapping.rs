@@ -9,7 +9,10 @@
 //! - [`IP_FIELDS`]: no IP field is documented for IPNs; we look for the likely names;
 //! - [`addon_signal`]: no field marks an add-on (order bump); the signals are listed there;
 //! - [`import_ref`]: a refund or chargeback names the payment it reverses in
-//!   `parent_transaction_id` (reference §3, third-party evidence).
+//!   `parent_transaction_id` (reference §3, third-party evidence);
+//! - [`reversal_amount`]: a refund or chargeback moves the reversed item's share,
+//!   `product_txn_amount` (sign ignored; reference §4 does not document reversal amounts),
+//!   capped at `|transaction_amount|`, which covers every item of an add-on order.
 //!
 //! Values are not cut to the CRM's field lengths here; that is the connector's business.
 
@@ -186,11 +189,68 @@ pub fn import_ref(
     })
 }
 
-/// The amount a refund or chargeback moves (positive): `transaction_amount` (negative in the
-/// IPN), else `amount`.
-pub fn reversal_amount(event: &IpnEvent) -> Option<Money> {
-    let raw = event.first_of(&["transaction_amount", "amount"])?;
-    Money::parse_decimal(raw).ok().map(Money::abs)
+/// An amount and the IPN field it was read from (for decision reasons).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldAmount {
+    pub amount: Money,
+    /// Which field, e.g. `product_txn_amount`, and why when it is not the obvious one.
+    pub source: String,
+}
+
+/// The value of `field` as an amount: `Ok(None)` when absent or empty; `Err` says what it saw
+/// (`the IPN's product_txn_amount "12,50" is not a decimal amount`).
+pub fn amount_field(event: &IpnEvent, field: &str) -> Result<Option<Money>, String> {
+    event
+        .get(field)
+        .map(|raw| {
+            Money::parse_decimal(raw.trim())
+                .map_err(|_| format!("the IPN's {field} {raw:?} is not a decimal amount"))
+        })
+        .transpose()
+}
+
+/// The amount a refund or chargeback moves (positive): the reversed item's share.
+///
+/// `product_txn_amount` (sign ignored) is the item's share of the transaction;
+/// `transaction_amount` covers every item of an add-on order, so it is used only when the IPN
+/// has neither `product_txn_amount` nor `amount`. The share is capped at
+/// `|transaction_amount|`: an item's share can never exceed the whole reversal, so a partial
+/// reversal is never recorded as more than Digistore24 moved, whichever of the two meanings a
+/// reversal IPN's `product_txn_amount` has (the item's price or the reversed share; neither
+/// is documented). An unparseable field is an error, never skipped for the next one.
+pub fn reversal_amount(event: &IpnEvent) -> Result<FieldAmount, String> {
+    let mut share = None;
+    for field in ["product_txn_amount", "amount"] {
+        if let Some(amount) = amount_field(event, field)? {
+            share = Some((field, amount.abs()));
+            break;
+        }
+    }
+    let total = amount_field(event, "transaction_amount")?.map(Money::abs);
+    let found = match (share, total) {
+        (Some((field, share)), Some(total)) if total < share => FieldAmount {
+            amount: total,
+            source: format!("transaction_amount, less than {field} {share}"),
+        },
+        (Some((field, share)), _) => FieldAmount {
+            amount: share,
+            source: field.to_owned(),
+        },
+        (None, Some(total)) => FieldAmount {
+            amount: total,
+            source: "transaction_amount; the IPN has no product_txn_amount or amount".to_owned(),
+        },
+        (None, None) => {
+            return Err("the IPN has no product_txn_amount, amount or transaction_amount".into());
+        }
+    };
+    if found.amount == Money::ZERO {
+        return Err(format!(
+            "the amount to reverse is 0.00 ({}); nothing to record",
+            found.source
+        ));
+    }
+    Ok(found)
 }
 
 /// What the buyer paid for this item in the original payment, as far as a reversal IPN

@@ -194,13 +194,16 @@ fn reversal(
     action: ActionKind,
 ) -> Result<(Action, String), String> {
     let import = mapping::import_ref(integration, event, true)?;
-    let amount = mapping::reversal_amount(event).ok_or("the IPN has no amount")?;
+    let mapping::FieldAmount {
+        amount,
+        source: amount_source,
+    } = mapping::reversal_amount(event)?;
     let ds24_transaction_id = event
         .get("transaction_id")
         .ok_or("the IPN has no transaction_id")?
         .to_owned();
     let what = format!(
-        "{} {amount} of payment {} of order {}",
+        "{} {amount} ({amount_source}) of payment {} of order {}",
         if action == ActionKind::Refund {
             "refund"
         } else {

@@ -694,3 +694,137 @@ fn currencies_filter_table() {
         Decision::Skip { severity: Severity::Normal, ref reason } if reason == "currency USD not in [EUR]"
     ));
 }
+
+/// The refund `decide` builds for `e`, with its reason; panics on a skip.
+fn refund_of(i: &Integration, e: &IpnEvent) -> (Money, bool, String) {
+    match decide(i, e, 0) {
+        Decision::Deliver { action, reason, .. } => match *action {
+            Action::Refund { amount, full, .. } => (amount, full, reason),
+            other => panic!("refund expected, got {other:?}"),
+        },
+        Decision::Skip { reason, .. } => panic!("skipped: {reason}"),
+    }
+}
+
+#[test]
+fn a_reversal_moves_the_reversed_items_share() {
+    let mut i = integration();
+    i.on.insert(OrderEvent::Refund, ActionKind::Refund);
+    i.on.insert(OrderEvent::Chargeback, ActionKind::Chargeback);
+    let refund = fixture!("04_on_refund.txt");
+    let cents = Money::from_minor;
+    // (changes to the refund fixture, amount, full, the field named in the reason)
+    let table: &[(&[(&str, &str)], Money, bool, &str)] = &[
+        // The fixture: item 97.00, transaction -97.00.
+        (&[], cents(9700), true, "(product_txn_amount)"),
+        // One item of an add-on order: the transaction covers every item.
+        (
+            &[
+                ("product_txn_amount", "-27.00"),
+                ("amount", "27.00"),
+                ("transaction_amount", "-124.00"),
+            ],
+            cents(2700),
+            true,
+            "(product_txn_amount)",
+        ),
+        // No item share: amount, still not the whole transaction.
+        (
+            &[
+                ("product_txn_amount", ""),
+                ("amount", "-27.00"),
+                ("transaction_amount", "-124.00"),
+            ],
+            cents(2700),
+            true,
+            "(amount)",
+        ),
+        // Only the transaction's amount.
+        (
+            &[
+                ("product_txn_amount", ""),
+                ("amount", ""),
+                ("transaction_amount", "-27.00"),
+            ],
+            cents(2700),
+            true,
+            "(transaction_amount; the IPN has no product_txn_amount or amount)",
+        ),
+        // A partial refund whose transaction is below the item's share: never more than moved.
+        (
+            &[("transaction_amount", "-30.00")],
+            cents(3000),
+            false,
+            "(transaction_amount, less than product_txn_amount 97.00)",
+        ),
+    ];
+    for (changes, amount, full, field) in table {
+        let e = with_fields(refund, changes);
+        let (got, got_full, reason) = refund_of(&i, &e);
+        assert_eq!((got, got_full), (*amount, *full), "{changes:?}");
+        assert!(reason.contains(field), "{changes:?}: {reason}");
+        assert_eq!(
+            mapping::reversal_amount(&e).map(|a| a.amount),
+            Ok(*amount),
+            "{changes:?}"
+        );
+    }
+    // A chargeback reads the same share.
+    let Decision::Deliver { action, reason, .. } = decide(
+        &i,
+        &with_fields(
+            fixture!("05_on_chargeback.txt"),
+            &[
+                ("product_txn_amount", "-27.00"),
+                ("transaction_amount", "-124.00"),
+            ],
+        ),
+        0,
+    ) else {
+        panic!("chargeback expected");
+    };
+    assert!(
+        matches!(*action, Action::Chargeback { amount, .. } if amount == cents(2700)),
+        "{action:?}"
+    );
+    assert!(reason.contains("27.00 (product_txn_amount)"), "{reason}");
+}
+
+#[test]
+fn a_reversal_without_a_usable_amount_needs_attention_and_says_what_it_saw() {
+    let mut i = integration();
+    i.on.insert(OrderEvent::Refund, ActionKind::Refund);
+    let refund = fixture!("04_on_refund.txt");
+    let table: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("product_txn_amount", "12,50")],
+            "cannot refund: the IPN's product_txn_amount \"12,50\" is not a decimal amount",
+        ),
+        // A bad item share is not skipped for a field that covers more.
+        (
+            &[("product_txn_amount", "n/a"), ("amount", "97.00")],
+            "the IPN's product_txn_amount \"n/a\" is not a decimal amount",
+        ),
+        (
+            &[
+                ("product_txn_amount", ""),
+                ("amount", ""),
+                ("transaction_amount", ""),
+            ],
+            "cannot refund: the IPN has no product_txn_amount, amount or transaction_amount",
+        ),
+        (
+            &[("product_txn_amount", "0.00")],
+            "the amount to reverse is 0.00 (product_txn_amount)",
+        ),
+    ];
+    for (changes, want) in table {
+        match decide(&i, &with_fields(refund, changes), 0) {
+            Decision::Skip {
+                reason,
+                severity: Severity::NeedsAttention,
+            } => assert!(reason.contains(want), "{changes:?}: {reason}"),
+            other => panic!("{changes:?}: attention expected, got {other:?}"),
+        }
+    }
+}
