@@ -209,6 +209,36 @@ pub fn amount_field(event: &IpnEvent, field: &str) -> Result<Option<Money>, Stri
         .transpose()
 }
 
+/// The fields a payment's price is read from, first present wins: the order of
+/// [`item_amount`], which the import uses.
+pub const PAYMENT_AMOUNT_FIELDS: [&str; 3] = ["product_txn_amount", "amount", "transaction_amount"];
+
+/// The amount of a payment, checked before anything is imported: every amount field present
+/// must parse, none may be negative, and the one the import uses must be positive. A
+/// negative amount on `on_payment` is not a payment Konnektive should record (it used to be
+/// imported with the sign dropped); `Err` says which field held what.
+pub fn payment_amount(event: &IpnEvent) -> Result<FieldAmount, String> {
+    let mut used: Option<FieldAmount> = None;
+    for field in PAYMENT_AMOUNT_FIELDS {
+        let Some(amount) = amount_field(event, field)? else {
+            continue;
+        };
+        let first = used.is_none();
+        if amount < Money::ZERO || (first && amount == Money::ZERO) {
+            return Err(format!(
+                "the IPN's {field} is {amount}; a payment's amount must be positive"
+            ));
+        }
+        if first {
+            used = Some(FieldAmount {
+                amount,
+                source: field.to_owned(),
+            });
+        }
+    }
+    used.ok_or_else(|| "the IPN has no product_txn_amount, amount or transaction_amount".into())
+}
+
 /// The amount a refund or chargeback moves (positive): the reversed item's share.
 ///
 /// `product_txn_amount` (sign ignored) is the item's share of the transaction;

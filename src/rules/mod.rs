@@ -134,7 +134,7 @@ pub fn decide(integration: &Integration, event: &IpnEvent, received_at_ms: i64) 
             "action \"import_order\" needs a payment; event {} carries none",
             order_event.config_name()
         )),
-        ActionKind::ImportOrder => {
+        ActionKind::ImportOrder => mapping::payment_amount(event).and_then(|_| {
             mapping::order(integration, event, campaign_product, received_at_ms).map(|order| {
                 (
                     Action::ImportOrder {
@@ -147,7 +147,7 @@ pub fn decide(integration: &Integration, event: &IpnEvent, received_at_ms: i64) 
                     ),
                 )
             })
-        }
+        }),
         ActionKind::Refund | ActionKind::Chargeback => reversal(integration, event, action),
         // `Ignore` returned above; grouped here only to keep the match total.
         ActionKind::CancelPurchase | ActionKind::CancelOrder | ActionKind::Ignore => {

@@ -828,3 +828,58 @@ fn a_reversal_without_a_usable_amount_needs_attention_and_says_what_it_saw() {
         }
     }
 }
+
+#[test]
+fn a_payment_must_have_a_positive_amount() {
+    let i = integration();
+    let payment = fixture!("01_on_payment_single_product.txt");
+    let table: &[(&[(&str, &str)], &str)] = &[
+        // Issue 9: every amount negative (the import used to drop the sign).
+        (
+            &[
+                ("amount", "-97.00"),
+                ("product_txn_amount", "-97.00"),
+                ("transaction_amount", "-97.00"),
+            ],
+            "cannot import order: the IPN's product_txn_amount is -97.00; a payment's amount must be positive",
+        ),
+        // Only `amount` negative: still not a payment to record.
+        (
+            &[("amount", "-97.00")],
+            "the IPN's amount is -97.00; a payment's amount must be positive",
+        ),
+        (
+            &[("product_txn_amount", "0.00")],
+            "the IPN's product_txn_amount is 0.00; a payment's amount must be positive",
+        ),
+        (
+            &[("product_txn_amount", "12,50")],
+            "cannot import order: the IPN's product_txn_amount \"12,50\" is not a decimal amount",
+        ),
+        (
+            &[
+                ("product_txn_amount", ""),
+                ("amount", ""),
+                ("transaction_amount", ""),
+            ],
+            "the IPN has no product_txn_amount, amount or transaction_amount",
+        ),
+    ];
+    for (changes, want) in table {
+        match decide(&i, &with_fields(payment, changes), 0) {
+            Decision::Skip {
+                reason,
+                severity: Severity::NeedsAttention,
+            } => assert!(reason.contains(want), "{changes:?}: {reason}"),
+            other => panic!("{changes:?}: attention expected, got {other:?}"),
+        }
+    }
+    // A positive item share with a zero field elsewhere is imported.
+    assert_eq!(
+        outcome(&i, payment),
+        Ok(31),
+        "the fixture itself is imported"
+    );
+    let e = with_fields(payment, &[("transaction_amount", "0.00")]);
+    assert!(matches!(decide(&i, &e, 0), Decision::Deliver { .. }));
+}
