@@ -7,6 +7,8 @@
 //!   `pay_sequence_no ≥ 2` (reference §4, medium confidence);
 //! - [`item_amount`]: which amount field is the price of *this* item (§4 lists several);
 //! - [`IP_FIELDS`]: no IP field is documented for IPNs; we look for the likely names;
+//! - [`NEWSLETTER_OPT_IN_VALUES`]: no reference lists the opt-in values of
+//!   `newsletter_choice`; an unknown value counts as not opted in and is logged once;
 //! - [`addon_signal`]: no field marks an add-on (order bump); the signals are listed there;
 //! - [`import_ref`]: a refund or chargeback names the payment it reverses in
 //!   `parent_transaction_id` (reference §3, third-party evidence);
@@ -15,6 +17,9 @@
 //!   capped at `|transaction_amount|`, which covers every item of an add-on order.
 //!
 //! Values are not cut to the CRM's field lengths here; that is the connector's business.
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, PoisonError};
 
 use crate::config::Integration;
 use crate::domain::{
@@ -62,11 +67,61 @@ pub fn followup_sequence(event: &IpnEvent) -> Option<u32> {
     (recurring && n >= 2).then_some(n)
 }
 
-/// Whether the buyer opted in to the newsletter on the order form. Digistore24 sends
-/// `newsletter_choice` = `none` when there was no opt-in; any other non-empty value
-/// (`single_opt_in`, `double_opt_in`, …) counts as opted in.
+/// [GUESS] The `newsletter_choice` values that mean the buyer opted in on the order form.
+/// Neither reference lists the field's values (reference §4 only names the field; captures
+/// show `none`); these are the likely spellings of Digistore24's single and double opt-in.
+/// Compared without regard to ASCII case. Only these count as opted in.
+pub const NEWSLETTER_OPT_IN_VALUES: [&str; 4] = [
+    "single_optin",
+    "double_optin",
+    "single_opt_in",
+    "double_opt_in",
+];
+
+/// `newsletter_choice` values seen meaning "no opt-in" (the captures send `none`).
+pub const NEWSLETTER_NO_OPT_IN_VALUES: [&str; 1] = ["none"];
+
+/// How many distinct unknown `newsletter_choice` values one process logs at most.
+const MAX_LOGGED_NEWSLETTER_CHOICES: usize = 64;
+
+/// Unknown `newsletter_choice` values this process has logged already, so each is logged
+/// once. The one static in the rules: a log-rate memo that no decision depends on, kept here
+/// rather than threaded through every caller of [`crate::rules::route`] (the server,
+/// `explain`, `replay`) for a log line. Bounded by [`MAX_LOGGED_NEWSLETTER_CHOICES`].
+static LOGGED_NEWSLETTER_CHOICES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Whether the buyer opted in to the newsletter on the order form: only a value of
+/// [`NEWSLETTER_OPT_IN_VALUES`] counts. Absent, empty and `none` are not opted in; an
+/// unknown value is not opted in either (a filter must not let through what it cannot read)
+/// and is logged at WARN once per value per process, so the guess can be corrected.
 pub fn newsletter_opted_in(event: &IpnEvent) -> bool {
-    !matches!(event.get("newsletter_choice"), None | Some("none"))
+    let Some(value) = event.get("newsletter_choice") else {
+        return false;
+    };
+    let normalised = value.trim().to_ascii_lowercase();
+    if NEWSLETTER_OPT_IN_VALUES.contains(&normalised.as_str()) {
+        return true;
+    }
+    if !NEWSLETTER_NO_OPT_IN_VALUES.contains(&normalised.as_str())
+        && first_sight(&LOGGED_NEWSLETTER_CHOICES, &normalised)
+    {
+        let shown: String = value.chars().take(64).collect();
+        tracing::warn!(
+            newsletter_choice = ?shown,
+            "unknown newsletter_choice value counts as not opted in; if it means an opt-in, \
+             add it to NEWSLETTER_OPT_IN_VALUES (src/rules/mapping.rs)"
+        );
+    }
+    false
+}
+
+/// `true` the first time `value` is offered to `seen` (while it has room).
+fn first_sight(seen: &Mutex<BTreeSet<String>>, value: &str) -> bool {
+    let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+    if seen.len() >= MAX_LOGGED_NEWSLETTER_CHOICES {
+        return false;
+    }
+    seen.insert(value.to_owned())
 }
 
 /// The key that orders jobs of one Digistore24 order.

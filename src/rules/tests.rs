@@ -883,3 +883,66 @@ fn a_payment_must_have_a_positive_amount() {
     let e = with_fields(payment, &[("transaction_amount", "0.00")]);
     assert!(matches!(decide(&i, &e, 0), Decision::Deliver { .. }));
 }
+
+/// Log lines written while `f` runs on this thread.
+fn logged_while(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = buffer.0.lock().expect("log buffer").clone();
+    String::from_utf8(bytes).expect("utf8 log")
+}
+
+#[test]
+fn only_listed_newsletter_choices_count_as_opted_in() {
+    let base = fixture!("01_on_payment_single_product.txt");
+    let opted_in = |value: &str| {
+        mapping::newsletter_opted_in(&with_fields(base, &[("newsletter_choice", value)]))
+    };
+    for value in mapping::NEWSLETTER_OPT_IN_VALUES {
+        assert!(opted_in(value), "{value}");
+    }
+    assert!(opted_in("Double_Opt_In"), "ASCII case does not matter");
+    for value in ["none", "", "None"] {
+        assert!(!opted_in(value), "{value:?}");
+    }
+    // Unknown values are not an opt-in (they used to be: anything but `none` counted).
+    let logs = logged_while(|| {
+        assert!(!opted_in("unit_test_opt_in_maybe"));
+        assert!(!opted_in("unit_test_opt_in_maybe"));
+        assert!(!opted_in("unit_test_yes"));
+        assert!(!opted_in("none"));
+    });
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 2, "once per value:\n{logs}");
+    assert!(warnings[0].contains("\"unit_test_opt_in_maybe\""), "{logs}");
+    assert!(warnings[1].contains("\"unit_test_yes\""), "{logs}");
+    // Logged once per process: a later sighting stays quiet.
+    let again = logged_while(|| assert!(!opted_in("unit_test_yes")));
+    assert!(again.is_empty(), "{again}");
+    // Through the filter.
+    let mut i = integration();
+    i.newsletter = Newsletter::OptedIn;
+    let unknown = with_fields(base, &[("newsletter_choice", "unit_test_yes")]);
+    assert_eq!(
+        filter_reason(&i, &unknown).as_deref(),
+        Some(
+            "buyer did not opt in to the newsletter (newsletter_choice = unit_test_yes) and newsletter = \"opted_in\""
+        )
+    );
+}
