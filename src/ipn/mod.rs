@@ -117,7 +117,6 @@ pub fn receive(
 ) -> Result<ReceivedIpn, IpnError> {
     let pairs = parse_form(body)?;
     let key_case = verify(&pairs, passphrases)?;
-    warn_on_multi_item_fields(&pairs);
     let mut fields = BTreeMap::new();
     for (name, value) in &pairs {
         fields.insert(name.clone(), value.clone());
@@ -130,25 +129,4 @@ pub fn receive(
         business_key,
         key_case,
     })
-}
-
-/// The reference notes that grouped multi-item IPNs might carry suffixed keys
-/// (`product_id_2`, `quantity2`, …) but none was ever captured; say so if one appears, since
-/// the rules only read the unsuffixed fields.
-fn warn_on_multi_item_fields(pairs: &[(String, String)]) {
-    for (name, _) in pairs {
-        let suffixed = ["product_id", "quantity"].iter().any(|base| {
-            name.strip_prefix(base)
-                .map(|rest| rest.strip_prefix('_').unwrap_or(rest))
-                .is_some_and(|digits| {
-                    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
-                })
-        });
-        if suffixed {
-            tracing::warn!(
-                field = %form::loggable_name(name),
-                "suffixed multi-item field in an IPN; only the unsuffixed item fields are used"
-            );
-        }
-    }
 }

@@ -7,6 +7,7 @@
 //!   `pay_sequence_no ≥ 2` (reference §4, medium confidence);
 //! - [`item_amount`]: which amount field is the price of *this* item (§4 lists several);
 //! - [`IP_FIELDS`]: no IP field is documented for IPNs; we look for the likely names;
+//! - [`GROUPED_ITEM_FIELDS`]: the numbered fields of a grouped IPN were never seen;
 //! - [`NEWSLETTER_OPT_IN_VALUES`]: no reference lists the opt-in values of
 //!   `newsletter_choice`; an unknown value counts as not opted in and is logged once;
 //! - [`addon_signal`]: no field marks an add-on (order bump); the signals are listed there;
@@ -122,6 +123,33 @@ fn first_sight(seen: &Mutex<BTreeSet<String>>, value: &str) -> bool {
         return false;
     }
     seen.insert(value.to_owned())
+}
+
+/// [GUESS] The item fields a grouped IPN (several order items in one call, Digistore24's
+/// "grouping of calls") would carry numbered, e.g. `product_id_2`, `product_id2`,
+/// `quantity_1`. No grouped IPN was ever captured; reference §4 only reports that
+/// Digistore24's own WordPress plugin reads `product_id`/`quantity` as possibly numbered
+/// (`product_id_1`, `product_id1`, …).
+pub const GROUPED_ITEM_FIELDS: [&str; 4] =
+    ["product_id", "quantity", "order_item_id", "product_name"];
+
+/// The numbered item fields (non-empty) of a grouped IPN, in name order; empty for an IPN of
+/// one item. The rules read only the unnumbered fields, so such an IPN cannot be imported
+/// whole.
+pub fn grouped_item_fields(event: &IpnEvent) -> Vec<&str> {
+    event
+        .fields()
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(name, _)| name.as_str())
+        .filter(|name| {
+            GROUPED_ITEM_FIELDS.iter().any(|base| {
+                name.strip_prefix(base)
+                    .map(|rest| rest.strip_prefix('_').unwrap_or(rest))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .collect()
 }
 
 /// The key that orders jobs of one Digistore24 order.

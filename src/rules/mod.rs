@@ -6,6 +6,9 @@
 //! vendor can act on ("language fr not in [de, en]").
 //!
 //! Decisions:
+//! - **Grouped IPNs** (numbered item fields such as `product_id_2`) are never imported in
+//!   part: every integration that handles the event skips them with a reason that needs
+//!   attention (an alert), naming the fields and the Digistore24 setting to change.
 //! - **Currency** (`currencies`): an IPN names up to two currencies, `transaction_currency`
 //!   and `currency`. `transaction_currency` wins: it is the currency the order is booked in
 //!   (the order mapping reads it first), so this filter and the campaign's currency judge the
@@ -110,6 +113,19 @@ pub fn decide(integration: &Integration, event: &IpnEvent, received_at_ms: i64) 
             integration.name
         ));
     };
+    // Before the filters: they read the unnumbered item fields, which describe one item of
+    // a grouped IPN at best.
+    let grouped = mapping::grouped_item_fields(event);
+    if !grouped.is_empty() && action != ActionKind::Ignore {
+        return attention(format!(
+            "grouped IPN: it carries numbered item fields ({}), so it describes several order \
+             items in one call, and it is not imported in part. In Digistore24, turn off the \
+             grouping of calls in this IPN connection, so that every item arrives as its own \
+             IPN; this order's items need entering by hand (or a resend by Digistore24 once \
+             grouping is off)",
+            grouped.join(", ")
+        ));
+    }
     if let Some(reason) = filter_reason(integration, event) {
         return skip(reason);
     }

@@ -946,3 +946,100 @@ fn only_listed_newsletter_choices_count_as_opted_in() {
         )
     );
 }
+
+#[test]
+fn numbered_item_fields_are_found_and_nothing_else() {
+    let base = fixture!("01_on_payment_single_product.txt");
+    let found = |changes: &[(&str, &str)]| {
+        let e = with_fields(base, changes);
+        mapping::grouped_item_fields(&e)
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(found(&[]).is_empty(), "a fixture of one item");
+    for name in [
+        "product_id_2",
+        "product_id2",
+        "product_id_1",
+        "quantity_2",
+        "quantity10",
+        "order_item_id_2",
+        "product_name_2",
+    ] {
+        assert_eq!(found(&[(name, "1")]), [name], "{name}");
+    }
+    for name in [
+        "product_ids",
+        "product_id_",
+        "product_id_x2",
+        "quantityx",
+        "item_count",
+    ] {
+        assert!(found(&[(name, "1")]).is_empty(), "{name}");
+    }
+    assert!(
+        found(&[("product_id_2", "")]).is_empty(),
+        "empty values do not count"
+    );
+}
+
+#[test]
+fn a_grouped_ipn_is_not_imported_in_part_and_needs_attention() {
+    let mut i = integration();
+    i.on.insert(OrderEvent::Refund, ActionKind::Refund);
+    let grouped = [("product_id_2", "412350"), ("quantity_2", "1")];
+    for body in [
+        fixture!("01_on_payment_single_product.txt"),
+        fixture!("04_on_refund.txt"),
+    ] {
+        match decide(&i, &with_fields(body, &grouped), 0) {
+            Decision::Skip {
+                reason,
+                severity: Severity::NeedsAttention,
+            } => {
+                assert!(
+                    reason.contains("(product_id_2, quantity_2)"),
+                    "names the fields: {reason}"
+                );
+                assert!(
+                    reason.contains("turn off the grouping of calls"),
+                    "says what to change: {reason}"
+                );
+            }
+            other => panic!("attention expected, got {other:?}"),
+        }
+    }
+    // Even where a filter would have passed the unnumbered (main) item alone.
+    i.products = ProductFilter::List(vec![412350]);
+    assert!(matches!(
+        decide(
+            &i,
+            &with_fields(fixture!("01_on_payment_single_product.txt"), &grouped),
+            0
+        ),
+        Decision::Skip {
+            severity: Severity::NeedsAttention,
+            ..
+        }
+    ));
+    // An integration that ignores the event, or is not active, is not alarmed.
+    i.on.insert(OrderEvent::Payment, ActionKind::Ignore);
+    let payment = with_fields(fixture!("01_on_payment_single_product.txt"), &grouped);
+    assert!(matches!(
+        decide(&i, &payment, 0),
+        Decision::Skip {
+            severity: Severity::Normal,
+            ..
+        }
+    ));
+    let mut inactive = integration();
+    inactive.active = false;
+    assert!(matches!(
+        decide(&inactive, &payment, 0),
+        Decision::Skip {
+            severity: Severity::Normal,
+            ..
+        }
+    ));
+}
