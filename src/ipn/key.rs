@@ -105,7 +105,12 @@ fn escape(value: &str) -> String {
 fn fields_digest(event: &IpnEvent) -> String {
     let mut hasher = Sha256::new();
     for (name, value) in event.fields() {
-        if value.is_empty() || SIGNATURE_FIELDS.contains(&name.as_str()) {
+        // Names are lower case in the event (`SHASIGN` is `shasign` there).
+        if value.is_empty()
+            || SIGNATURE_FIELDS
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(name))
+        {
             continue;
         }
         for part in [name.as_str(), value.as_str()] {

@@ -808,3 +808,106 @@ proptest! {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Case of field names (issue 9, defect 1)
+
+/// The upper-case-signed fixture with every field name passed through `rename`, signed again
+/// under the upper-case convention.
+fn upper_signed_renamed(rename: impl Fn(&str) -> String) -> String {
+    let pairs: Vec<(String, String)> = parsed(fixture("21_on_payment_upper_signed.txt"))
+        .into_iter()
+        .filter(|(k, _)| k != "sha_sign")
+        .map(|(k, v)| (rename(&k), v))
+        .collect();
+    let sig = sign(&pairs, FIXTURE_PASSPHRASE, KeyCase::Upper);
+    let mut body = pairs;
+    body.push(("sha_sign".to_owned(), sig));
+    encode(&body)
+}
+
+#[test]
+fn issue9_defect1_case_variants_of_an_upper_signed_ipn_are_the_same_ipn() {
+    let original = receive_fixture("21_on_payment_upper_signed.txt");
+    let only = |wanted: &'static str, to: &'static str| {
+        move |k: &str| {
+            if k == wanted {
+                to.to_owned()
+            } else {
+                k.to_owned()
+            }
+        }
+    };
+    let variants = [
+        upper_signed_renamed(only("transaction_id", "TRANSACTION_ID")),
+        upper_signed_renamed(only("transaction_id", "Transaction_Id")),
+        upper_signed_renamed(|k| k.to_ascii_uppercase()),
+    ];
+    for body in &variants {
+        let received = receive(body.as_bytes(), &fixture_secrets()).expect("still verifies");
+        assert_eq!(received.business_key, original.business_key);
+        assert_eq!(received.event, original.event, "the same event");
+        assert_eq!(received.event.get("transaction_id"), Some("51840233"));
+    }
+    assert_eq!(
+        original.business_key,
+        "on_payment/o:K7Q2M9XA/i:40118822/t:51840233"
+    );
+}
+
+#[test]
+fn names_that_differ_only_in_case_are_refused() {
+    // A signed body, plus an empty twin of a signed name: the signature still matches under
+    // the upper-case convention (empty values are not signed), but the meaning is ambiguous.
+    let body = format!(
+        "{}&TRANSACTION_ID=",
+        fixture("21_on_payment_upper_signed.txt")
+    );
+    let err = receive(body.as_bytes(), &fixture_secrets()).expect_err("refused");
+    assert_eq!(err.http_status(), 400);
+    assert_eq!(
+        err.reason(),
+        "malformed form body: the fields `TRANSACTION_ID` and `transaction_id` differ only in the case of their names"
+    );
+    // Two signed twins under the original convention: refused as well.
+    let pairs = signed(
+        &[
+            ("event", "on_payment"),
+            ("order_id", "A1"),
+            ("Order_Id", "B2"),
+        ],
+        "p",
+        KeyCase::Original,
+    );
+    assert!(matches!(
+        receive(encode(&pairs).as_bytes(), &secrets(&["p"])),
+        Err(IpnError::Malformed(_))
+    ));
+}
+
+#[test]
+fn mixed_case_names_are_found_in_any_case() {
+    // Digistore24 sends some mixed-case names (`placeholder_DESCRIPTION` in a live capture).
+    let pairs = signed(
+        &[
+            ("event", "on_payment"),
+            ("order_id", "A1"),
+            ("placeholder_DESCRIPTION", "Full access"),
+        ],
+        "p",
+        KeyCase::Original,
+    );
+    let received = receive(encode(&pairs).as_bytes(), &secrets(&["p"])).expect("ok");
+    assert_eq!(received.key_case, KeyCase::Original);
+    let event = &received.event;
+    assert_eq!(event.get("placeholder_DESCRIPTION"), Some("Full access"));
+    assert_eq!(event.get("placeholder_description"), Some("Full access"));
+    assert!(event.fields().contains_key("placeholder_description"));
+    assert!(
+        received
+            .pairs
+            .iter()
+            .any(|(k, _)| k == "placeholder_DESCRIPTION"),
+        "the raw pairs keep the names as sent"
+    );
+}
