@@ -665,13 +665,19 @@ fn business_key_fallbacks() {
         ]),
         "on_payment/o:A1/p:42"
     );
+    // A non-money event without rebill_stop_noted_at: the digest of its fields is added.
+    let cancelled = key_of(&[
+        ("event", "on_rebill_cancelled"),
+        ("order_id", "A1"),
+        ("transaction_id", "7"),
+    ]);
+    assert!(
+        cancelled.starts_with("on_rebill_cancelled/o:A1/t:7/d:"),
+        "{cancelled}"
+    );
     assert_eq!(
-        key_of(&[
-            ("event", "on_rebill_cancelled"),
-            ("order_id", "A1"),
-            ("transaction_id", "7")
-        ]),
-        "on_rebill_cancelled/o:A1/t:7"
+        cancelled.len(),
+        "on_rebill_cancelled/o:A1/t:7/d:".len() + 64
     );
     // No order_id: digest form.
     let no_order = key_of(&[("event", "on_payment"), ("product_id", "42")]);
@@ -910,4 +916,115 @@ fn mixed_case_names_are_found_in_any_case() {
             .any(|(k, _)| k == "placeholder_DESCRIPTION"),
         "the raw pairs keep the names as sent"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Repeated non-money events
+
+#[test]
+fn keys_of_money_events_are_what_earlier_versions_stored() {
+    // Literal keys computed by the version before non-money events got their own part: a
+    // resend of any of these after an upgrade must still be a duplicate.
+    let table = [
+        (
+            "01_on_payment_single_product.txt",
+            "on_payment/o:K7Q2M9XA/i:40118822/t:51840233",
+        ),
+        (
+            "21_on_payment_upper_signed.txt",
+            "on_payment/o:K7Q2M9XA/i:40118822/t:51840233",
+        ),
+        (
+            "16_on_payment_addon_item.txt",
+            "on_payment/o:K7Q2M9XA/i:40118823/t:51840233",
+        ),
+        (
+            "04_on_refund.txt",
+            "on_refund/o:K7Q2M9XA/i:40118822/t:51877310",
+        ),
+        (
+            "05_on_chargeback.txt",
+            "on_chargeback/o:K7Q2M9XA/i:40118822/t:51902417",
+        ),
+        (
+            "03b_on_payment_subscription_first.txt",
+            "on_payment/o:M4X9T2RB/i:40099871/t:51790022",
+        ),
+        (
+            "15_on_payment_followup_seq3.txt",
+            "on_payment/o:M4X9T2RB/i:40099871/t:51836190",
+        ),
+        ("13_eticket.txt", "eticket/e:40131907000000000001/a:create"),
+    ];
+    for (name, key) in table {
+        assert_eq!(receive_fixture(name).business_key, key, "{name}");
+    }
+}
+
+#[test]
+fn cancelled_resumed_cancelled_again_are_three_events_and_a_resend_is_one() {
+    let cancelled = receive_fixture("08_on_rebill_cancelled.txt");
+    assert_eq!(
+        cancelled.business_key,
+        "on_rebill_cancelled/o:M4X9T2RB/i:40099871/t:51836190/s:2025-03-22%2018%3A05%3A13"
+    );
+    let resumed = receive_fixture("09_on_rebill_resumed.txt");
+    assert!(
+        resumed
+            .business_key
+            .starts_with("on_rebill_resumed/o:M4X9T2RB/i:40099871/t:51836190/d:"),
+        "no rebill_stop_noted_at: the digest part: {}",
+        resumed.business_key
+    );
+    // Cancelled again later: same order, item and last payment, a new stop time.
+    let mut again = parsed(fixture("08_on_rebill_cancelled.txt"));
+    again.retain(|(k, _)| k != "sha_sign");
+    for (k, v) in &mut again {
+        if k == "rebill_stop_noted_at" {
+            *v = "2025-04-02 09:12:44".to_owned();
+        }
+    }
+    let sig = sign(&again, FIXTURE_PASSPHRASE, KeyCase::Original);
+    again.push(("sha_sign".to_owned(), sig));
+    let body = encode(&again);
+    let again = receive(body.as_bytes(), &fixture_secrets()).expect("verifies");
+    assert_ne!(again.business_key, cancelled.business_key);
+    // A byte-identical resend, also one signed under the other convention: the same key.
+    let resent = receive(body.as_bytes(), &fixture_secrets()).expect("verifies");
+    assert_eq!(resent.business_key, again.business_key);
+    let resumed_upper = receive(
+        with_signature(
+            fixture("09_on_rebill_resumed.txt"),
+            Some(&sign(
+                &parsed(fixture("09_on_rebill_resumed.txt")),
+                FIXTURE_PASSPHRASE,
+                KeyCase::Upper,
+            )),
+        )
+        .as_bytes(),
+        &fixture_secrets(),
+    )
+    .expect("verifies");
+    assert_eq!(resumed_upper.business_key, resumed.business_key);
+    // A resumed event that differs in any signed field is a new one.
+    let mut changed = parsed(fixture("09_on_rebill_resumed.txt"));
+    changed.retain(|(k, _)| k != "sha_sign");
+    for (k, v) in &mut changed {
+        if k == "next_payment_at" {
+            *v = "2025-05-10".to_owned();
+        }
+    }
+    let sig = sign(&changed, FIXTURE_PASSPHRASE, KeyCase::Original);
+    changed.push(("sha_sign".to_owned(), sig));
+    let changed = receive(encode(&changed).as_bytes(), &fixture_secrets()).expect("verifies");
+    assert_ne!(changed.business_key, resumed.business_key);
+    // Every other non-money event gets its own part too.
+    for name in [
+        "06_on_payment_missed.txt",
+        "07_payment_denial.txt",
+        "11_last_paid_day.txt",
+    ] {
+        let key = receive_fixture(name).business_key;
+        assert!(key.contains("/s:") || key.contains("/d:"), "{name}: {key}");
+    }
 }
