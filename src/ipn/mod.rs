@@ -33,9 +33,11 @@
 //!   that differ only in case make the meaning ambiguous and are refused as malformed (400);
 //!   Digistore24 does not send them. The raw pairs (and the stored body) keep the names as
 //!   sent.
-//! - **Business key** (see [`key`]): `event/o:ORDER/i:ITEM/t:TRANSACTION` for order events,
-//!   `eticket/e:ID/a:ACTION` for e-tickets, `event/h:SHA256` over the canonical signed pairs
-//!   otherwise. Always shorter than 200 bytes, ASCII only.
+//! - **Business key** (see [`key`]): `event/o:ORDER/i:ITEM/t:TRANSACTION` for order events
+//!   (followed by `/s:REBILL_STOP_NOTED_AT` or `/d:SHA256` for those without a transaction of
+//!   their own, so a repeated cancellation is a new event), `eticket/e:ID/a:ACTION` for
+//!   e-tickets, `event/h:SHA256` over the canonical signed pairs otherwise. Always shorter
+//!   than 200 bytes, ASCII only.
 
 mod form;
 mod key;

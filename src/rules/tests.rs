@@ -714,7 +714,8 @@ fn a_reversal_moves_the_reversed_items_share() {
     let refund = fixture!("04_on_refund.txt");
     let cents = Money::from_minor;
     // (changes to the refund fixture, amount, full, the field named in the reason)
-    let table: &[(&[(&str, &str)], Money, bool, &str)] = &[
+    type Row<'a> = (&'a [(&'a str, &'a str)], Money, bool, &'a str);
+    let table: &[Row] = &[
         // The fixture: item 97.00, transaction -97.00.
         (&[], cents(9700), true, "(product_txn_amount)"),
         // One item of an add-on order: the transaction covers every item.
