@@ -219,7 +219,7 @@ fn reversal(
         .ok_or("the IPN has no transaction_id")?
         .to_owned();
     let what = format!(
-        "{} {amount} ({amount_source}) of payment {} of order {}",
+        "{} {amount} of payment {} of order {} (amount: {amount_source})",
         if action == ActionKind::Refund {
             "refund"
         } else {

@@ -717,7 +717,7 @@ fn a_reversal_moves_the_reversed_items_share() {
     type Row<'a> = (&'a [(&'a str, &'a str)], Money, bool, &'a str);
     let table: &[Row] = &[
         // The fixture: item 97.00, transaction -97.00.
-        (&[], cents(9700), true, "(product_txn_amount)"),
+        (&[], cents(9700), true, "(amount: product_txn_amount)"),
         // One item of an add-on order: the transaction covers every item.
         (
             &[
@@ -727,7 +727,7 @@ fn a_reversal_moves_the_reversed_items_share() {
             ],
             cents(2700),
             true,
-            "(product_txn_amount)",
+            "(amount: product_txn_amount)",
         ),
         // No item share: amount, still not the whole transaction.
         (
@@ -738,7 +738,7 @@ fn a_reversal_moves_the_reversed_items_share() {
             ],
             cents(2700),
             true,
-            "(amount)",
+            "(amount: amount)",
         ),
         // Only the transaction's amount.
         (
@@ -749,14 +749,14 @@ fn a_reversal_moves_the_reversed_items_share() {
             ],
             cents(2700),
             true,
-            "(transaction_amount; the IPN has no product_txn_amount or amount)",
+            "(amount: transaction_amount; the IPN has no product_txn_amount or amount)",
         ),
         // A partial refund whose transaction is below the item's share: never more than moved.
         (
             &[("transaction_amount", "-30.00")],
             cents(3000),
             false,
-            "(transaction_amount, less than product_txn_amount 97.00)",
+            "(amount: transaction_amount, less than product_txn_amount 97.00)",
         ),
     ];
     for (changes, amount, full, field) in table {
@@ -788,7 +788,10 @@ fn a_reversal_moves_the_reversed_items_share() {
         matches!(*action, Action::Chargeback { amount, .. } if amount == cents(2700)),
         "{action:?}"
     );
-    assert!(reason.contains("27.00 (product_txn_amount)"), "{reason}");
+    assert!(
+        reason.contains("27.00 of payment 51840233 of order K7Q2M9XA (amount: product_txn_amount)"),
+        "{reason}"
+    );
 }
 
 #[test]
