@@ -165,10 +165,13 @@ pub struct Integration {
     pub addons: bool,
     /// Lower-case language codes; empty = all.
     pub languages: Vec<String>,
-    /// Default true.
+    /// Default true. `false` filters follow-up *payments* only (`on_payment`), never a
+    /// cancellation, refund or other event of a rebilled order.
     pub followup_payments: bool,
     /// Default false.
     pub test_orders: bool,
+    /// Upper-case three-letter currency codes the integration takes; empty = any.
+    pub currencies: Vec<String>,
     /// Default `Any`.
     pub newsletter: Newsletter,
     /// Default 0s.

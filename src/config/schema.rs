@@ -87,7 +87,7 @@ const TARGET_KEYS: [&str; 11] = [
     "retry_max",
     "give_up_after",
 ];
-const INTEGRATION_KEYS: [&str; 17] = [
+const INTEGRATION_KEYS: [&str; 18] = [
     "source",
     "target",
     "active",
@@ -97,6 +97,7 @@ const INTEGRATION_KEYS: [&str; 17] = [
     "languages",
     "followup_payments",
     "test_orders",
+    "currencies",
     "newsletter",
     "delay",
     "error_emails",
@@ -626,6 +627,10 @@ impl Walker<'_, '_> {
             .get("languages")
             .map(|f| self.languages(&f))
             .unwrap_or_default();
+        let currencies = s
+            .get("currencies")
+            .map(|f| self.currencies(&f))
+            .unwrap_or_default();
         let newsletter = s
             .get("newsletter")
             .and_then(|f| {
@@ -738,6 +743,7 @@ impl Walker<'_, '_> {
             languages,
             followup_payments,
             test_orders,
+            currencies,
             newsletter,
             delay,
             error_emails,
@@ -848,6 +854,26 @@ impl Walker<'_, '_> {
             }
         }
         languages
+    }
+
+    /// `currencies = ["USD", "eur"]`: three-letter codes (ISO 4217 shape), kept upper case.
+    fn currencies(&mut self, f: &Field<'_, '_>) -> Vec<String> {
+        let mut currencies = Vec::new();
+        for item in f.items(&mut self.out).unwrap_or_default() {
+            let Some(code) = item.str(&mut self.out) else {
+                continue;
+            };
+            if code.len() == 3 && code.bytes().all(|b| b.is_ascii_alphabetic()) {
+                currencies.push(code.to_ascii_uppercase());
+            } else {
+                item.error_hint(
+                    &mut self.out,
+                    format!("`{code}` is not a three-letter currency code"),
+                    "e.g. \"EUR\", \"USD\"",
+                );
+            }
+        }
+        currencies
     }
 
     fn product_map(&mut self, map: &Section<'_, '_>) -> ProductMap {

@@ -117,6 +117,8 @@ addons = true                             # also when a listed product is bought
 languages = []                            # order (product) languages; empty = all; e.g. ["de", "en"]
 followup_payments = true                  # also rebill / installment payments (pay_sequence_no >= 2); default true
 test_orders = false                       # also orders with api_mode=test; default false
+currencies = []                           # order currencies this integration takes; empty = any. An order is never
+                                          # booked into a Konnektive campaign of another currency (dead letter + alert)
 newsletter = "any"                        # or "opted_in": only when the buyer opted in on the order form
 delay = "0s"                              # IPN timing: hold the push this long after receipt; default 0s
 error_emails = ["vendor@example.com"]     # told about this integration's failures
@@ -212,6 +214,7 @@ fn the_spec_example_parses_to_the_expected_values() {
     assert_eq!(i.campaign_id, 12);
     assert_eq!(i.products, ProductFilter::All);
     assert!(i.languages.is_empty());
+    assert!(i.currencies.is_empty());
     assert_eq!(i.newsletter, Newsletter::Any);
     assert_eq!(i.delay, Duration::ZERO);
     assert_eq!(i.error_emails, vec!["vendor@example.com".to_owned()]);
@@ -916,6 +919,16 @@ fn each_constraint_is_reported() {
         ),
         (
             "[integration.main]",
+            &["currencies = [\"EUR\", \"euro\"]"],
+            "`currencies[1]` in [integration.main]: `euro` is not a three-letter currency code",
+        ),
+        (
+            "[integration.main]",
+            &["currencies = \"EUR\""],
+            "`currencies` in [integration.main]: expected an array, found a string",
+        ),
+        (
+            "[integration.main]",
             &["newsletter = \"opted-in\""],
             "`newsletter` in [integration.main]: unknown value `opted-in` (hint: did you mean `opted_in`?)",
         ),
@@ -1214,6 +1227,7 @@ addons = false
 languages = ["DE", "en"]
 followup_payments = false
 test_orders = true
+currencies = ["usd", "EUR"]
 newsletter = "opted_in"
 delay = "2m"
 error_emails = ["a@b.c", "d@e.f"]
@@ -1227,6 +1241,7 @@ auto_approve = true"#,
     assert!(i.test_orders && i.auto_approve);
     assert_eq!(i.products, ProductFilter::List(vec![412346, 412350]));
     assert_eq!(i.languages, ["de", "en"]);
+    assert_eq!(i.currencies, ["USD", "EUR"]);
     assert_eq!(i.newsletter, Newsletter::OptedIn);
     assert_eq!(i.delay, Duration::from_secs(120));
     assert_eq!(i.error_emails, ["a@b.c", "d@e.f"]);
@@ -1485,4 +1500,33 @@ proptest::proptest! {
         text.replace_range(at..end, &insert);
         let _ = parse_with(&text, &FakeEnv::default());
     }
+}
+
+#[test]
+fn a_bad_currency_is_reported_at_its_line_and_column() {
+    let text = MINIMAL.replace(
+        "campaign_id = 1",
+        "campaign_id = 1\ncurrencies = [\"EUR\", \"US\"]",
+    );
+    let e = errors(&text);
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("currencies"))
+        .unwrap()
+        + 1;
+    assert_eq!((e.errors[0].line, e.errors[0].column), (line, 22), "{e}");
+    assert!(
+        e.errors[0].to_string().starts_with(&format!(
+            "connectors.toml:{line}:22: error: `currencies[1]`"
+        )),
+        "{e}"
+    );
+    // Any case is accepted and kept upper case; empty (the default) takes any currency.
+    let text = MINIMAL.replace("campaign_id = 1", "campaign_id = 1\ncurrencies = [\"usd\"]");
+    assert_eq!(ok(&text).config.integrations["main"].currencies, ["USD"]);
+    assert!(
+        ok(MINIMAL).config.integrations["main"]
+            .currencies
+            .is_empty()
+    );
 }

@@ -8,7 +8,8 @@
 //!
 //! | IPN | key |
 //! | --- | --- |
-//! | order event with `order_id` | `EVENT/o:ORDER_ID[/i:ORDER_ITEM_ID \| /p:PRODUCT_ID][/t:TRANSACTION_ID]` |
+//! | money event (payment, refund, chargeback) with `order_id` | `EVENT/o:ORDER_ID[/i:ORDER_ITEM_ID \| /p:PRODUCT_ID][/t:TRANSACTION_ID]` |
+//! | other order event with `order_id` | the same, then `/s:REBILL_STOP_NOTED_AT` or `/d:SHA256` |
 //! | `eticket` with `eticket_id` | `eticket/e:ETICKET_ID[/a:ACTION]` |
 //! | anything else | `EVENT/h:SHA256` |
 //! | a structured key over 160 bytes | `EVENT/x:SHA256` (hash of the structured key) |
@@ -23,17 +24,27 @@
 //!   field is absent or empty is left out; the tags keep the key unambiguous.
 //! - Every value is escaped: bytes outside `[A-Za-z0-9._-]` become `%XX`, so a value cannot
 //!   forge a separator and the key is ASCII.
-//! - The `h:` digest covers the canonical signed fields: the last value per name, empty values
+//! - The `h:` digest covers the canonical signed fields: the last value per (lower-case) name, empty values
 //!   and `sha_sign`/`SHASIGN` left out, sorted by name, each name and value length-prefixed
 //!   (`len:bytes`), hashed with SHA-256. It does not depend on the signature or its key
 //!   convention, so every re-send of a connection test, affiliation, custom form or unknown
 //!   event dedupes.
-//! - Known limit: a non-money order event that genuinely happens twice with the same order,
-//!   item and transaction (rebilling cancelled → resumed → cancelled again) gets the same key
-//!   both times; SPEC §3 defines the key that way.
+//! - **Non-money order events** (rebilling cancelled / resumed, missed or denied payment, end
+//!   of the paid period) have no transaction of their own: they carry the last payment's
+//!   `transaction_id`, so cancelled → resumed → cancelled again would otherwise get one key
+//!   and the second cancellation would be dropped as a duplicate. Their key adds what makes
+//!   the event new: `/s:` + `rebill_stop_noted_at` (when rebilling was stopped) where the
+//!   IPN has it, else `/d:` + the digest of the signed fields (as for `h:` above). A
+//!   byte-identical resend by Digistore24 has the same fields, so it stays a duplicate. Money
+//!   events (payment, refund, chargeback) have their own `transaction_id`; their keys are
+//!   exactly what earlier versions stored, so a resend after an upgrade is still a duplicate.
+//!   Keys that earlier versions stored for non-money events do not match the new ones: a
+//!   resend of such an old event is stored (and routed) once more. Known limit: two events
+//!   without `rebill_stop_noted_at` whose signed fields are all equal (a second "rebilling
+//!   resumed" that changed nothing Digistore24 reports) still share a key.
 
 use super::signature::SIGNATURE_FIELDS;
-use crate::domain::{EventKind, IpnEvent};
+use crate::domain::{EventKind, IpnEvent, OrderEvent};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
@@ -46,7 +57,7 @@ const MAX_EVENT_PART_BYTES: usize = 48;
 pub fn business_key(event: &IpnEvent) -> String {
     let name = event_part(event);
     let structured = match &event.kind {
-        EventKind::Order(_) => event.order_id().map(|order_id| {
+        EventKind::Order(order_event) => event.order_id().map(|order_id| {
             let mut key = format!("{name}/o:{}", escape(order_id));
             if let Some(item) = event.get("order_item_id") {
                 key.push_str("/i:");
@@ -58,6 +69,18 @@ pub fn business_key(event: &IpnEvent) -> String {
             if let Some(transaction) = event.get("transaction_id") {
                 key.push_str("/t:");
                 key.push_str(&escape(transaction));
+            }
+            if !is_money_event(*order_event) {
+                match event.get("rebill_stop_noted_at") {
+                    Some(noted_at) => {
+                        key.push_str("/s:");
+                        key.push_str(&escape(noted_at));
+                    }
+                    None => {
+                        key.push_str("/d:");
+                        key.push_str(&fields_digest(event));
+                    }
+                }
             }
             key
         }),
@@ -77,6 +100,14 @@ pub fn business_key(event: &IpnEvent) -> String {
         Some(key) => format!("{short_name}/x:{}", sha256_hex(key.as_bytes())),
         None => format!("{short_name}/h:{}", fields_digest(event)),
     }
+}
+
+/// Whether the event moves money and so carries a transaction of its own.
+fn is_money_event(event: OrderEvent) -> bool {
+    matches!(
+        event,
+        OrderEvent::Payment | OrderEvent::Refund | OrderEvent::Chargeback
+    )
 }
 
 /// The escaped event name, `-` when there is none.
@@ -105,7 +136,12 @@ fn escape(value: &str) -> String {
 fn fields_digest(event: &IpnEvent) -> String {
     let mut hasher = Sha256::new();
     for (name, value) in event.fields() {
-        if value.is_empty() || SIGNATURE_FIELDS.contains(&name.as_str()) {
+        // Names are lower case in the event (`SHASIGN` is `shasign` there).
+        if value.is_empty()
+            || SIGNATURE_FIELDS
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(name))
+        {
             continue;
         }
         for part in [name.as_str(), value.as_str()] {

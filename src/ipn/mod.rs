@@ -21,9 +21,23 @@
 //!   under any passphrase and either key convention is a refusal. The comparison uses
 //!   `subtle` so the response time does not reveal how many leading characters of a forged
 //!   signature were right. Passphrases never reach a log line or an error.
-//! - **Business key** (see [`key`]): `event/o:ORDER/i:ITEM/t:TRANSACTION` for order events,
-//!   `eticket/e:ID/a:ACTION` for e-tickets, `event/h:SHA256` over the canonical signed pairs
-//!   otherwise. Always shorter than 200 bytes, ASCII only.
+//! - **Field names mean the same in any case.** Under the upper-case convention the names are
+//!   upper-cased before hashing, so their case is not signed: `transaction_id` renamed
+//!   `TRANSACTION_ID` or `Transaction_Id` still verifies (issue 9, defect 1: each variant used
+//!   to become a new order, as the event, the business key and the rules read exact names).
+//!   So the [`IpnEvent`] keeps every name in ASCII lower case and looks names up without
+//!   regard to case, whichever convention matched. Doing it for both conventions (rather than
+//!   only when the upper-case one matched) keeps `replay`, which has no passphrase and so
+//!   cannot tell the conventions apart, reading a stored body exactly as its receipt did;
+//!   under the original-case convention the names are signed, so nothing is lost. Two names
+//!   that differ only in case make the meaning ambiguous and are refused as malformed (400);
+//!   Digistore24 does not send them. The raw pairs (and the stored body) keep the names as
+//!   sent.
+//! - **Business key** (see [`key`]): `event/o:ORDER/i:ITEM/t:TRANSACTION` for order events
+//!   (followed by `/s:REBILL_STOP_NOTED_AT` or `/d:SHA256` for those without a transaction of
+//!   their own, so a repeated cancellation is a new event), `eticket/e:ID/a:ACTION` for
+//!   e-tickets, `event/h:SHA256` over the canonical signed pairs otherwise. Always shorter
+//!   than 200 bytes, ASCII only.
 
 mod form;
 mod key;
@@ -117,11 +131,11 @@ pub fn receive(
 ) -> Result<ReceivedIpn, IpnError> {
     let pairs = parse_form(body)?;
     let key_case = verify(&pairs, passphrases)?;
-    warn_on_multi_item_fields(&pairs);
     let mut fields = BTreeMap::new();
     for (name, value) in &pairs {
         fields.insert(name.clone(), value.clone());
     }
+    refuse_names_equal_but_for_case(&fields)?;
     let event = IpnEvent::new(fields);
     let business_key = business_key(&event);
     Ok(ReceivedIpn {
@@ -132,23 +146,26 @@ pub fn receive(
     })
 }
 
-/// The reference notes that grouped multi-item IPNs might carry suffixed keys
-/// (`product_id_2`, `quantity2`, …) but none was ever captured; say so if one appears, since
-/// the rules only read the unsuffixed fields.
-fn warn_on_multi_item_fields(pairs: &[(String, String)]) {
-    for (name, _) in pairs {
-        let suffixed = ["product_id", "quantity"].iter().any(|base| {
-            name.strip_prefix(base)
-                .map(|rest| rest.strip_prefix('_').unwrap_or(rest))
-                .is_some_and(|digits| {
-                    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
-                })
-        });
-        if suffixed {
-            tracing::warn!(
-                field = %form::loggable_name(name),
-                "suffixed multi-item field in an IPN; only the unsuffixed item fields are used"
-            );
+/// Refuses a body with two field names that differ only in ASCII case (`transaction_id` and
+/// `TRANSACTION_ID`): the event reads names without regard to case, so which of the two it
+/// meant would be a guess, and under the upper-case convention both are signed as one name.
+/// Digistore24 never sends such twins; a body that has them was altered after signing.
+fn refuse_names_equal_but_for_case(fields: &BTreeMap<String, String>) -> Result<(), IpnError> {
+    if !fields
+        .keys()
+        .any(|name| name.bytes().any(|b| b.is_ascii_uppercase()))
+    {
+        return Ok(());
+    }
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for name in fields.keys() {
+        if let Some(first) = seen.insert(name.to_ascii_lowercase(), name) {
+            return Err(IpnError::Malformed(format!(
+                "the fields `{}` and `{}` differ only in the case of their names",
+                form::loggable_name(first),
+                form::loggable_name(name)
+            )));
         }
     }
+    Ok(())
 }

@@ -665,13 +665,19 @@ fn business_key_fallbacks() {
         ]),
         "on_payment/o:A1/p:42"
     );
+    // A non-money event without rebill_stop_noted_at: the digest of its fields is added.
+    let cancelled = key_of(&[
+        ("event", "on_rebill_cancelled"),
+        ("order_id", "A1"),
+        ("transaction_id", "7"),
+    ]);
+    assert!(
+        cancelled.starts_with("on_rebill_cancelled/o:A1/t:7/d:"),
+        "{cancelled}"
+    );
     assert_eq!(
-        key_of(&[
-            ("event", "on_rebill_cancelled"),
-            ("order_id", "A1"),
-            ("transaction_id", "7")
-        ]),
-        "on_rebill_cancelled/o:A1/t:7"
+        cancelled.len(),
+        "on_rebill_cancelled/o:A1/t:7/d:".len() + 64
     );
     // No order_id: digest form.
     let no_order = key_of(&[("event", "on_payment"), ("product_id", "42")]);
@@ -744,11 +750,15 @@ fn business_key_escapes_values_and_stays_short() {
 // ---------------------------------------------------------------------------------------------
 // Properties
 
+/// Distinct names, no two of which differ only in case (such bodies are refused, see
+/// `names_that_differ_only_in_case_are_refused`).
 fn pair_sets() -> impl Strategy<Value = Vec<(String, String)>> {
     prop::collection::btree_map("[A-Za-z_][A-Za-z0-9_]{0,11}", "\\PC{0,16}", 1..12)
         .prop_map(|map| {
+            let mut seen = std::collections::HashSet::new();
             map.into_iter()
                 .filter(|(k, _)| k != "sha_sign" && k != "SHASIGN")
+                .filter(|(k, _)| seen.insert(k.to_ascii_lowercase()))
                 .collect::<Vec<_>>()
         })
         .prop_shuffle()
@@ -806,5 +816,219 @@ proptest! {
             verify(&tampered, &secrets(&[passphrase.as_str()])),
             Err(IpnError::BadSignature)
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Case of field names (issue 9, defect 1)
+
+/// The upper-case-signed fixture with every field name passed through `rename`, signed again
+/// under the upper-case convention.
+fn upper_signed_renamed(rename: impl Fn(&str) -> String) -> String {
+    let pairs: Vec<(String, String)> = parsed(fixture("21_on_payment_upper_signed.txt"))
+        .into_iter()
+        .filter(|(k, _)| k != "sha_sign")
+        .map(|(k, v)| (rename(&k), v))
+        .collect();
+    let sig = sign(&pairs, FIXTURE_PASSPHRASE, KeyCase::Upper);
+    let mut body = pairs;
+    body.push(("sha_sign".to_owned(), sig));
+    encode(&body)
+}
+
+#[test]
+fn issue9_defect1_case_variants_of_an_upper_signed_ipn_are_the_same_ipn() {
+    let original = receive_fixture("21_on_payment_upper_signed.txt");
+    let only = |wanted: &'static str, to: &'static str| {
+        move |k: &str| {
+            if k == wanted {
+                to.to_owned()
+            } else {
+                k.to_owned()
+            }
+        }
+    };
+    let variants = [
+        upper_signed_renamed(only("transaction_id", "TRANSACTION_ID")),
+        upper_signed_renamed(only("transaction_id", "Transaction_Id")),
+        upper_signed_renamed(|k| k.to_ascii_uppercase()),
+    ];
+    for body in &variants {
+        let received = receive(body.as_bytes(), &fixture_secrets()).expect("still verifies");
+        assert_eq!(received.business_key, original.business_key);
+        assert_eq!(received.event, original.event, "the same event");
+        assert_eq!(received.event.get("transaction_id"), Some("51840233"));
+    }
+    assert_eq!(
+        original.business_key,
+        "on_payment/o:K7Q2M9XA/i:40118822/t:51840233"
+    );
+}
+
+#[test]
+fn names_that_differ_only_in_case_are_refused() {
+    // A signed body, plus an empty twin of a signed name: the signature still matches under
+    // the upper-case convention (empty values are not signed), but the meaning is ambiguous.
+    let body = format!(
+        "{}&TRANSACTION_ID=",
+        fixture("21_on_payment_upper_signed.txt")
+    );
+    let err = receive(body.as_bytes(), &fixture_secrets()).expect_err("refused");
+    assert_eq!(err.http_status(), 400);
+    assert_eq!(
+        err.reason(),
+        "malformed form body: the fields `TRANSACTION_ID` and `transaction_id` differ only in the case of their names"
+    );
+    // Two signed twins under the original convention: refused as well.
+    let pairs = signed(
+        &[
+            ("event", "on_payment"),
+            ("order_id", "A1"),
+            ("Order_Id", "B2"),
+        ],
+        "p",
+        KeyCase::Original,
+    );
+    assert!(matches!(
+        receive(encode(&pairs).as_bytes(), &secrets(&["p"])),
+        Err(IpnError::Malformed(_))
+    ));
+}
+
+#[test]
+fn mixed_case_names_are_found_in_any_case() {
+    // Digistore24 sends some mixed-case names (`placeholder_DESCRIPTION` in a live capture).
+    let pairs = signed(
+        &[
+            ("event", "on_payment"),
+            ("order_id", "A1"),
+            ("placeholder_DESCRIPTION", "Full access"),
+        ],
+        "p",
+        KeyCase::Original,
+    );
+    let received = receive(encode(&pairs).as_bytes(), &secrets(&["p"])).expect("ok");
+    assert_eq!(received.key_case, KeyCase::Original);
+    let event = &received.event;
+    assert_eq!(event.get("placeholder_DESCRIPTION"), Some("Full access"));
+    assert_eq!(event.get("placeholder_description"), Some("Full access"));
+    assert!(event.fields().contains_key("placeholder_description"));
+    assert!(
+        received
+            .pairs
+            .iter()
+            .any(|(k, _)| k == "placeholder_DESCRIPTION"),
+        "the raw pairs keep the names as sent"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Repeated non-money events
+
+#[test]
+fn keys_of_money_events_are_what_earlier_versions_stored() {
+    // Literal keys computed by the version before non-money events got their own part: a
+    // resend of any of these after an upgrade must still be a duplicate.
+    let table = [
+        (
+            "01_on_payment_single_product.txt",
+            "on_payment/o:K7Q2M9XA/i:40118822/t:51840233",
+        ),
+        (
+            "21_on_payment_upper_signed.txt",
+            "on_payment/o:K7Q2M9XA/i:40118822/t:51840233",
+        ),
+        (
+            "16_on_payment_addon_item.txt",
+            "on_payment/o:K7Q2M9XA/i:40118823/t:51840233",
+        ),
+        (
+            "04_on_refund.txt",
+            "on_refund/o:K7Q2M9XA/i:40118822/t:51877310",
+        ),
+        (
+            "05_on_chargeback.txt",
+            "on_chargeback/o:K7Q2M9XA/i:40118822/t:51902417",
+        ),
+        (
+            "03b_on_payment_subscription_first.txt",
+            "on_payment/o:M4X9T2RB/i:40099871/t:51790022",
+        ),
+        (
+            "15_on_payment_followup_seq3.txt",
+            "on_payment/o:M4X9T2RB/i:40099871/t:51836190",
+        ),
+        ("13_eticket.txt", "eticket/e:40131907000000000001/a:create"),
+    ];
+    for (name, key) in table {
+        assert_eq!(receive_fixture(name).business_key, key, "{name}");
+    }
+}
+
+#[test]
+fn cancelled_resumed_cancelled_again_are_three_events_and_a_resend_is_one() {
+    let cancelled = receive_fixture("08_on_rebill_cancelled.txt");
+    assert_eq!(
+        cancelled.business_key,
+        "on_rebill_cancelled/o:M4X9T2RB/i:40099871/t:51836190/s:2025-03-22%2018%3A05%3A13"
+    );
+    let resumed = receive_fixture("09_on_rebill_resumed.txt");
+    assert!(
+        resumed
+            .business_key
+            .starts_with("on_rebill_resumed/o:M4X9T2RB/i:40099871/t:51836190/d:"),
+        "no rebill_stop_noted_at: the digest part: {}",
+        resumed.business_key
+    );
+    // Cancelled again later: same order, item and last payment, a new stop time.
+    let mut again = parsed(fixture("08_on_rebill_cancelled.txt"));
+    again.retain(|(k, _)| k != "sha_sign");
+    for (k, v) in &mut again {
+        if k == "rebill_stop_noted_at" {
+            *v = "2025-04-02 09:12:44".to_owned();
+        }
+    }
+    let sig = sign(&again, FIXTURE_PASSPHRASE, KeyCase::Original);
+    again.push(("sha_sign".to_owned(), sig));
+    let body = encode(&again);
+    let again = receive(body.as_bytes(), &fixture_secrets()).expect("verifies");
+    assert_ne!(again.business_key, cancelled.business_key);
+    // A byte-identical resend, also one signed under the other convention: the same key.
+    let resent = receive(body.as_bytes(), &fixture_secrets()).expect("verifies");
+    assert_eq!(resent.business_key, again.business_key);
+    let resumed_upper = receive(
+        with_signature(
+            fixture("09_on_rebill_resumed.txt"),
+            Some(&sign(
+                &parsed(fixture("09_on_rebill_resumed.txt")),
+                FIXTURE_PASSPHRASE,
+                KeyCase::Upper,
+            )),
+        )
+        .as_bytes(),
+        &fixture_secrets(),
+    )
+    .expect("verifies");
+    assert_eq!(resumed_upper.business_key, resumed.business_key);
+    // A resumed event that differs in any signed field is a new one.
+    let mut changed = parsed(fixture("09_on_rebill_resumed.txt"));
+    changed.retain(|(k, _)| k != "sha_sign");
+    for (k, v) in &mut changed {
+        if k == "next_payment_at" {
+            *v = "2025-05-10".to_owned();
+        }
+    }
+    let sig = sign(&changed, FIXTURE_PASSPHRASE, KeyCase::Original);
+    changed.push(("sha_sign".to_owned(), sig));
+    let changed = receive(encode(&changed).as_bytes(), &fixture_secrets()).expect("verifies");
+    assert_ne!(changed.business_key, resumed.business_key);
+    // Every other non-money event gets its own part too.
+    for name in [
+        "06_on_payment_missed.txt",
+        "07_payment_denial.txt",
+        "11_last_paid_day.txt",
+    ] {
+        let key = receive_fixture(name).business_key;
+        assert!(key.contains("/s:") || key.contains("/d:"), "{name}: {key}");
     }
 }

@@ -7,11 +7,20 @@
 //!   `pay_sequence_no ≥ 2` (reference §4, medium confidence);
 //! - [`item_amount`]: which amount field is the price of *this* item (§4 lists several);
 //! - [`IP_FIELDS`]: no IP field is documented for IPNs; we look for the likely names;
+//! - [`GROUPED_ITEM_FIELDS`]: the numbered fields of a grouped IPN were never seen;
+//! - [`NEWSLETTER_OPT_IN_VALUES`]: no reference lists the opt-in values of
+//!   `newsletter_choice`; an unknown value counts as not opted in and is logged once;
 //! - [`addon_signal`]: no field marks an add-on (order bump); the signals are listed there;
 //! - [`import_ref`]: a refund or chargeback names the payment it reverses in
-//!   `parent_transaction_id` (reference §3, third-party evidence).
+//!   `parent_transaction_id` (reference §3, third-party evidence);
+//! - [`reversal_amount`]: a refund or chargeback moves the reversed item's share,
+//!   `product_txn_amount` (sign ignored; reference §4 does not document reversal amounts),
+//!   capped at `|transaction_amount|`, which covers every item of an add-on order.
 //!
 //! Values are not cut to the CRM's field lengths here; that is the connector's business.
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, PoisonError};
 
 use crate::config::Integration;
 use crate::domain::{
@@ -33,6 +42,22 @@ pub fn language(event: &IpnEvent) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
+/// The currencies the IPN states, upper case, each once: `transaction_currency` (the
+/// currency [`order`] books the order in) first, then `currency` if it differs. Each comes
+/// with the field it was read from.
+pub fn currencies(event: &IpnEvent) -> Vec<(&'static str, String)> {
+    let mut found: Vec<(&'static str, String)> = Vec::new();
+    for field in ["transaction_currency", "currency"] {
+        if let Some(code) = event.get(field) {
+            let code = code.trim().to_ascii_uppercase();
+            if !found.iter().any(|(_, c)| *c == code) {
+                found.push((field, code));
+            }
+        }
+    }
+    found
+}
+
 /// `Some(n)` when the IPN is the n-th payment (n ≥ 2) of a subscription or installment plan.
 pub fn followup_sequence(event: &IpnEvent) -> Option<u32> {
     let recurring = matches!(
@@ -43,11 +68,88 @@ pub fn followup_sequence(event: &IpnEvent) -> Option<u32> {
     (recurring && n >= 2).then_some(n)
 }
 
-/// Whether the buyer opted in to the newsletter on the order form. Digistore24 sends
-/// `newsletter_choice` = `none` when there was no opt-in; any other non-empty value
-/// (`single_opt_in`, `double_opt_in`, …) counts as opted in.
+/// [GUESS] The `newsletter_choice` values that mean the buyer opted in on the order form.
+/// Neither reference lists the field's values (reference §4 only names the field; captures
+/// show `none`); these are the likely spellings of Digistore24's single and double opt-in.
+/// Compared without regard to ASCII case. Only these count as opted in.
+pub const NEWSLETTER_OPT_IN_VALUES: [&str; 4] = [
+    "single_optin",
+    "double_optin",
+    "single_opt_in",
+    "double_opt_in",
+];
+
+/// `newsletter_choice` values seen meaning "no opt-in" (the captures send `none`).
+pub const NEWSLETTER_NO_OPT_IN_VALUES: [&str; 1] = ["none"];
+
+/// How many distinct unknown `newsletter_choice` values one process logs at most.
+const MAX_LOGGED_NEWSLETTER_CHOICES: usize = 64;
+
+/// Unknown `newsletter_choice` values this process has logged already, so each is logged
+/// once. The one static in the rules: a log-rate memo that no decision depends on, kept here
+/// rather than threaded through every caller of [`crate::rules::route`] (the server,
+/// `explain`, `replay`) for a log line. Bounded by [`MAX_LOGGED_NEWSLETTER_CHOICES`].
+static LOGGED_NEWSLETTER_CHOICES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Whether the buyer opted in to the newsletter on the order form: only a value of
+/// [`NEWSLETTER_OPT_IN_VALUES`] counts. Absent, empty and `none` are not opted in; an
+/// unknown value is not opted in either (a filter must not let through what it cannot read)
+/// and is logged at WARN once per value per process, so the guess can be corrected.
 pub fn newsletter_opted_in(event: &IpnEvent) -> bool {
-    !matches!(event.get("newsletter_choice"), None | Some("none"))
+    let Some(value) = event.get("newsletter_choice") else {
+        return false;
+    };
+    let normalised = value.trim().to_ascii_lowercase();
+    if NEWSLETTER_OPT_IN_VALUES.contains(&normalised.as_str()) {
+        return true;
+    }
+    if !NEWSLETTER_NO_OPT_IN_VALUES.contains(&normalised.as_str())
+        && first_sight(&LOGGED_NEWSLETTER_CHOICES, &normalised)
+    {
+        let shown: String = value.chars().take(64).collect();
+        tracing::warn!(
+            newsletter_choice = ?shown,
+            "unknown newsletter_choice value counts as not opted in; if it means an opt-in, \
+             add it to NEWSLETTER_OPT_IN_VALUES (src/rules/mapping.rs)"
+        );
+    }
+    false
+}
+
+/// `true` the first time `value` is offered to `seen` (while it has room).
+fn first_sight(seen: &Mutex<BTreeSet<String>>, value: &str) -> bool {
+    let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+    if seen.len() >= MAX_LOGGED_NEWSLETTER_CHOICES {
+        return false;
+    }
+    seen.insert(value.to_owned())
+}
+
+/// [GUESS] The item fields a grouped IPN (several order items in one call, Digistore24's
+/// "grouping of calls") would carry numbered, e.g. `product_id_2`, `product_id2`,
+/// `quantity_1`. No grouped IPN was ever captured; reference §4 only reports that
+/// Digistore24's own WordPress plugin reads `product_id`/`quantity` as possibly numbered
+/// (`product_id_1`, `product_id1`, …).
+pub const GROUPED_ITEM_FIELDS: [&str; 4] =
+    ["product_id", "quantity", "order_item_id", "product_name"];
+
+/// The numbered item fields (non-empty) of a grouped IPN, in name order; empty for an IPN of
+/// one item. The rules read only the unnumbered fields, so such an IPN cannot be imported
+/// whole.
+pub fn grouped_item_fields(event: &IpnEvent) -> Vec<&str> {
+    event
+        .fields()
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(name, _)| name.as_str())
+        .filter(|name| {
+            GROUPED_ITEM_FIELDS.iter().any(|base| {
+                name.strip_prefix(base)
+                    .map(|rest| rest.strip_prefix('_').unwrap_or(rest))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .collect()
 }
 
 /// The key that orders jobs of one Digistore24 order.
@@ -170,11 +272,98 @@ pub fn import_ref(
     })
 }
 
-/// The amount a refund or chargeback moves (positive): `transaction_amount` (negative in the
-/// IPN), else `amount`.
-pub fn reversal_amount(event: &IpnEvent) -> Option<Money> {
-    let raw = event.first_of(&["transaction_amount", "amount"])?;
-    Money::parse_decimal(raw).ok().map(Money::abs)
+/// An amount and the IPN field it was read from (for decision reasons).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldAmount {
+    pub amount: Money,
+    /// Which field, e.g. `product_txn_amount`, and why when it is not the obvious one.
+    pub source: String,
+}
+
+/// The value of `field` as an amount: `Ok(None)` when absent or empty; `Err` says what it saw
+/// (`the IPN's product_txn_amount "12,50" is not a decimal amount`).
+pub fn amount_field(event: &IpnEvent, field: &str) -> Result<Option<Money>, String> {
+    event
+        .get(field)
+        .map(|raw| {
+            Money::parse_decimal(raw.trim())
+                .map_err(|_| format!("the IPN's {field} {raw:?} is not a decimal amount"))
+        })
+        .transpose()
+}
+
+/// The fields a payment's price is read from, first present wins: the order of
+/// [`item_amount`], which the import uses.
+pub const PAYMENT_AMOUNT_FIELDS: [&str; 3] = ["product_txn_amount", "amount", "transaction_amount"];
+
+/// The amount of a payment, checked before anything is imported: every amount field present
+/// must parse, none may be negative, and the one the import uses must be positive. A
+/// negative amount on `on_payment` is not a payment Konnektive should record (it used to be
+/// imported with the sign dropped); `Err` says which field held what.
+pub fn payment_amount(event: &IpnEvent) -> Result<FieldAmount, String> {
+    let mut used: Option<FieldAmount> = None;
+    for field in PAYMENT_AMOUNT_FIELDS {
+        let Some(amount) = amount_field(event, field)? else {
+            continue;
+        };
+        let first = used.is_none();
+        if amount < Money::ZERO || (first && amount == Money::ZERO) {
+            return Err(format!(
+                "the IPN's {field} is {amount}; a payment's amount must be positive"
+            ));
+        }
+        if first {
+            used = Some(FieldAmount {
+                amount,
+                source: field.to_owned(),
+            });
+        }
+    }
+    used.ok_or_else(|| "the IPN has no product_txn_amount, amount or transaction_amount".into())
+}
+
+/// The amount a refund or chargeback moves (positive): the reversed item's share.
+///
+/// `product_txn_amount` (sign ignored) is the item's share of the transaction;
+/// `transaction_amount` covers every item of an add-on order, so it is used only when the IPN
+/// has neither `product_txn_amount` nor `amount`. The share is capped at
+/// `|transaction_amount|`: an item's share can never exceed the whole reversal, so a partial
+/// reversal is never recorded as more than Digistore24 moved, whichever of the two meanings a
+/// reversal IPN's `product_txn_amount` has (the item's price or the reversed share; neither
+/// is documented). An unparseable field is an error, never skipped for the next one.
+pub fn reversal_amount(event: &IpnEvent) -> Result<FieldAmount, String> {
+    let mut share = None;
+    for field in ["product_txn_amount", "amount"] {
+        if let Some(amount) = amount_field(event, field)? {
+            share = Some((field, amount.abs()));
+            break;
+        }
+    }
+    let total = amount_field(event, "transaction_amount")?.map(Money::abs);
+    let found = match (share, total) {
+        (Some((field, share)), Some(total)) if total < share => FieldAmount {
+            amount: total,
+            source: format!("transaction_amount, less than {field} {share}"),
+        },
+        (Some((field, share)), _) => FieldAmount {
+            amount: share,
+            source: field.to_owned(),
+        },
+        (None, Some(total)) => FieldAmount {
+            amount: total,
+            source: "transaction_amount; the IPN has no product_txn_amount or amount".to_owned(),
+        },
+        (None, None) => {
+            return Err("the IPN has no product_txn_amount, amount or transaction_amount".into());
+        }
+    };
+    if found.amount == Money::ZERO {
+        return Err(format!(
+            "the amount to reverse is 0.00 ({}); nothing to record",
+            found.source
+        ));
+    }
+    Ok(found)
 }
 
 /// What the buyer paid for this item in the original payment, as far as a reversal IPN

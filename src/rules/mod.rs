@@ -5,6 +5,19 @@
 //! and `replay`, and is tested by tables. Every decision not to deliver carries a sentence a
 //! vendor can act on ("language fr not in [de, en]").
 //!
+//! Decisions:
+//! - **Grouped IPNs** (numbered item fields such as `product_id_2`) are never imported in
+//!   part: every integration that handles the event skips them with a reason that needs
+//!   attention (an alert), naming the fields and the Digistore24 setting to change.
+//! - **Currency** (`currencies`): an IPN names up to two currencies, `transaction_currency`
+//!   and `currency`. `transaction_currency` wins: it is the currency the order is booked in
+//!   (the order mapping reads it first), so this filter and the campaign's currency judge the
+//!   same value, and it is named first in a skip reason. Where `currency` is present and
+//!   differs, it must be accepted too: the reference says Digistore24 states its amounts in
+//!   `currency`, so an IPN whose two currencies differ could book amounts of one currency as
+//!   the other; it passes only an integration that takes both. Neither field → skipped when
+//!   `currencies` is set.
+//!
 //! The mapping from Digistore24 fields to the CRM-neutral [`Order`] lives in [`mapping`];
 //! everything there that rests on a guess about the IPN format is named and documented in
 //! that one file.
@@ -100,6 +113,19 @@ pub fn decide(integration: &Integration, event: &IpnEvent, received_at_ms: i64) 
             integration.name
         ));
     };
+    // Before the filters: they read the unnumbered item fields, which describe one item of
+    // a grouped IPN at best.
+    let grouped = mapping::grouped_item_fields(event);
+    if !grouped.is_empty() && action != ActionKind::Ignore {
+        return attention(format!(
+            "grouped IPN: it carries numbered item fields ({}), so it describes several order \
+             items in one call, and it is not imported in part. In Digistore24, turn off the \
+             grouping of calls in this IPN connection, so that every item arrives as its own \
+             IPN; this order's items need entering by hand (or a resend by Digistore24 once \
+             grouping is off)",
+            grouped.join(", ")
+        ));
+    }
     if let Some(reason) = filter_reason(integration, event) {
         return skip(reason);
     }
@@ -124,7 +150,7 @@ pub fn decide(integration: &Integration, event: &IpnEvent, received_at_ms: i64) 
             "action \"import_order\" needs a payment; event {} carries none",
             order_event.config_name()
         )),
-        ActionKind::ImportOrder => {
+        ActionKind::ImportOrder => mapping::payment_amount(event).and_then(|_| {
             mapping::order(integration, event, campaign_product, received_at_ms).map(|order| {
                 (
                     Action::ImportOrder {
@@ -137,7 +163,7 @@ pub fn decide(integration: &Integration, event: &IpnEvent, received_at_ms: i64) 
                     ),
                 )
             })
-        }
+        }),
         ActionKind::Refund | ActionKind::Chargeback => reversal(integration, event, action),
         // `Ignore` returned above; grouped here only to keep the match total.
         ActionKind::CancelPurchase | ActionKind::CancelOrder | ActionKind::Ignore => {
@@ -184,13 +210,16 @@ fn reversal(
     action: ActionKind,
 ) -> Result<(Action, String), String> {
     let import = mapping::import_ref(integration, event, true)?;
-    let amount = mapping::reversal_amount(event).ok_or("the IPN has no amount")?;
+    let mapping::FieldAmount {
+        amount,
+        source: amount_source,
+    } = mapping::reversal_amount(event)?;
     let ds24_transaction_id = event
         .get("transaction_id")
         .ok_or("the IPN has no transaction_id")?
         .to_owned();
     let what = format!(
-        "{} {amount} of payment {} of order {}",
+        "{} {amount} of payment {} of order {} (amount: {amount_source})",
         if action == ActionKind::Refund {
             "refund"
         } else {
@@ -257,7 +286,35 @@ pub fn filter_reason(integration: &Integration, event: &IpnEvent) -> Option<Stri
             }
         }
     }
+    // Digistore24's own setting: "only the first payment and, if necessary, the first
+    // cancellation". So it filters payments only; a cancellation, refund, chargeback or end of
+    // the paid period of a rebilled order always passes it.
+    if !integration.currencies.is_empty() {
+        let named = mapping::currencies(event);
+        if named.is_empty() {
+            return Some(format!(
+                "the IPN names no currency and currencies = {}",
+                list(integration.currencies.iter())
+            ));
+        }
+        let both = named.len() > 1;
+        if let Some((field, code)) = named
+            .into_iter()
+            .find(|(_, code)| !integration.currencies.contains(code))
+        {
+            let whose = if both {
+                format!(" (the IPN's {field}; its two currency fields differ)")
+            } else {
+                String::new()
+            };
+            return Some(format!(
+                "currency {code} not in {}{whose}",
+                list(integration.currencies.iter())
+            ));
+        }
+    }
     if !integration.followup_payments
+        && event.kind == EventKind::Order(OrderEvent::Payment)
         && let Some(n) = mapping::followup_sequence(event)
     {
         return Some(format!(

@@ -33,6 +33,7 @@ fn integration() -> Integration {
         languages: Vec::new(),
         followup_payments: true,
         test_orders: false,
+        currencies: Vec::new(),
         newsletter: Newsletter::Any,
         delay: Duration::ZERO,
         error_emails: Vec::new(),
@@ -582,4 +583,467 @@ mod product_map_properties {
             }
         }
     }
+}
+
+/// `event` with some fields changed or added.
+fn with_fields(body: &str, changes: &[(&str, &str)]) -> IpnEvent {
+    let mut fields = event(body).fields().clone();
+    for (k, v) in changes {
+        fields.insert((*k).into(), (*v).into());
+    }
+    IpnEvent::new(fields)
+}
+
+#[test]
+fn followup_payments_false_filters_follow_up_payments_only() {
+    let mut i = integration();
+    i.followup_payments = false;
+    assert_eq!(
+        filter_reason(&i, &event(fixture!("15_on_payment_followup_seq3.txt"))).as_deref(),
+        Some("follow-up payment #3 and followup_payments = false")
+    );
+    // Every other event of a rebilled order (pay_sequence_no = 3 in these fixtures) passes.
+    let followup = [("billing_type", "subscription"), ("pay_sequence_no", "3")];
+    let others = [
+        (
+            "rebill_cancelled",
+            event(fixture!("08_on_rebill_cancelled.txt")),
+        ),
+        (
+            "rebill_resumed",
+            event(fixture!("09_on_rebill_resumed.txt")),
+        ),
+        ("last_paid_day", event(fixture!("11_last_paid_day.txt"))),
+        (
+            "payment_missed",
+            event(fixture!("06_on_payment_missed.txt")),
+        ),
+        ("payment_denial", event(fixture!("07_payment_denial.txt"))),
+        (
+            "refund",
+            with_fields(fixture!("04_on_refund.txt"), &followup),
+        ),
+        (
+            "chargeback",
+            with_fields(fixture!("05_on_chargeback.txt"), &followup),
+        ),
+    ];
+    for (name, e) in others {
+        assert!(
+            mapping::followup_sequence(&e).is_some(),
+            "{name}: the fixture must look like a follow-up"
+        );
+        assert_eq!(filter_reason(&i, &e), None, "{name}");
+    }
+}
+
+#[test]
+fn currencies_filter_table() {
+    let usd_order = fixture!("01_on_payment_single_product.txt");
+    let with = |currencies: &[&str]| {
+        let mut i = integration();
+        i.currencies = currencies.iter().map(|c| (*c).to_owned()).collect();
+        i
+    };
+    let reason = |i: &Integration, e: &IpnEvent| filter_reason(i, e);
+    let usd = event(usd_order);
+    assert_eq!(reason(&with(&[]), &usd), None, "empty takes any currency");
+    assert_eq!(reason(&with(&["USD"]), &usd), None);
+    assert_eq!(reason(&with(&["EUR", "USD"]), &usd), None);
+    assert_eq!(
+        reason(&with(&["EUR"]), &usd).as_deref(),
+        Some("currency USD not in [EUR]")
+    );
+    // Digistore24's spelling is not trusted to be upper case.
+    let lower = with_fields(
+        usd_order,
+        &[("currency", "usd"), ("transaction_currency", "usd")],
+    );
+    assert_eq!(reason(&with(&["USD"]), &lower), None);
+    // Only one of the two fields present: that one is judged.
+    let only_currency = with_fields(usd_order, &[("transaction_currency", "")]);
+    assert_eq!(
+        reason(&with(&["EUR"]), &only_currency).as_deref(),
+        Some("currency USD not in [EUR]")
+    );
+    let neither = with_fields(usd_order, &[("transaction_currency", ""), ("currency", "")]);
+    assert_eq!(
+        reason(&with(&["EUR"]), &neither).as_deref(),
+        Some("the IPN names no currency and currencies = [EUR]")
+    );
+    assert_eq!(reason(&with(&[]), &neither), None);
+    // The two fields differ: transaction_currency is named first, and both must be taken.
+    let mixed = with_fields(
+        usd_order,
+        &[("transaction_currency", "USD"), ("currency", "EUR")],
+    );
+    assert_eq!(
+        reason(&with(&["EUR"]), &mixed).as_deref(),
+        Some(
+            "currency USD not in [EUR] (the IPN's transaction_currency; its two currency fields differ)"
+        )
+    );
+    assert_eq!(
+        reason(&with(&["USD"]), &mixed).as_deref(),
+        Some("currency EUR not in [USD] (the IPN's currency; its two currency fields differ)")
+    );
+    assert_eq!(reason(&with(&["USD", "EUR"]), &mixed), None);
+    // Through decide: a skip a vendor reads, not an alert.
+    assert!(matches!(
+        decide(&with(&["EUR"]), &usd, 0),
+        Decision::Skip { severity: Severity::Normal, ref reason } if reason == "currency USD not in [EUR]"
+    ));
+}
+
+/// The refund `decide` builds for `e`, with its reason; panics on a skip.
+fn refund_of(i: &Integration, e: &IpnEvent) -> (Money, bool, String) {
+    match decide(i, e, 0) {
+        Decision::Deliver { action, reason, .. } => match *action {
+            Action::Refund { amount, full, .. } => (amount, full, reason),
+            other => panic!("refund expected, got {other:?}"),
+        },
+        Decision::Skip { reason, .. } => panic!("skipped: {reason}"),
+    }
+}
+
+#[test]
+fn a_reversal_moves_the_reversed_items_share() {
+    let mut i = integration();
+    i.on.insert(OrderEvent::Refund, ActionKind::Refund);
+    i.on.insert(OrderEvent::Chargeback, ActionKind::Chargeback);
+    let refund = fixture!("04_on_refund.txt");
+    let cents = Money::from_minor;
+    // (changes to the refund fixture, amount, full, the field named in the reason)
+    type Row<'a> = (&'a [(&'a str, &'a str)], Money, bool, &'a str);
+    let table: &[Row] = &[
+        // The fixture: item 97.00, transaction -97.00.
+        (&[], cents(9700), true, "(amount: product_txn_amount)"),
+        // One item of an add-on order: the transaction covers every item.
+        (
+            &[
+                ("product_txn_amount", "-27.00"),
+                ("amount", "27.00"),
+                ("transaction_amount", "-124.00"),
+            ],
+            cents(2700),
+            true,
+            "(amount: product_txn_amount)",
+        ),
+        // No item share: amount, still not the whole transaction.
+        (
+            &[
+                ("product_txn_amount", ""),
+                ("amount", "-27.00"),
+                ("transaction_amount", "-124.00"),
+            ],
+            cents(2700),
+            true,
+            "(amount: amount)",
+        ),
+        // Only the transaction's amount.
+        (
+            &[
+                ("product_txn_amount", ""),
+                ("amount", ""),
+                ("transaction_amount", "-27.00"),
+            ],
+            cents(2700),
+            true,
+            "(amount: transaction_amount; the IPN has no product_txn_amount or amount)",
+        ),
+        // A partial refund whose transaction is below the item's share: never more than moved.
+        (
+            &[("transaction_amount", "-30.00")],
+            cents(3000),
+            false,
+            "(amount: transaction_amount, less than product_txn_amount 97.00)",
+        ),
+    ];
+    for (changes, amount, full, field) in table {
+        let e = with_fields(refund, changes);
+        let (got, got_full, reason) = refund_of(&i, &e);
+        assert_eq!((got, got_full), (*amount, *full), "{changes:?}");
+        assert!(reason.contains(field), "{changes:?}: {reason}");
+        assert_eq!(
+            mapping::reversal_amount(&e).map(|a| a.amount),
+            Ok(*amount),
+            "{changes:?}"
+        );
+    }
+    // A chargeback reads the same share.
+    let Decision::Deliver { action, reason, .. } = decide(
+        &i,
+        &with_fields(
+            fixture!("05_on_chargeback.txt"),
+            &[
+                ("product_txn_amount", "-27.00"),
+                ("transaction_amount", "-124.00"),
+            ],
+        ),
+        0,
+    ) else {
+        panic!("chargeback expected");
+    };
+    assert!(
+        matches!(*action, Action::Chargeback { amount, .. } if amount == cents(2700)),
+        "{action:?}"
+    );
+    assert!(
+        reason.contains("27.00 of payment 51840233 of order K7Q2M9XA (amount: product_txn_amount)"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_reversal_without_a_usable_amount_needs_attention_and_says_what_it_saw() {
+    let mut i = integration();
+    i.on.insert(OrderEvent::Refund, ActionKind::Refund);
+    let refund = fixture!("04_on_refund.txt");
+    let table: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("product_txn_amount", "12,50")],
+            "cannot refund: the IPN's product_txn_amount \"12,50\" is not a decimal amount",
+        ),
+        // A bad item share is not skipped for a field that covers more.
+        (
+            &[("product_txn_amount", "n/a"), ("amount", "97.00")],
+            "the IPN's product_txn_amount \"n/a\" is not a decimal amount",
+        ),
+        (
+            &[
+                ("product_txn_amount", ""),
+                ("amount", ""),
+                ("transaction_amount", ""),
+            ],
+            "cannot refund: the IPN has no product_txn_amount, amount or transaction_amount",
+        ),
+        (
+            &[("product_txn_amount", "0.00")],
+            "the amount to reverse is 0.00 (product_txn_amount)",
+        ),
+    ];
+    for (changes, want) in table {
+        match decide(&i, &with_fields(refund, changes), 0) {
+            Decision::Skip {
+                reason,
+                severity: Severity::NeedsAttention,
+            } => assert!(reason.contains(want), "{changes:?}: {reason}"),
+            other => panic!("{changes:?}: attention expected, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_payment_must_have_a_positive_amount() {
+    let i = integration();
+    let payment = fixture!("01_on_payment_single_product.txt");
+    let table: &[(&[(&str, &str)], &str)] = &[
+        // Issue 9: every amount negative (the import used to drop the sign).
+        (
+            &[
+                ("amount", "-97.00"),
+                ("product_txn_amount", "-97.00"),
+                ("transaction_amount", "-97.00"),
+            ],
+            "cannot import order: the IPN's product_txn_amount is -97.00; a payment's amount must be positive",
+        ),
+        // Only `amount` negative: still not a payment to record.
+        (
+            &[("amount", "-97.00")],
+            "the IPN's amount is -97.00; a payment's amount must be positive",
+        ),
+        (
+            &[("product_txn_amount", "0.00")],
+            "the IPN's product_txn_amount is 0.00; a payment's amount must be positive",
+        ),
+        (
+            &[("product_txn_amount", "12,50")],
+            "cannot import order: the IPN's product_txn_amount \"12,50\" is not a decimal amount",
+        ),
+        (
+            &[
+                ("product_txn_amount", ""),
+                ("amount", ""),
+                ("transaction_amount", ""),
+            ],
+            "the IPN has no product_txn_amount, amount or transaction_amount",
+        ),
+    ];
+    for (changes, want) in table {
+        match decide(&i, &with_fields(payment, changes), 0) {
+            Decision::Skip {
+                reason,
+                severity: Severity::NeedsAttention,
+            } => assert!(reason.contains(want), "{changes:?}: {reason}"),
+            other => panic!("{changes:?}: attention expected, got {other:?}"),
+        }
+    }
+    // A positive item share with a zero field elsewhere is imported.
+    assert_eq!(
+        outcome(&i, payment),
+        Ok(31),
+        "the fixture itself is imported"
+    );
+    let e = with_fields(payment, &[("transaction_amount", "0.00")]);
+    assert!(matches!(decide(&i, &e, 0), Decision::Deliver { .. }));
+}
+
+/// Log lines written while `f` runs on this thread.
+fn logged_while(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = buffer.0.lock().expect("log buffer").clone();
+    String::from_utf8(bytes).expect("utf8 log")
+}
+
+#[test]
+fn only_listed_newsletter_choices_count_as_opted_in() {
+    let base = fixture!("01_on_payment_single_product.txt");
+    let opted_in = |value: &str| {
+        mapping::newsletter_opted_in(&with_fields(base, &[("newsletter_choice", value)]))
+    };
+    for value in mapping::NEWSLETTER_OPT_IN_VALUES {
+        assert!(opted_in(value), "{value}");
+    }
+    assert!(opted_in("Double_Opt_In"), "ASCII case does not matter");
+    for value in ["none", "", "None"] {
+        assert!(!opted_in(value), "{value:?}");
+    }
+    // Unknown values are not an opt-in (they used to be: anything but `none` counted).
+    let logs = logged_while(|| {
+        assert!(!opted_in("unit_test_opt_in_maybe"));
+        assert!(!opted_in("unit_test_opt_in_maybe"));
+        assert!(!opted_in("unit_test_yes"));
+        assert!(!opted_in("none"));
+    });
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 2, "once per value:\n{logs}");
+    assert!(warnings[0].contains("\"unit_test_opt_in_maybe\""), "{logs}");
+    assert!(warnings[1].contains("\"unit_test_yes\""), "{logs}");
+    // Logged once per process: a later sighting stays quiet.
+    let again = logged_while(|| assert!(!opted_in("unit_test_yes")));
+    assert!(again.is_empty(), "{again}");
+    // Through the filter.
+    let mut i = integration();
+    i.newsletter = Newsletter::OptedIn;
+    let unknown = with_fields(base, &[("newsletter_choice", "unit_test_yes")]);
+    assert_eq!(
+        filter_reason(&i, &unknown).as_deref(),
+        Some(
+            "buyer did not opt in to the newsletter (newsletter_choice = unit_test_yes) and newsletter = \"opted_in\""
+        )
+    );
+}
+
+#[test]
+fn numbered_item_fields_are_found_and_nothing_else() {
+    let base = fixture!("01_on_payment_single_product.txt");
+    let found = |changes: &[(&str, &str)]| {
+        let e = with_fields(base, changes);
+        mapping::grouped_item_fields(&e)
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(found(&[]).is_empty(), "a fixture of one item");
+    for name in [
+        "product_id_2",
+        "product_id2",
+        "product_id_1",
+        "quantity_2",
+        "quantity10",
+        "order_item_id_2",
+        "product_name_2",
+    ] {
+        assert_eq!(found(&[(name, "1")]), [name], "{name}");
+    }
+    for name in [
+        "product_ids",
+        "product_id_",
+        "product_id_x2",
+        "quantityx",
+        "item_count",
+    ] {
+        assert!(found(&[(name, "1")]).is_empty(), "{name}");
+    }
+    assert!(
+        found(&[("product_id_2", "")]).is_empty(),
+        "empty values do not count"
+    );
+}
+
+#[test]
+fn a_grouped_ipn_is_not_imported_in_part_and_needs_attention() {
+    let mut i = integration();
+    i.on.insert(OrderEvent::Refund, ActionKind::Refund);
+    let grouped = [("product_id_2", "412350"), ("quantity_2", "1")];
+    for body in [
+        fixture!("01_on_payment_single_product.txt"),
+        fixture!("04_on_refund.txt"),
+    ] {
+        match decide(&i, &with_fields(body, &grouped), 0) {
+            Decision::Skip {
+                reason,
+                severity: Severity::NeedsAttention,
+            } => {
+                assert!(
+                    reason.contains("(product_id_2, quantity_2)"),
+                    "names the fields: {reason}"
+                );
+                assert!(
+                    reason.contains("turn off the grouping of calls"),
+                    "says what to change: {reason}"
+                );
+            }
+            other => panic!("attention expected, got {other:?}"),
+        }
+    }
+    // Even where a filter would have passed the unnumbered (main) item alone.
+    i.products = ProductFilter::List(vec![412350]);
+    assert!(matches!(
+        decide(
+            &i,
+            &with_fields(fixture!("01_on_payment_single_product.txt"), &grouped),
+            0
+        ),
+        Decision::Skip {
+            severity: Severity::NeedsAttention,
+            ..
+        }
+    ));
+    // An integration that ignores the event, or is not active, is not alarmed.
+    i.on.insert(OrderEvent::Payment, ActionKind::Ignore);
+    let payment = with_fields(fixture!("01_on_payment_single_product.txt"), &grouped);
+    assert!(matches!(
+        decide(&i, &payment, 0),
+        Decision::Skip {
+            severity: Severity::Normal,
+            ..
+        }
+    ));
+    let mut inactive = integration();
+    inactive.active = false;
+    assert!(matches!(
+        decide(&inactive, &payment, 0),
+        Decision::Skip {
+            severity: Severity::Normal,
+            ..
+        }
+    ));
 }
