@@ -349,7 +349,16 @@ async fn validation_and_unknown_products_are_permanent() {
     let report = client.execute(&import(no_address)).await;
     match &report.outcome {
         Outcome::Permanent { reason } => {
-            for field in ["shipAddress1", "shipCity", "shipPostalCode", "shipCountry"] {
+            for field in [
+                "address1",
+                "city",
+                "postalCode",
+                "country",
+                "shipAddress1",
+                "shipCity",
+                "shipPostalCode",
+                "shipCountry",
+            ] {
                 assert!(reason.contains(field), "{reason}");
             }
         }
@@ -364,6 +373,74 @@ async fn validation_and_unknown_products_are_permanent() {
         "{report:?}"
     );
     assert!(fake.orders().is_empty());
+}
+
+/// The fake answers a request without a postal address as the reference records (E3): HTTP
+/// 200, `result: ERROR`, one validation object naming every missing billing and shipping
+/// field; and a state longer than 6 characters is refused with a validation object.
+#[tokio::test]
+async fn fake_import_requires_the_address_and_refuses_long_states_like_konnektive() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let url = format!("{}/order/import/", fake.base_url);
+    let post = |extra: Vec<(&'static str, &'static str)>| {
+        let url = url.clone();
+        async move {
+            let mut form = vec![
+                ("loginId", "ds24bridge"),
+                ("password", PASSWORD),
+                ("campaignId", "12"),
+                ("paySource", "PREPAID"),
+                ("firstName", "Test"),
+                ("lastName", "Kauf"),
+                ("emailAddress", "kaeufer@example.de"),
+                ("product1_id", "31"),
+            ];
+            form.extend(extra);
+            let resp = reqwest::Client::new()
+                .post(url)
+                .form(&form)
+                .send()
+                .await
+                .expect("post");
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.expect("json");
+            (status, body)
+        }
+    };
+    let (status, body) = post(vec![("country", "CH"), ("shipCountry", "CH")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        serde_json::json!({"result": "ERROR", "message": {
+            "address1": "is a required field",
+            "city": "is a required field",
+            "postalCode": "is a required field",
+            "shipAddress1": "is a required field",
+            "shipCity": "is a required field",
+            "shipPostalCode": "is a required field",
+        }})
+    );
+    let address = vec![
+        ("address1", "Digital delivery"),
+        ("city", "Online"),
+        ("postalCode", "00000"),
+        ("country", "US"),
+        ("shipAddress1", "Digital delivery"),
+        ("shipCity", "Online"),
+        ("shipPostalCode", "00000"),
+        ("shipCountry", "US"),
+    ];
+    let mut long_state = address.clone();
+    long_state.extend([("state", "California"), ("shipState", "CA")]);
+    let (status, body) = post(long_state).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["result"], "ERROR");
+    let message = body["message"].as_object().expect("validation object");
+    assert_eq!(message.keys().collect::<Vec<_>>(), ["state"]);
+    assert!(fake.orders().is_empty());
+    let (_, body) = post(address).await;
+    assert_eq!(body["result"], "SUCCESS", "{body}");
+    assert_eq!(fake.orders().len(), 1);
 }
 
 #[tokio::test]
