@@ -87,9 +87,9 @@ fn order(reference: &str) -> Order {
             unit_price: Money::from_minor(4900),
         }],
         currency: "EUR".to_owned(),
-        affiliate: Some("AFF123".to_owned()),
         placed_on: utc_today(),
         extra_fields: vec![("sourceValue1".to_owned(), "campaignkey".to_owned())],
+        address_fallback: Vec::new(),
     }
 }
 

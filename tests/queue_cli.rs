@@ -57,9 +57,9 @@ fn order(reference: &str, email: &str) -> Order {
             unit_price: Money::from_minor(4_900),
         }],
         currency: "EUR".to_owned(),
-        affiliate: None,
         placed_on: "2025-03-14".to_owned(),
         extra_fields: Vec::new(),
+        address_fallback: Vec::new(),
     }
 }
 

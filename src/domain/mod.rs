@@ -236,7 +236,8 @@ pub struct Buyer {
     pub ip_address: Option<String>,
 }
 
-/// A postal address, CRM-neutral. `country` is ISO 3166-1 alpha-2, upper case.
+/// A postal address, CRM-neutral. `country` is ISO 3166-1 alpha-2, upper case; `state` is a
+/// subdivision code (e.g. `CA`, `BY`, `9`) or empty, never a written-out name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
     pub line1: String,
@@ -245,6 +246,17 @@ pub struct Address {
     pub state: String,
     pub postal_code: String,
     pub country: String,
+}
+
+/// An [`Address`] field that an integration's fallback address can fill (the country never:
+/// it always comes from the IPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressField {
+    Line1,
+    City,
+    PostalCode,
+    State,
 }
 
 /// One line of an order: the *target's* product id (already mapped), quantity, unit price.
@@ -269,14 +281,16 @@ pub struct Order {
     pub items: Vec<OrderItem>,
     /// ISO 4217 code of every amount in this order.
     pub currency: String,
-    /// Affiliate id passed to the CRM (`affId`), if any.
-    pub affiliate: Option<String>,
     /// The day Digistore24 says the payment happened, `YYYY-MM-DD` (else the day of receipt).
     /// Informational: the CRM dates an order by its import, so reconciliation searches the
     /// job's lifetime instead (see [`DayWindow`]).
     pub placed_on: String,
     /// Extra target fields (name → value), already rendered; applied last.
     pub extra_fields: Vec<(String, String)>,
+    /// The address fields the IPN left empty and the integration's fallback address filled,
+    /// in [`AddressField`] order (empty when the IPN had a full address).
+    #[serde(default)]
+    pub address_fallback: Vec<AddressField>,
 }
 
 /// Our reference of one imported Digistore24 payment of one order item, written into the

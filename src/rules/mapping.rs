@@ -6,16 +6,34 @@
 //! - [`followup_sequence`]: follow-up ⇔ `billing_type` subscription/installment and
 //!   `pay_sequence_no ≥ 2` (reference §4, medium confidence);
 //! - [`item_amount`]: which amount field is the price of *this* item (§4 lists several);
+//! - [`country`]: which of the three address blocks (or `country`) names the buyer's country;
 //! - [`IP_FIELDS`]: no IP field is documented for IPNs; we look for the likely names;
 //! - [`addon_signal`]: no field marks an add-on (order bump); the signals are listed there;
 //! - [`import_ref`]: a refund or chargeback names the payment it reverses in
 //!   `parent_transaction_id` (reference §3, third-party evidence).
 //!
 //! Values are not cut to the CRM's field lengths here; that is the connector's business.
+//! The one exception is the state, which must be a code: [`super::states`] turns a name
+//! into its code, and a state without a known code is left out (and logged), never cut.
+//!
+//! Decisions about the address of an [`Order`]:
+//! - Every address field the IPN leaves empty (street, city, postal code, and the state
+//!   when the integration's fallback has one) is filled from the integration's
+//!   `fallback_address`, and the order records which ([`Order::address_fallback`]), so
+//!   `explain`, the stored job and a person reading Konnektive can tell. A field the IPN
+//!   has is never replaced, and a state the IPN has but we cannot code is left out, not
+//!   replaced by the fallback's: the fallback says "no address given", not "unknown state".
+//! - The country always comes from the IPN: an IPN without a usable one is not imported
+//!   (the skip needs attention) rather than booked into a made-up country.
+//! - No `affiliate_name → affId`: Konnektive takes only affiliate ids it knows (reference
+//!   §3.1 "Affiliate"), so the affiliate reaches it only where `fields` maps it.
 
+use super::states;
+use crate::config::FallbackAddress;
 use crate::config::Integration;
 use crate::domain::{
-    Address, Buyer, ImportRef, IpnEvent, Money, Order, OrderItem, import_reference, utc_date,
+    Address, AddressField, Buyer, ImportRef, IpnEvent, Money, Order, OrderItem, import_reference,
+    utc_date,
 };
 
 /// IPN fields that may carry the buyer's IP address. [GUESS] None is documented.
@@ -198,6 +216,75 @@ pub fn item_amount(event: &IpnEvent) -> Option<Money> {
     Money::parse_decimal(raw).ok()
 }
 
+/// The buyer's country, ISO 3166-1 alpha-2 upper case: the first usable one of the billing
+/// address, the order-form address, the buyer's address, then `country`. `None` when none
+/// is two letters.
+pub fn country(event: &IpnEvent) -> Option<String> {
+    [
+        "billing_country",
+        "address_country",
+        "buyer_address_country",
+        "country",
+    ]
+    .into_iter()
+    .filter_map(|f| event.get(f))
+    .map(|c| c.trim().to_ascii_uppercase())
+    .find(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()))
+}
+
+/// The IPN's state as written (billing, order-form, then buyer address), if it has one.
+fn written_state(event: &IpnEvent) -> Option<&str> {
+    addr(event, "state")
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// The state code for the IPN's state in `country` (see [`states::state_code`]): `Ok(code)`,
+/// `Ok("")` when the IPN has no state, `Err(value)` when it has one we know no code for.
+fn ipn_state<'a>(event: &'a IpnEvent, country: &str) -> Result<&'static str, &'a str> {
+    match written_state(event) {
+        None => Ok(""),
+        Some(value) => states::state_code(country, value).ok_or(value),
+    }
+}
+
+/// Fills each empty field of `address` from `fallback` and returns the fields it filled.
+/// The state is filled only when `state_given` is false (the IPN had none at all).
+fn fill_from_fallback(
+    address: &mut Address,
+    fallback: &FallbackAddress,
+    state_given: bool,
+) -> Vec<AddressField> {
+    let mut filled = Vec::new();
+    let slots = [
+        (
+            AddressField::Line1,
+            &mut address.line1,
+            Some(&fallback.address1),
+        ),
+        (AddressField::City, &mut address.city, Some(&fallback.city)),
+        (
+            AddressField::PostalCode,
+            &mut address.postal_code,
+            Some(&fallback.postal_code),
+        ),
+        (
+            AddressField::State,
+            &mut address.state,
+            fallback.state.as_ref().filter(|_| !state_given),
+        ),
+    ];
+    for (field, slot, value) in slots {
+        if let Some(value) = value
+            && slot.trim().is_empty()
+        {
+            value.clone_into(slot);
+            filled.push(field);
+        }
+    }
+    filled
+}
+
 fn digits(s: &str) -> String {
     s.chars().filter(char::is_ascii_digit).collect()
 }
@@ -230,6 +317,10 @@ pub fn order(
     let email = event
         .first_of(&["buyer_email", "email", "address_email"])
         .ok_or("the IPN has no buyer e-mail")?;
+    let country = country(event).ok_or(
+        "the IPN has no usable country (billing_country, address_country, \
+         buyer_address_country, country), and Konnektive requires one",
+    )?;
     let first_name = addr(event, "first_name")
         .or_else(|| event.get("buyer_first_name"))
         .unwrap_or_default();
@@ -243,16 +334,23 @@ pub fn order(
             None => name.to_owned(),
         })
     });
-    let country = addr(event, "country")
-        .or_else(|| event.get("country"))
-        .map(|c| c.trim().to_ascii_uppercase())
-        .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()))
-        .unwrap_or_default();
     let phone = ["phone_no", "mobile_no"]
         .iter()
         .find_map(|f| addr(event, f))
         .map(digits)
         .unwrap_or_default();
+    let state = match ipn_state(event, &country) {
+        Ok(code) => code,
+        Err(value) => {
+            tracing::info!(
+                country = %country,
+                state = value,
+                "state left out: no known subdivision code for it in this country"
+            );
+            ""
+        }
+    };
+    let state_given = written_state(event).is_some();
     let amount = item_amount(event).ok_or("the IPN has no amount")?;
     let quantity: u32 = event
         .get("quantity")
@@ -274,6 +372,16 @@ pub fn order(
         .iter()
         .map(|(name, template)| (name.clone(), template.render(|f| event.get(f))))
         .collect();
+    let mut address = Address {
+        line1: street.unwrap_or_default(),
+        line2: addr(event, "street2").unwrap_or_default().to_owned(),
+        city: addr(event, "city").unwrap_or_default().to_owned(),
+        state: state.to_owned(),
+        postal_code: addr(event, "zipcode").unwrap_or_default().to_owned(),
+        country,
+    };
+    let address_fallback =
+        fill_from_fallback(&mut address, &integration.fallback_address, state_given);
     Ok(Order {
         reference,
         reference_field: integration.order_ref_field.clone(),
@@ -286,14 +394,7 @@ pub fn order(
             phone,
             ip_address: ipv4(event),
         },
-        address: Address {
-            line1: street.unwrap_or_default(),
-            line2: addr(event, "street2").unwrap_or_default().to_owned(),
-            city: addr(event, "city").unwrap_or_default().to_owned(),
-            state: addr(event, "state").unwrap_or_default().to_owned(),
-            postal_code: addr(event, "zipcode").unwrap_or_default().to_owned(),
-            country,
-        },
+        address,
         items: vec![OrderItem {
             product_id: campaign_product,
             quantity,
@@ -303,8 +404,8 @@ pub fn order(
             .first_of(&["transaction_currency", "currency"])
             .unwrap_or_default()
             .to_owned(),
-        affiliate: event.get("affiliate_name").map(str::to_owned),
         placed_on,
         extra_fields,
+        address_fallback,
     })
 }

@@ -20,9 +20,9 @@ fn order(reference: &str) -> Order {
             unit_price: Money::from_minor(9700),
         }],
         currency: "USD".into(),
-        affiliate: None,
         placed_on: "2026-11-22".into(),
         extra_fields: Vec::new(),
+        address_fallback: Vec::new(),
     }
 }
 
