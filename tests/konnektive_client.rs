@@ -85,6 +85,7 @@ fn order(reference: &str) -> Order {
             product_id: 31,
             quantity: 1,
             unit_price: Money::from_minor(4900),
+            ship_price: Money::ZERO,
         }],
         currency: "EUR".to_owned(),
         placed_on: utc_today(),
@@ -441,6 +442,22 @@ async fn fake_import_requires_the_address_and_refuses_long_states_like_konnektiv
     let (_, body) = post(address).await;
     assert_eq!(body["result"], "SUCCESS", "{body}");
     assert_eq!(fake.orders().len(), 1);
+}
+
+/// `ship_price` is sent once per line, so Konnektive's total is `qty × price + shipPrice`.
+#[tokio::test]
+async fn shipping_is_sent_per_line_and_counted_once() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let mut o = order("DS24-S-1");
+    o.items[0].quantity = 2;
+    o.items[0].unit_price = Money::from_minor(2500);
+    o.items[0].ship_price = Money::from_minor(590);
+    receipt_of(&client(&fake).execute(&import(o)).await);
+    let created = &fake.orders()[0];
+    assert_eq!(created.param("product1_qty"), Some("2"));
+    assert_eq!(created.param("product1_price"), Some("25.00"));
+    assert_eq!(created.param("product1_shipPrice"), Some("5.90"));
+    assert_eq!(created.total_cents, 5590);
 }
 
 #[tokio::test]
@@ -931,6 +948,7 @@ async fn cancel_purchase_cancels_every_purchase() {
         product_id: 32,
         quantity: 1,
         unit_price: Money::from_minor(995),
+        ship_price: Money::ZERO,
     });
     let import = receipt_of(&client.execute(&import(two)).await);
     assert_eq!(import.purchase_ids.len(), 2);
@@ -987,6 +1005,7 @@ async fn cancel_purchase_stops_at_the_first_failure() {
         product_id: 32,
         quantity: 1,
         unit_price: Money::from_minor(995),
+        ship_price: Money::ZERO,
     });
     let import = receipt_of(&client.execute(&import(two)).await);
     fake.push_behaviour("purchase/cancel", Behaviour::Normal);

@@ -96,3 +96,23 @@ async fn a_written_out_us_state_arrives_as_its_code() {
     assert_eq!(order.param("country"), Some("US"));
     assert_eq!(order.param("address1"), Some("742 Evergreen Terrace"));
 }
+
+/// Shipping and quantity reach Konnektive so that its total is what the buyer paid.
+#[tokio::test]
+async fn shipping_and_quantity_make_konnektives_total_the_amount_paid() {
+    let body = variant(
+        "01_on_payment_single_product.txt",
+        &[
+            ("quantity", "2"),
+            ("product_txn_amount", "105.90"),
+            ("product_txn_shipping", "5.90"),
+            ("amount", "105.90"),
+            ("transaction_amount", "105.90"),
+        ],
+    );
+    let order = import(body).await;
+    assert_eq!(order.param("product1_qty"), Some("2"));
+    assert_eq!(order.param("product1_price"), Some("50.00"));
+    assert_eq!(order.param("product1_shipPrice"), Some("5.90"));
+    assert_eq!(order.total_cents, 10590);
+}

@@ -55,6 +55,7 @@ fn order(reference: &str, email: &str) -> Order {
             product_id: 31,
             quantity: 1,
             unit_price: Money::from_minor(4_900),
+            ship_price: Money::ZERO,
         }],
         currency: "EUR".to_owned(),
         placed_on: "2025-03-14".to_owned(),

@@ -259,12 +259,26 @@ pub enum AddressField {
     State,
 }
 
-/// One line of an order: the *target's* product id (already mapped), quantity, unit price.
+/// One line of an order: the *target's* product id (already mapped), quantity, unit price
+/// and the line's shipping.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderItem {
     pub product_id: u64,
     pub quantity: u32,
     pub unit_price: Money,
+    /// Shipping of the whole line (charged once, not per unit). Jobs stored before this
+    /// field existed had none.
+    #[serde(default)]
+    pub ship_price: Money,
+}
+
+impl OrderItem {
+    /// What the line costs in total: `quantity × unit_price + ship_price`.
+    pub fn line_total(&self) -> Money {
+        Money::from_minor(
+            self.unit_price.minor() * i64::from(self.quantity) + self.ship_price.minor(),
+        )
+    }
 }
 
 /// An order to create in the CRM, built from an IPN by the rules and sent by a connector.

@@ -5,7 +5,8 @@
 //! with its source in `digistore24-ipn.md`, so a correction is a one-place change:
 //! - [`followup_sequence`]: follow-up ⇔ `billing_type` subscription/installment and
 //!   `pay_sequence_no ≥ 2` (reference §4, medium confidence);
-//! - [`item_amount`]: which amount field is the price of *this* item (§4 lists several);
+//! - [`item_price`]: which amount field is the price of *this* item (§4 lists several), and
+//!   whether it includes the item's shipping (undocumented);
 //! - [`country`]: which of the three address blocks (or `country`) names the buyer's country;
 //! - [`IP_FIELDS`]: no IP field is documented for IPNs; we look for the likely names;
 //! - [`addon_signal`]: no field marks an add-on (order bump); the signals are listed there;
@@ -209,11 +210,99 @@ pub fn item(event: &IpnEvent) -> &str {
         .unwrap_or("0")
 }
 
-/// The price of this item in this payment. `product_txn_amount` is the product line's share
-/// of the transaction; `amount` and `transaction_amount` are fallbacks for IPNs without it.
-pub fn item_amount(event: &IpnEvent) -> Option<Money> {
-    let raw = event.first_of(&["product_txn_amount", "amount", "transaction_amount"])?;
-    Money::parse_decimal(raw).ok()
+/// What Konnektive gets for this item: quantity, unit price and the line's shipping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemPrice {
+    pub quantity: u32,
+    pub unit_price: Money,
+    pub ship_price: Money,
+}
+
+/// The price rule: this item's amount, quantity and shipping → Konnektive's `productN_qty`,
+/// `productN_price` and `productN_shipPrice`, chosen so that Konnektive's total for the line
+/// (`qty × price + shipPrice`) is what the buyer paid for this item.
+///
+/// Fields (reference `digistore24-ipn.md` §4): the paid amount is `product_txn_amount` (the
+/// product line's share of the transaction, gross), else `amount`, else
+/// `transaction_amount`; the shipping is `product_txn_shipping`, else
+/// `product_shipping_amount`, else none; the quantity is `quantity` (at least 1). Amounts
+/// may come without decimals (`"49"`, as in the real capture).
+///
+/// [GUESS] Whether `product_txn_amount` includes the shipping is undocumented (the real
+/// capture has shipping 0). We take it to **include** it, as a share of what the buyer paid
+/// would: the shipping goes into `shipPrice` and the rest is the goods. Two readings of the
+/// IPN itself overrule that guess, because with them the amount cannot include the
+/// shipping: the shipping is larger than the amount, or the IPN is a one-item order whose
+/// `transaction_amount` (everything the buyer paid) equals amount + shipping. Then the
+/// whole amount is the goods, and the total is amount + shipping (logged).
+///
+/// Konnektive's price is per unit: the goods are split by the quantity when that divides
+/// exactly, else the line is imported as one unit at the full amount (logged), so the total
+/// is right in every case. A negative amount (never seen on a payment) counts by its size.
+pub fn item_price(event: &IpnEvent) -> Result<ItemPrice, String> {
+    let amount_field = ["product_txn_amount", "amount", "transaction_amount"]
+        .into_iter()
+        .find(|f| event.get(f).is_some())
+        .ok_or("the IPN has no amount")?;
+    let amount = money_field(event, amount_field)?;
+    let shipping = match ["product_txn_shipping", "product_shipping_amount"]
+        .into_iter()
+        .find(|f| event.get(f).is_some())
+    {
+        Some(field) => money_field(event, field)?,
+        None => Money::ZERO,
+    };
+    let one_item = event
+        .get("item_count")
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .is_none_or(|n| n <= 1);
+    let paid_in_total = event
+        .get("transaction_amount")
+        .and_then(|t| Money::parse_decimal(t.trim()).ok())
+        .map(Money::abs);
+    let with_shipping = Money::from_minor(amount.minor() + shipping.minor());
+    let excludes_shipping = shipping > amount
+        || (shipping > Money::ZERO && one_item && paid_in_total == Some(with_shipping));
+    let goods = if excludes_shipping {
+        tracing::info!(
+            amount = %amount,
+            shipping = %shipping,
+            transaction_amount = ?paid_in_total.map(|m| m.to_string()),
+            "the item's amount does not include its shipping here; shipping is added on top"
+        );
+        amount
+    } else {
+        Money::from_minor(amount.minor() - shipping.minor())
+    };
+    let quantity: u32 = event
+        .get("quantity")
+        .and_then(|q| q.trim().parse().ok())
+        .filter(|q| *q >= 1)
+        .unwrap_or(1);
+    let (quantity, unit_price) = match goods.checked_div_exact(quantity) {
+        Some(unit) => (quantity, unit),
+        None => {
+            tracing::info!(
+                quantity,
+                amount = %goods,
+                "the amount does not divide by the quantity; importing one unit at the full amount"
+            );
+            (1, goods)
+        }
+    };
+    Ok(ItemPrice {
+        quantity,
+        unit_price,
+        ship_price: shipping,
+    })
+}
+
+/// An amount field of the IPN, by its size; `Err` names a field that is not an amount.
+fn money_field(event: &IpnEvent, field: &str) -> Result<Money, String> {
+    let raw = event.get(field).unwrap_or_default();
+    Money::parse_decimal(raw.trim())
+        .map(Money::abs)
+        .map_err(|_| format!("the IPN's {field} is not an amount: {raw:?}"))
 }
 
 /// The buyer's country, ISO 3166-1 alpha-2 upper case: the first usable one of the billing
@@ -351,18 +440,7 @@ pub fn order(
         }
     };
     let state_given = written_state(event).is_some();
-    let amount = item_amount(event).ok_or("the IPN has no amount")?;
-    let quantity: u32 = event
-        .get("quantity")
-        .and_then(|q| q.parse().ok())
-        .filter(|q| *q >= 1)
-        .unwrap_or(1);
-    // Konnektive's price is per unit: split the amount when it divides exactly, else import
-    // one unit at the full amount so the order total is always right.
-    let (quantity, unit_price) = match amount.checked_div_exact(quantity) {
-        Some(unit) => (quantity, unit),
-        None => (1, amount),
-    };
+    let price = item_price(event)?;
     let placed_on = event
         .first_of(&["transaction_date", "order_date"])
         .filter(|d| d.len() == 10)
@@ -397,8 +475,9 @@ pub fn order(
         address,
         items: vec![OrderItem {
             product_id: campaign_product,
-            quantity,
-            unit_price: unit_price.abs(),
+            quantity: price.quantity,
+            unit_price: price.unit_price,
+            ship_price: price.ship_price,
         }],
         currency: event
             .first_of(&["transaction_currency", "currency"])

@@ -338,6 +338,7 @@ fn the_order_is_mapped_from_the_ipn() {
     assert_eq!(o.items[0].unit_price, Money::from_minor(9700));
     assert_eq!(o.currency, "USD");
     assert!(o.address_fallback.is_empty(), "the IPN has a full address");
+    assert_eq!(o.items[0].ship_price, Money::ZERO);
     assert_eq!(o.placed_on, "2025-03-14");
     assert_eq!(
         o.extra_fields,
@@ -635,8 +636,12 @@ fn the_real_capture_of_a_digital_order_gets_the_fallback_address() {
         ]
     );
     assert_eq!(
-        (o.items[0].quantity, o.items[0].unit_price),
-        (1, Money::from_minor(4900)),
+        (
+            o.items[0].quantity,
+            o.items[0].unit_price,
+            o.items[0].ship_price
+        ),
+        (1, Money::from_minor(4900), Money::ZERO),
         "product_txn_amount=49 without decimals"
     );
     assert_eq!(
@@ -746,4 +751,148 @@ fn no_affid_is_derived_from_the_affiliate() {
         "{:?}",
         o.extra_fields
     );
+}
+
+/// The price rule, as a table: `(amount field, amount, shipping field, shipping, quantity,
+/// item_count, transaction_amount)` → `(qty, unit price, shipPrice)` in cents. In every row,
+/// `qty × price + shipPrice` is what the buyer paid for the item.
+#[test]
+fn price_rule_table() {
+    type Row = (
+        &'static [(&'static str, &'static str)],
+        Result<(u32, i64, i64), &'static str>,
+    );
+    let rows: &[Row] = &[
+        // The real capture: no decimals, no shipping.
+        (
+            &[("product_txn_amount", "49"), ("product_txn_shipping", "0")],
+            Ok((1, 4900, 0)),
+        ),
+        // Shipping is part of the item's amount: goods = amount − shipping.
+        (
+            &[
+                ("product_txn_amount", "54.90"),
+                ("product_txn_shipping", "5.90"),
+                ("transaction_amount", "54.90"),
+            ],
+            Ok((1, 4900, 590)),
+        ),
+        // ... split by quantity when exact.
+        (
+            &[
+                ("product_txn_amount", "104.90"),
+                ("product_txn_shipping", "5.90"),
+                ("quantity", "2"),
+                ("transaction_amount", "104.90"),
+            ],
+            Ok((2, 4950, 590)),
+        ),
+        // ... else one unit at the whole goods amount.
+        (
+            &[
+                ("product_txn_amount", "15.90"),
+                ("product_txn_shipping", "5.90"),
+                ("quantity", "3"),
+                ("transaction_amount", "15.90"),
+            ],
+            Ok((1, 1000, 590)),
+        ),
+        // The IPN shows the amount excludes shipping: a one-item order paid amount + shipping.
+        (
+            &[
+                ("product_txn_amount", "49.00"),
+                ("product_txn_shipping", "5.90"),
+                ("transaction_amount", "54.90"),
+                ("item_count", "1"),
+            ],
+            Ok((1, 4900, 590)),
+        ),
+        // ... or the shipping is larger than the amount.
+        (
+            &[
+                ("product_txn_amount", "3.00"),
+                ("product_txn_shipping", "4.00"),
+            ],
+            Ok((1, 300, 400)),
+        ),
+        // A multi-item order: transaction_amount covers other items, the guess stands.
+        (
+            &[
+                ("product_txn_amount", "49.00"),
+                ("product_txn_shipping", "5.90"),
+                ("transaction_amount", "54.90"),
+                ("item_count", "2"),
+            ],
+            Ok((1, 4310, 590)),
+        ),
+        // product_shipping_amount when product_txn_shipping is empty.
+        (
+            &[
+                ("product_txn_amount", "20"),
+                ("product_txn_shipping", ""),
+                ("product_shipping_amount", "2.5"),
+                ("transaction_amount", "20"),
+            ],
+            Ok((1, 1750, 250)),
+        ),
+        // amount when product_txn_amount is empty; no shipping fields at all.
+        (
+            &[
+                ("product_txn_amount", ""),
+                ("product_txn_shipping", ""),
+                ("product_shipping_amount", ""),
+                ("amount", "30"),
+                ("quantity", "3"),
+            ],
+            Ok((3, 1000, 0)),
+        ),
+        // Not an amount: the reason names the field.
+        (
+            &[("product_txn_shipping", "free")],
+            Err("the IPN's product_txn_shipping is not an amount: \"free\""),
+        ),
+        (
+            &[
+                ("product_txn_amount", ""),
+                ("amount", ""),
+                ("transaction_amount", ""),
+            ],
+            Err("the IPN has no amount"),
+        ),
+    ];
+    for (changes, want) in rows {
+        let got = mapping::item_price(&payment_with(changes))
+            .map(|p| (p.quantity, p.unit_price.minor(), p.ship_price.minor()));
+        assert_eq!(got, want.map_err(str::to_owned), "{changes:?}");
+        if let Ok((qty, unit, ship)) = got {
+            let e = payment_with(changes);
+            let paid = ["product_txn_amount", "amount"]
+                .iter()
+                .find_map(|f| e.get(f))
+                .and_then(|a| Money::parse_decimal(a).ok())
+                .map(Money::minor)
+                .unwrap_or_default();
+            let total = i64::from(qty) * unit + ship;
+            assert!(
+                total == paid || total == paid + ship,
+                "{changes:?}: total {total} vs amount {paid}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_order_carries_shipping_and_quantity() {
+    let i = integration();
+    let e = payment_with(&[
+        ("product_txn_amount", "104.90"),
+        ("product_txn_shipping", "5.90"),
+        ("quantity", "2"),
+        ("transaction_amount", "104.90"),
+    ]);
+    let o = mapping::order(&i, &e, 31, 0).expect("order");
+    assert_eq!(o.items[0].quantity, 2);
+    assert_eq!(o.items[0].unit_price, Money::from_minor(4950));
+    assert_eq!(o.items[0].ship_price, Money::from_minor(590));
+    assert_eq!(o.items[0].line_total(), Money::from_minor(10490));
 }

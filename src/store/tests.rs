@@ -18,6 +18,7 @@ fn order(reference: &str) -> Order {
             product_id: 31,
             quantity: 1,
             unit_price: Money::from_minor(9700),
+            ship_price: Money::ZERO,
         }],
         currency: "USD".into(),
         placed_on: "2026-11-22".into(),

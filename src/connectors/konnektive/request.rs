@@ -25,6 +25,9 @@
 //! * **No `affId` of our own**: Konnektive only accepts affiliate ids it knows (reference
 //!   §3.1 "Affiliate"), so `affId` is sent only when `extra_fields` (the integration's
 //!   `fields` table) sets it.
+//! * **Shipping** is the item's `ship_price`, once per line: Konnektive's line total is
+//!   taken to be `qty × price + shipPrice` (the rules choose the numbers so that this is what
+//!   the buyer paid; see `rules::mapping::item_price`).
 //! * **Actions on an earlier import** (refund, chargeback, cancellations; reference §3.7–§3.9)
 //!   never touch a payment gateway: a refund always carries `externalRefund=1` (Digistore24
 //!   paid it out) and our Digistore24 refund transaction id as `refundMerchantTxnId`, the key
@@ -144,7 +147,7 @@ impl Params {
 ///
 /// Order: `campaignId`, `paySource=PREPAID`, buyer and billing address, `billShipSame=1`
 /// with explicit `ship*` copies (the recorded sandbox demanded them), `ipAddress` when known,
-/// `productN_id/qty/price/shipPrice` per item (unit price, shipping `0.00`), `salesTax=0`
+/// `productN_id/qty/price/shipPrice` per item (unit price, the line's shipping), `salesTax=0`
 /// (the IPN amount is gross), `<reference_field>=<reference>`, then
 /// `extra_fields` (each replaces a same-named parameter and moves it to the end; empty ones
 /// are skipped so an absent IPN field never clears a value). No card, `prepaidType` or
@@ -185,7 +188,10 @@ pub fn import_params(order: &Order) -> Vec<(String, String)> {
         p.push(&format!("product{n}_id"), &item.product_id.to_string());
         p.push(&format!("product{n}_qty"), &item.quantity.to_string());
         p.push(&format!("product{n}_price"), &item.unit_price.to_string());
-        p.push(&format!("product{n}_shipPrice"), "0.00");
+        p.push(
+            &format!("product{n}_shipPrice"),
+            &item.ship_price.to_string(),
+        );
     }
     p.push("salesTax", "0");
 
@@ -553,11 +559,13 @@ mod tests {
                     product_id: 31,
                     quantity: 1,
                     unit_price: Money::from_minor(4900),
+                    ship_price: Money::ZERO,
                 },
                 OrderItem {
                     product_id: 32,
                     quantity: 2,
                     unit_price: Money::from_minor(995),
+                    ship_price: Money::from_minor(450),
                 },
             ],
             currency: "EUR".to_owned(),
@@ -608,7 +616,7 @@ mod tests {
             ("product2_id", "32"),
             ("product2_qty", "2"),
             ("product2_price", "9.95"),
-            ("product2_shipPrice", "0.00"),
+            ("product2_shipPrice", "4.50"),
             ("salesTax", "0"),
             ("custom1", "DS24-ABC123-1-P1"),
             ("sourceValue1", "campaignkey"),
@@ -668,6 +676,7 @@ mod tests {
                 product_id: 33,
                 quantity: 1,
                 unit_price: Money::from_minor(4900),
+                ship_price: Money::ZERO,
             }],
             currency: "EUR".to_owned(),
             placed_on: "2026-08-18".to_owned(),
