@@ -91,3 +91,50 @@ fn the_config_path_comes_from_the_environment_when_not_given() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/connectors.toml"));
 }
+
+/// The shipped example explains the real capture of a digital order (no street, city or zip)
+/// as a complete import Konnektive would accept: every required address field present,
+/// marked as coming from the fallback, the country from the IPN.
+#[test]
+fn the_example_configuration_explains_the_digital_capture_as_a_complete_import() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["explain", "-c"])
+        .arg(format!("{root}/connectors.toml.example"))
+        .arg(format!(
+            "{root}/tests/fixtures/ipn/20_capture_digital_no_address.txt"
+        ))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "signature: valid for source ds24",
+        "integration main-campaign: DELIVER: import product 512345 as campaign product 33",
+        "  address from [integration.main-campaign.fallback_address] (the IPN has none): \
+         address1, city, postalCode",
+        "      address1=Digital delivery\n",
+        "      city=Online\n",
+        "      postalCode=00000\n",
+        "      country=CH\n",
+        "      shipAddress1=Digital delivery\n",
+        "      shipCity=Online\n",
+        "      shipPostalCode=00000\n",
+        "      shipCountry=CH\n",
+        "      product1_qty=1\n",
+        "      product1_price=49.00\n",
+        "      product1_shipPrice=0.00\n",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from\n{stdout}");
+    }
+    assert!(!stdout.contains("affId"), "{stdout}");
+    assert!(!stdout.contains("change-me"), "the password is redacted");
+}

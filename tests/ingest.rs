@@ -182,7 +182,6 @@ async fn a_payment_becomes_exactly_one_import_with_the_right_fields() {
         ("shipState", "OR"),
         ("shipPostalCode", "97403"),
         ("shipCountry", "US"),
-        ("affId", "bestdeals"),
         ("custom1", "DS24-K7Q2M9XA-40118822-51840233"),
         ("custom2", "aff-bestdeals"),
     ];
@@ -190,6 +189,9 @@ async fn a_payment_becomes_exactly_one_import_with_the_right_fields() {
         assert_eq!(req.param(name), Some(value), "parameter {name}");
     }
     assert!(req.param("cardNumber").is_none());
+    // The affiliate reaches Konnektive only where `fields` maps it (here custom2), never
+    // as an affId Konnektive may not know.
+    assert!(req.param("affId").is_none());
 
     // The ledger keeps what Konnektive returned.
     let orders = fake.orders();

@@ -85,11 +85,12 @@ fn order(reference: &str) -> Order {
             product_id: 31,
             quantity: 1,
             unit_price: Money::from_minor(4900),
+            ship_price: Money::ZERO,
         }],
         currency: "EUR".to_owned(),
-        affiliate: Some("AFF123".to_owned()),
         placed_on: utc_today(),
         extra_fields: vec![("sourceValue1".to_owned(), "campaignkey".to_owned())],
+        address_fallback: Vec::new(),
     }
 }
 
@@ -349,7 +350,16 @@ async fn validation_and_unknown_products_are_permanent() {
     let report = client.execute(&import(no_address)).await;
     match &report.outcome {
         Outcome::Permanent { reason } => {
-            for field in ["shipAddress1", "shipCity", "shipPostalCode", "shipCountry"] {
+            for field in [
+                "address1",
+                "city",
+                "postalCode",
+                "country",
+                "shipAddress1",
+                "shipCity",
+                "shipPostalCode",
+                "shipCountry",
+            ] {
                 assert!(reason.contains(field), "{reason}");
             }
         }
@@ -364,6 +374,90 @@ async fn validation_and_unknown_products_are_permanent() {
         "{report:?}"
     );
     assert!(fake.orders().is_empty());
+}
+
+/// The fake answers a request without a postal address as the reference records (E3): HTTP
+/// 200, `result: ERROR`, one validation object naming every missing billing and shipping
+/// field; and a state longer than 6 characters is refused with a validation object.
+#[tokio::test]
+async fn fake_import_requires_the_address_and_refuses_long_states_like_konnektive() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let url = format!("{}/order/import/", fake.base_url);
+    let post = |extra: Vec<(&'static str, &'static str)>| {
+        let url = url.clone();
+        async move {
+            let mut form = vec![
+                ("loginId", "ds24bridge"),
+                ("password", PASSWORD),
+                ("campaignId", "12"),
+                ("paySource", "PREPAID"),
+                ("firstName", "Test"),
+                ("lastName", "Kauf"),
+                ("emailAddress", "kaeufer@example.de"),
+                ("product1_id", "31"),
+            ];
+            form.extend(extra);
+            let resp = reqwest::Client::new()
+                .post(url)
+                .form(&form)
+                .send()
+                .await
+                .expect("post");
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.expect("json");
+            (status, body)
+        }
+    };
+    let (status, body) = post(vec![("country", "CH"), ("shipCountry", "CH")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        serde_json::json!({"result": "ERROR", "message": {
+            "address1": "is a required field",
+            "city": "is a required field",
+            "postalCode": "is a required field",
+            "shipAddress1": "is a required field",
+            "shipCity": "is a required field",
+            "shipPostalCode": "is a required field",
+        }})
+    );
+    let address = vec![
+        ("address1", "Digital delivery"),
+        ("city", "Online"),
+        ("postalCode", "00000"),
+        ("country", "US"),
+        ("shipAddress1", "Digital delivery"),
+        ("shipCity", "Online"),
+        ("shipPostalCode", "00000"),
+        ("shipCountry", "US"),
+    ];
+    let mut long_state = address.clone();
+    long_state.extend([("state", "California"), ("shipState", "CA")]);
+    let (status, body) = post(long_state).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["result"], "ERROR");
+    let message = body["message"].as_object().expect("validation object");
+    assert_eq!(message.keys().collect::<Vec<_>>(), ["state"]);
+    assert!(fake.orders().is_empty());
+    let (_, body) = post(address).await;
+    assert_eq!(body["result"], "SUCCESS", "{body}");
+    assert_eq!(fake.orders().len(), 1);
+}
+
+/// `ship_price` is sent once per line, so Konnektive's total is `qty × price + shipPrice`.
+#[tokio::test]
+async fn shipping_is_sent_per_line_and_counted_once() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let mut o = order("DS24-S-1");
+    o.items[0].quantity = 2;
+    o.items[0].unit_price = Money::from_minor(2500);
+    o.items[0].ship_price = Money::from_minor(590);
+    receipt_of(&client(&fake).execute(&import(o)).await);
+    let created = &fake.orders()[0];
+    assert_eq!(created.param("product1_qty"), Some("2"));
+    assert_eq!(created.param("product1_price"), Some("25.00"));
+    assert_eq!(created.param("product1_shipPrice"), Some("5.90"));
+    assert_eq!(created.total_cents, 5590);
 }
 
 #[tokio::test]
@@ -854,6 +948,7 @@ async fn cancel_purchase_cancels_every_purchase() {
         product_id: 32,
         quantity: 1,
         unit_price: Money::from_minor(995),
+        ship_price: Money::ZERO,
     });
     let import = receipt_of(&client.execute(&import(two)).await);
     assert_eq!(import.purchase_ids.len(), 2);
@@ -910,6 +1005,7 @@ async fn cancel_purchase_stops_at_the_first_failure() {
         product_id: 32,
         quantity: 1,
         unit_price: Money::from_minor(995),
+        ship_price: Money::ZERO,
     });
     let import = receipt_of(&client.execute(&import(two)).await);
     fake.push_behaviour("purchase/cancel", Behaviour::Normal);

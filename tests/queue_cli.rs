@@ -55,11 +55,12 @@ fn order(reference: &str, email: &str) -> Order {
             product_id: 31,
             quantity: 1,
             unit_price: Money::from_minor(4_900),
+            ship_price: Money::ZERO,
         }],
         currency: "EUR".to_owned(),
-        affiliate: None,
         placed_on: "2025-03-14".to_owned(),
         extra_fields: Vec::new(),
+        address_fallback: Vec::new(),
     }
 }
 

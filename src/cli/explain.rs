@@ -14,6 +14,7 @@ use anyhow::Context;
 
 use crate::config::{Config, Target};
 use crate::connectors::konnektive::import_params;
+use crate::connectors::konnektive::request::address_param;
 use crate::domain::{Action, EventId, ImportRef, IpnEvent, Receipt};
 use crate::ipn;
 use crate::rules::{self, Decision};
@@ -147,6 +148,21 @@ async fn explain(
                 ..
             } => {
                 println!("integration {}: DELIVER: {reason}", r.integration);
+                if let Action::ImportOrder { order, .. } = action.as_ref()
+                    && !order.address_fallback.is_empty()
+                {
+                    let fields: Vec<&str> = order
+                        .address_fallback
+                        .iter()
+                        .map(|f| address_param(*f))
+                        .collect();
+                    println!(
+                        "  address from [integration.{}.fallback_address] (the IPN has none): {} \
+                         (and their ship* copies)",
+                        r.integration,
+                        fields.join(", ")
+                    );
+                }
                 if !delay.is_zero() {
                     println!("  held for {}s after receipt (delay)", delay.as_secs());
                 }

@@ -186,4 +186,46 @@ pub struct Integration {
     pub on: BTreeMap<OrderEvent, ActionKind>,
     /// Extra Konnektive fields in file order.
     pub fields: Vec<(String, Template)>,
+    /// `[integration.NAME.fallback_address]`, defaults filled in.
+    pub fallback_address: FallbackAddress,
+}
+
+/// `[integration.NAME.fallback_address]`: what an order gets for each address field its IPN
+/// leaves empty (digital products are sold without a postal address, and Konnektive requires
+/// one). Every value is non-empty, trimmed and within Konnektive's field length. The country
+/// is never filled in: it always comes from the IPN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackAddress {
+    pub address1: String,
+    pub city: String,
+    pub postal_code: String,
+    /// No default: a state only fits one country.
+    pub state: Option<String>,
+}
+
+impl FallbackAddress {
+    /// Used for `address1` when the file does not say.
+    ///
+    /// [GUESS] Konnektive requires `address1`, `city` and `postalCode` on `order/import` and
+    /// their `ship*` copies (reference `konnektive-api.md` §3.1 "Billing and customer", E3);
+    /// nothing says it checks that they are real. The defaults are neutral and obviously
+    /// synthetic, so a person reading the order sees at once that no address was given,
+    /// and they fit the shortest limits (30, 30, 20 characters, §5 "Field lengths").
+    /// Whether Konnektive accepts `00000` for every country is not known.
+    pub const DEFAULT_ADDRESS1: &'static str = "Digital delivery";
+    /// Used for `city` when the file does not say (see [`Self::DEFAULT_ADDRESS1`]).
+    pub const DEFAULT_CITY: &'static str = "Online";
+    /// Used for `postal_code` when the file does not say (see [`Self::DEFAULT_ADDRESS1`]).
+    pub const DEFAULT_POSTAL_CODE: &'static str = "00000";
+}
+
+impl Default for FallbackAddress {
+    fn default() -> Self {
+        FallbackAddress {
+            address1: Self::DEFAULT_ADDRESS1.to_owned(),
+            city: Self::DEFAULT_CITY.to_owned(),
+            postal_code: Self::DEFAULT_POSTAL_CODE.to_owned(),
+            state: None,
+        }
+    }
 }

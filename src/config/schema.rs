@@ -19,6 +19,10 @@
 //! - `[integration.NAME.fields]` may not set `loginId`, `password` or the integration's
 //!   `order_ref_field` (which carries the bridge's own order reference).
 //! - A `products` list must not be empty (it would match nothing; `active = false` says that).
+//! - `[integration.NAME.fallback_address]` values are checked against the Konnektive field
+//!   lengths of `connectors::konnektive::request::FIELD_MAX_CHARS` (the one home of those
+//!   limits; that file is pure and depends on `domain` only) and refused, never cut, when
+//!   longer: a fallback is written once and should arrive as written.
 //! - Warnings: no integration at all; a listed product without a `product_map` entry and
 //!   without `"*"`; a plain-`http` `base_url` to a non-loopback host (the password would
 //!   travel unencrypted). (Plain-text secrets in a readable file are `load`'s warning.)
@@ -28,6 +32,7 @@ use super::model::*;
 use super::reader::{Field, Section, type_name};
 use super::secret::{Environment, SecretResolver};
 use super::template::{is_name, parse_template};
+use crate::connectors::konnektive::request::max_chars;
 use crate::domain::{ActionKind, OrderEvent};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
@@ -87,7 +92,7 @@ const TARGET_KEYS: [&str; 11] = [
     "retry_max",
     "give_up_after",
 ];
-const INTEGRATION_KEYS: [&str; 18] = [
+const INTEGRATION_KEYS: [&str; 19] = [
     "source",
     "target",
     "active",
@@ -106,9 +111,18 @@ const INTEGRATION_KEYS: [&str; 18] = [
     "product_map",
     "on",
     "fields",
+    "fallback_address",
 ];
 const ORDER_REF_FIELDS: [&str; 5] = ["custom1", "custom2", "custom3", "custom4", "custom5"];
 const NEWSLETTER_VALUES: [&str; 2] = ["any", "opted_in"];
+/// The keys of `[integration.NAME.fallback_address]` and the Konnektive parameter whose
+/// length limit (`FIELD_MAX_CHARS`) each must keep.
+const FALLBACK_ADDRESS_KEYS: [(&str, &str); 4] = [
+    ("address1", "address1"),
+    ("city", "city"),
+    ("postal_code", "postalCode"),
+    ("state", "state"),
+];
 /// Konnektive parameters `fields` must not set: the credentials come from the target.
 const RESERVED_FIELDS: [&str; 2] = ["loginId", "password"];
 
@@ -732,6 +746,11 @@ impl Walker<'_, '_> {
             .and_then(|f| f.section(&mut self.out))
             .map(|fields| self.fields(&fields, &order_ref_field))
             .unwrap_or_default();
+        let fallback_address = s
+            .get("fallback_address")
+            .and_then(|f| f.section(&mut self.out))
+            .map(|table| self.fallback_address(&table))
+            .unwrap_or_default();
         Integration {
             name: name.to_owned(),
             source,
@@ -752,7 +771,43 @@ impl Walker<'_, '_> {
             product_map,
             on,
             fields,
+            fallback_address,
         }
+    }
+
+    /// `[integration.NAME.fallback_address]`: strings only, not empty, within Konnektive's
+    /// length of the field each fills; a key not written keeps its default.
+    fn fallback_address(&mut self, table: &Section<'_, '_>) -> FallbackAddress {
+        let keys: Vec<&str> = FALLBACK_ADDRESS_KEYS.iter().map(|(k, _)| *k).collect();
+        table.reject_unknown(&keys, &mut self.out);
+        let mut address = FallbackAddress::default();
+        for (key, param) in FALLBACK_ADDRESS_KEYS {
+            let Some(field) = table.get(key) else {
+                continue;
+            };
+            let Some(value) = field.non_empty_str(&mut self.out).map(str::trim) else {
+                continue;
+            };
+            let chars = value.chars().count();
+            if let Some(max) = max_chars(param)
+                && chars > max
+            {
+                field.error_hint(
+                    &mut self.out,
+                    format!("{chars} characters; Konnektive's `{param}` takes at most {max}"),
+                    "shorten it; the bridge never cuts a fallback value",
+                );
+                continue;
+            }
+            let value = value.to_owned();
+            match key {
+                "address1" => address.address1 = value,
+                "city" => address.city = value,
+                "postal_code" => address.postal_code = value,
+                _ => address.state = Some(value),
+            }
+        }
+        address
     }
 
     /// The `source` / `target` an integration uses: as named, or the only one there is.

@@ -139,6 +139,10 @@ rebill_cancelled = "cancel_purchase"
 # further events: payment_missed, payment_denial, rebill_resumed, last_paid_day; actions also include
 # "cancel_order" and "ignore". An event not listed is recorded as skipped for this integration.
 
+[integration.main-campaign.fallback_address]   # for orders without a postal address (digital products): Konnektive
+address1 = "…"                            # requires one. Each key fills only what the IPN leaves empty; defaults
+city = "…"                                # work without configuration (see README); the country always comes
+postal_code = "…"                         # from the IPN. Optional: state
 [integration.main-campaign.fields]        # extra Konnektive fields from IPN fields: "{name}" inserts IPN field `name`
 custom2 = "{affiliate_name}"
 sourceValue1 = "{campaignkey}"
@@ -222,6 +226,15 @@ fn the_spec_example_parses_to_the_expected_values() {
     assert_eq!(i.product_map.entries, [(412346, 31), (412350, 32)].into());
     assert_eq!(i.product_map.fallback, Some(33));
     assert_eq!(i.product_map.lookup(999), Some(33));
+    assert_eq!(
+        i.fallback_address,
+        FallbackAddress {
+            address1: "…".into(),
+            city: "…".into(),
+            postal_code: "…".into(),
+            state: None,
+        }
+    );
     assert_eq!(
         i.on,
         [
@@ -309,6 +322,15 @@ fn a_minimal_file_gets_every_default() {
     assert_eq!(i.order_ref_field, "custom1");
     assert!(i.product_map.entries.is_empty());
     assert_eq!(i.product_map.fallback, Some(5));
+    assert_eq!(
+        i.fallback_address,
+        FallbackAddress {
+            address1: "Digital delivery".into(),
+            city: "Online".into(),
+            postal_code: "00000".into(),
+            state: None,
+        }
+    );
 }
 
 #[test]
@@ -352,6 +374,7 @@ fn the_example_file_parses_as_is_without_environment() {
     assert_eq!(i.fields.len(), 1);
     assert_eq!(i.fields[0].0, "custom2");
     assert_eq!(i.fields[0].1.render(|_| Some("aff")), "aff");
+    assert_eq!(i.fallback_address, FallbackAddress::default());
 }
 
 #[test]
@@ -1040,6 +1063,52 @@ fn each_constraint_is_reported() {
             &["custom3 = 5"],
             "`custom3` in [integration.main.fields]: expected a string, found an integer",
         ),
+        // [integration.NAME.fallback_address]
+        (
+            "[integration.main.fallback_address]",
+            &["street = \"x\""],
+            "unknown key `street` in [integration.main.fallback_address]",
+        ),
+        (
+            "[integration.main.fallback_address]",
+            &["zip = \"x\""],
+            "unknown key `zip` in [integration.main.fallback_address]",
+        ),
+        (
+            "[integration.main.fallback_address]",
+            &["postal_code = 12345"],
+            "`postal_code` in [integration.main.fallback_address]: expected a string, found an integer",
+        ),
+        (
+            "[integration.main.fallback_address]",
+            &["city = \"  \""],
+            "`city` in [integration.main.fallback_address]: must not be empty",
+        ),
+        (
+            "[integration.main.fallback_address]",
+            &["address1 = \"\""],
+            "`address1` in [integration.main.fallback_address]: must not be empty",
+        ),
+        (
+            "[integration.main.fallback_address]",
+            &["address1 = \"Digital delivery, no postal address\""],
+            "`address1` in [integration.main.fallback_address]: 35 characters; Konnektive's `address1` takes at most 30",
+        ),
+        (
+            "[integration.main.fallback_address]",
+            &["postal_code = \"000000000000000000000\""],
+            "21 characters; Konnektive's `postalCode` takes at most 20",
+        ),
+        (
+            "[integration.main.fallback_address]",
+            &["state = \"California\""],
+            "`state` in [integration.main.fallback_address]: 10 characters; Konnektive's `state` takes at most 6",
+        ),
+        (
+            "[integration.main]",
+            &["fallback_address = \"none\""],
+            "`fallback_address` in [integration.main]: expected a table, found a string",
+        ),
     ];
     for (header, ops, expected) in rows {
         let text = variant(header, ops);
@@ -1528,5 +1597,55 @@ fn a_bad_currency_is_reported_at_its_line_and_column() {
         ok(MINIMAL).config.integrations["main"]
             .currencies
             .is_empty()
+    );
+}
+
+#[test]
+fn fallback_address_keys_override_the_defaults_one_by_one() {
+    let text = variant(
+        "[integration.main.fallback_address]",
+        &["city = \" Internet \"", "state = \"ZH\""],
+    );
+    let i = &ok(&text).config.integrations["main"];
+    assert_eq!(
+        i.fallback_address,
+        FallbackAddress {
+            address1: "Digital delivery".into(),
+            city: "Internet".into(),
+            postal_code: "00000".into(),
+            state: Some("ZH".into()),
+        }
+    );
+    // Exactly at the limits: accepted (counted in characters, not bytes).
+    let text = variant(
+        "[integration.main.fallback_address]",
+        &[
+            &format!("address1 = \"{}\"", "ü".repeat(30)),
+            &format!("postal_code = \"{}\"", "9".repeat(20)),
+            "state = \"ABCDEF\"",
+        ],
+    );
+    let i = &ok(&text).config.integrations["main"];
+    assert_eq!(i.fallback_address.address1.chars().count(), 30);
+}
+
+#[test]
+fn fallback_address_errors_have_line_and_column() {
+    let text = format!(
+        "{}[integration.main.fallback_address]\naddress1 = \"ok\"\ncity = 7\nstreet = \"x\"\n",
+        MINIMAL.trim_start()
+    );
+    let line_of = |needle: &str| {
+        text.lines()
+            .position(|l| l.starts_with(needle))
+            .map(|i| i + 1)
+            .expect("line")
+    };
+    let e = errors(&text);
+    let positions: Vec<(usize, usize)> = e.errors.iter().map(|d| (d.line, d.column)).collect();
+    assert_eq!(
+        positions,
+        [(line_of("city = 7"), 8), (line_of("street ="), 1)],
+        "{e}"
     );
 }

@@ -269,7 +269,8 @@ pub struct Buyer {
     pub ip_address: Option<String>,
 }
 
-/// A postal address, CRM-neutral. `country` is ISO 3166-1 alpha-2, upper case.
+/// A postal address, CRM-neutral. `country` is ISO 3166-1 alpha-2, upper case; `state` is a
+/// subdivision code (e.g. `CA`, `BY`, `9`) or empty, never a written-out name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
     pub line1: String,
@@ -280,12 +281,37 @@ pub struct Address {
     pub country: String,
 }
 
-/// One line of an order: the *target's* product id (already mapped), quantity, unit price.
+/// An [`Address`] field that an integration's fallback address can fill (the country never:
+/// it always comes from the IPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressField {
+    Line1,
+    City,
+    PostalCode,
+    State,
+}
+
+/// One line of an order: the *target's* product id (already mapped), quantity, unit price
+/// and the line's shipping.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderItem {
     pub product_id: u64,
     pub quantity: u32,
     pub unit_price: Money,
+    /// Shipping of the whole line (charged once, not per unit). Jobs stored before this
+    /// field existed had none.
+    #[serde(default)]
+    pub ship_price: Money,
+}
+
+impl OrderItem {
+    /// What the line costs in total: `quantity × unit_price + ship_price`.
+    pub fn line_total(&self) -> Money {
+        Money::from_minor(
+            self.unit_price.minor() * i64::from(self.quantity) + self.ship_price.minor(),
+        )
+    }
 }
 
 /// An order to create in the CRM, built from an IPN by the rules and sent by a connector.
@@ -302,14 +328,16 @@ pub struct Order {
     pub items: Vec<OrderItem>,
     /// ISO 4217 code of every amount in this order.
     pub currency: String,
-    /// Affiliate id passed to the CRM (`affId`), if any.
-    pub affiliate: Option<String>,
     /// The day Digistore24 says the payment happened, `YYYY-MM-DD` (else the day of receipt).
     /// Informational: the CRM dates an order by its import, so reconciliation searches the
     /// job's lifetime instead (see [`DayWindow`]).
     pub placed_on: String,
     /// Extra target fields (name → value), already rendered; applied last.
     pub extra_fields: Vec<(String, String)>,
+    /// The address fields the IPN left empty and the integration's fallback address filled,
+    /// in [`AddressField`] order (empty when the IPN had a full address).
+    #[serde(default)]
+    pub address_fallback: Vec<AddressField>,
 }
 
 /// Our reference of one imported Digistore24 payment of one order item, written into the

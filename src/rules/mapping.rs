@@ -5,7 +5,9 @@
 //! with its source in `digistore24-ipn.md`, so a correction is a one-place change:
 //! - [`followup_sequence`]: follow-up ⇔ `billing_type` subscription/installment and
 //!   `pay_sequence_no ≥ 2` (reference §4, medium confidence);
-//! - [`item_amount`]: which amount field is the price of *this* item (§4 lists several);
+//! - [`item_price`]: which amount field is the price of *this* item (§4 lists several), and
+//!   whether it includes the item's shipping (undocumented);
+//! - [`country`]: which of the three address blocks (or `country`) names the buyer's country;
 //! - [`IP_FIELDS`]: no IP field is documented for IPNs; we look for the likely names;
 //! - [`GROUPED_ITEM_FIELDS`]: the numbered fields of a grouped IPN were never seen;
 //! - [`NEWSLETTER_OPT_IN_VALUES`]: no reference lists the opt-in values of
@@ -18,13 +20,30 @@
 //!   capped at `|transaction_amount|`, which covers every item of an add-on order.
 //!
 //! Values are not cut to the CRM's field lengths here; that is the connector's business.
+//! The one exception is the state, which must be a code: [`super::states`] turns a name
+//! into its code, and a state without a known code is left out (and logged), never cut.
+//!
+//! Decisions about the address of an [`Order`]:
+//! - Every address field the IPN leaves empty (street, city, postal code, and the state
+//!   when the integration's fallback has one) is filled from the integration's
+//!   `fallback_address`, and the order records which ([`Order::address_fallback`]), so
+//!   `explain`, the stored job and a person reading Konnektive can tell. A field the IPN
+//!   has is never replaced, and a state the IPN has but we cannot code is left out, not
+//!   replaced by the fallback's: the fallback says "no address given", not "unknown state".
+//! - The country always comes from the IPN: an IPN without a usable one is not imported
+//!   (the skip needs attention) rather than booked into a made-up country.
+//! - No `affiliate_name → affId`: Konnektive takes only affiliate ids it knows (reference
+//!   §3.1 "Affiliate"), so the affiliate reaches it only where `fields` maps it.
 
 use std::collections::BTreeSet;
 use std::sync::{Mutex, PoisonError};
 
+use super::states;
+use crate::config::FallbackAddress;
 use crate::config::Integration;
 use crate::domain::{
-    Address, Buyer, ImportRef, IpnEvent, Money, Order, OrderItem, import_reference, utc_date,
+    Address, AddressField, Buyer, ImportRef, IpnEvent, Money, Order, OrderItem, import_reference,
+    utc_date,
 };
 
 /// IPN fields that may carry the buyer's IP address. [GUESS] None is documented.
@@ -380,11 +399,168 @@ pub fn item(event: &IpnEvent) -> &str {
         .unwrap_or("0")
 }
 
-/// The price of this item in this payment. `product_txn_amount` is the product line's share
-/// of the transaction; `amount` and `transaction_amount` are fallbacks for IPNs without it.
-pub fn item_amount(event: &IpnEvent) -> Option<Money> {
-    let raw = event.first_of(&["product_txn_amount", "amount", "transaction_amount"])?;
-    Money::parse_decimal(raw).ok()
+/// What Konnektive gets for this item: quantity, unit price and the line's shipping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemPrice {
+    pub quantity: u32,
+    pub unit_price: Money,
+    pub ship_price: Money,
+}
+
+/// The price rule: this item's amount, quantity and shipping → Konnektive's `productN_qty`,
+/// `productN_price` and `productN_shipPrice`, chosen so that Konnektive's total for the line
+/// (`qty × price + shipPrice`) is what the buyer paid for this item.
+///
+/// Fields (reference `digistore24-ipn.md` §4): the paid amount is `product_txn_amount` (the
+/// product line's share of the transaction, gross), else `amount`, else
+/// `transaction_amount`; the shipping is `product_txn_shipping`, else
+/// `product_shipping_amount`, else none; the quantity is `quantity` (at least 1). Amounts
+/// may come without decimals (`"49"`, as in the real capture).
+///
+/// [GUESS] Whether `product_txn_amount` includes the shipping is undocumented (the real
+/// capture has shipping 0). We take it to **include** it, as a share of what the buyer paid
+/// would: the shipping goes into `shipPrice` and the rest is the goods. Two readings of the
+/// IPN itself overrule that guess, because with them the amount cannot include the
+/// shipping: the shipping is larger than the amount, or the IPN is a one-item order whose
+/// `transaction_amount` (everything the buyer paid) equals amount + shipping. Then the
+/// whole amount is the goods, and the total is amount + shipping (logged).
+///
+/// Konnektive's price is per unit: the goods are split by the quantity when that divides
+/// exactly, else the line is imported as one unit at the full amount (logged), so the total
+/// is right in every case. A negative amount (never seen on a payment) counts by its size.
+pub fn item_price(event: &IpnEvent) -> Result<ItemPrice, String> {
+    let amount_field = ["product_txn_amount", "amount", "transaction_amount"]
+        .into_iter()
+        .find(|f| event.get(f).is_some())
+        .ok_or("the IPN has no amount")?;
+    let amount = money_field(event, amount_field)?;
+    let shipping = match ["product_txn_shipping", "product_shipping_amount"]
+        .into_iter()
+        .find(|f| event.get(f).is_some())
+    {
+        Some(field) => money_field(event, field)?,
+        None => Money::ZERO,
+    };
+    let one_item = event
+        .get("item_count")
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .is_none_or(|n| n <= 1);
+    let paid_in_total = event
+        .get("transaction_amount")
+        .and_then(|t| Money::parse_decimal(t.trim()).ok())
+        .map(Money::abs);
+    let with_shipping = Money::from_minor(amount.minor() + shipping.minor());
+    let excludes_shipping = shipping > amount
+        || (shipping > Money::ZERO && one_item && paid_in_total == Some(with_shipping));
+    let goods = if excludes_shipping {
+        tracing::info!(
+            amount = %amount,
+            shipping = %shipping,
+            transaction_amount = ?paid_in_total.map(|m| m.to_string()),
+            "the item's amount does not include its shipping here; shipping is added on top"
+        );
+        amount
+    } else {
+        Money::from_minor(amount.minor() - shipping.minor())
+    };
+    let quantity: u32 = event
+        .get("quantity")
+        .and_then(|q| q.trim().parse().ok())
+        .filter(|q| *q >= 1)
+        .unwrap_or(1);
+    let (quantity, unit_price) = match goods.checked_div_exact(quantity) {
+        Some(unit) => (quantity, unit),
+        None => {
+            tracing::info!(
+                quantity,
+                amount = %goods,
+                "the amount does not divide by the quantity; importing one unit at the full amount"
+            );
+            (1, goods)
+        }
+    };
+    Ok(ItemPrice {
+        quantity,
+        unit_price,
+        ship_price: shipping,
+    })
+}
+
+/// An amount field of the IPN, by its size; `Err` names a field that is not an amount.
+fn money_field(event: &IpnEvent, field: &str) -> Result<Money, String> {
+    let raw = event.get(field).unwrap_or_default();
+    Money::parse_decimal(raw.trim())
+        .map(Money::abs)
+        .map_err(|_| format!("the IPN's {field} is not an amount: {raw:?}"))
+}
+
+/// The buyer's country, ISO 3166-1 alpha-2 upper case: the first usable one of the billing
+/// address, the order-form address, the buyer's address, then `country`. `None` when none
+/// is two letters.
+pub fn country(event: &IpnEvent) -> Option<String> {
+    [
+        "billing_country",
+        "address_country",
+        "buyer_address_country",
+        "country",
+    ]
+    .into_iter()
+    .filter_map(|f| event.get(f))
+    .map(|c| c.trim().to_ascii_uppercase())
+    .find(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()))
+}
+
+/// The IPN's state as written (billing, order-form, then buyer address), if it has one.
+fn written_state(event: &IpnEvent) -> Option<&str> {
+    addr(event, "state")
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// The state code for the IPN's state in `country` (see [`states::state_code`]): `Ok(code)`,
+/// `Ok("")` when the IPN has no state, `Err(value)` when it has one we know no code for.
+fn ipn_state<'a>(event: &'a IpnEvent, country: &str) -> Result<&'static str, &'a str> {
+    match written_state(event) {
+        None => Ok(""),
+        Some(value) => states::state_code(country, value).ok_or(value),
+    }
+}
+
+/// Fills each empty field of `address` from `fallback` and returns the fields it filled.
+/// The state is filled only when `state_given` is false (the IPN had none at all).
+fn fill_from_fallback(
+    address: &mut Address,
+    fallback: &FallbackAddress,
+    state_given: bool,
+) -> Vec<AddressField> {
+    let mut filled = Vec::new();
+    let slots = [
+        (
+            AddressField::Line1,
+            &mut address.line1,
+            Some(&fallback.address1),
+        ),
+        (AddressField::City, &mut address.city, Some(&fallback.city)),
+        (
+            AddressField::PostalCode,
+            &mut address.postal_code,
+            Some(&fallback.postal_code),
+        ),
+        (
+            AddressField::State,
+            &mut address.state,
+            fallback.state.as_ref().filter(|_| !state_given),
+        ),
+    ];
+    for (field, slot, value) in slots {
+        if let Some(value) = value
+            && slot.trim().is_empty()
+        {
+            value.clone_into(slot);
+            filled.push(field);
+        }
+    }
+    filled
 }
 
 fn digits(s: &str) -> String {
@@ -419,6 +595,10 @@ pub fn order(
     let email = event
         .first_of(&["buyer_email", "email", "address_email"])
         .ok_or("the IPN has no buyer e-mail")?;
+    let country = country(event).ok_or(
+        "the IPN has no usable country (billing_country, address_country, \
+         buyer_address_country, country), and Konnektive requires one",
+    )?;
     let first_name = addr(event, "first_name")
         .or_else(|| event.get("buyer_first_name"))
         .unwrap_or_default();
@@ -432,28 +612,24 @@ pub fn order(
             None => name.to_owned(),
         })
     });
-    let country = addr(event, "country")
-        .or_else(|| event.get("country"))
-        .map(|c| c.trim().to_ascii_uppercase())
-        .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()))
-        .unwrap_or_default();
     let phone = ["phone_no", "mobile_no"]
         .iter()
         .find_map(|f| addr(event, f))
         .map(digits)
         .unwrap_or_default();
-    let amount = item_amount(event).ok_or("the IPN has no amount")?;
-    let quantity: u32 = event
-        .get("quantity")
-        .and_then(|q| q.parse().ok())
-        .filter(|q| *q >= 1)
-        .unwrap_or(1);
-    // Konnektive's price is per unit: split the amount when it divides exactly, else import
-    // one unit at the full amount so the order total is always right.
-    let (quantity, unit_price) = match amount.checked_div_exact(quantity) {
-        Some(unit) => (quantity, unit),
-        None => (1, amount),
+    let state = match ipn_state(event, &country) {
+        Ok(code) => code,
+        Err(value) => {
+            tracing::info!(
+                country = %country,
+                state = value,
+                "state left out: no known subdivision code for it in this country"
+            );
+            ""
+        }
     };
+    let state_given = written_state(event).is_some();
+    let price = item_price(event)?;
     let placed_on = event
         .first_of(&["transaction_date", "order_date"])
         .filter(|d| d.len() == 10)
@@ -463,6 +639,16 @@ pub fn order(
         .iter()
         .map(|(name, template)| (name.clone(), template.render(|f| event.get(f))))
         .collect();
+    let mut address = Address {
+        line1: street.unwrap_or_default(),
+        line2: addr(event, "street2").unwrap_or_default().to_owned(),
+        city: addr(event, "city").unwrap_or_default().to_owned(),
+        state: state.to_owned(),
+        postal_code: addr(event, "zipcode").unwrap_or_default().to_owned(),
+        country,
+    };
+    let address_fallback =
+        fill_from_fallback(&mut address, &integration.fallback_address, state_given);
     Ok(Order {
         reference,
         reference_field: integration.order_ref_field.clone(),
@@ -475,25 +661,19 @@ pub fn order(
             phone,
             ip_address: ipv4(event),
         },
-        address: Address {
-            line1: street.unwrap_or_default(),
-            line2: addr(event, "street2").unwrap_or_default().to_owned(),
-            city: addr(event, "city").unwrap_or_default().to_owned(),
-            state: addr(event, "state").unwrap_or_default().to_owned(),
-            postal_code: addr(event, "zipcode").unwrap_or_default().to_owned(),
-            country,
-        },
+        address,
         items: vec![OrderItem {
             product_id: campaign_product,
-            quantity,
-            unit_price: unit_price.abs(),
+            quantity: price.quantity,
+            unit_price: price.unit_price,
+            ship_price: price.ship_price,
         }],
         currency: event
             .first_of(&["transaction_currency", "currency"])
             .unwrap_or_default()
             .to_owned(),
-        affiliate: event.get("affiliate_name").map(str::to_owned),
         placed_on,
         extra_fields,
+        address_fallback,
     })
 }

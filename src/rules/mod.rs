@@ -20,9 +20,10 @@
 //!
 //! The mapping from Digistore24 fields to the CRM-neutral [`Order`] lives in [`mapping`];
 //! everything there that rests on a guess about the IPN format is named and documented in
-//! that one file.
+//! that one file. State names become subdivision codes in [`states`] (a pure table).
 
 pub mod mapping;
+pub mod states;
 #[cfg(test)]
 mod tests;
 

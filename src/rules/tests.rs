@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
-use crate::config::{Integration, Newsletter, ProductFilter, ProductMap, Template, TemplatePart};
-use crate::domain::{ActionKind, IpnEvent, Money, OrderEvent};
+use crate::config::{
+    FallbackAddress, Integration, Newsletter, ProductFilter, ProductMap, Template, TemplatePart,
+};
+use crate::domain::{ActionKind, AddressField, IpnEvent, Money, OrderEvent};
 
 macro_rules! fixture {
     ($name:literal) => {
@@ -53,6 +55,7 @@ fn integration() -> Integration {
                 ],
             },
         )],
+        fallback_address: FallbackAddress::default(),
     }
 }
 
@@ -335,7 +338,8 @@ fn the_order_is_mapped_from_the_ipn() {
     assert_eq!(o.items.len(), 1);
     assert_eq!(o.items[0].unit_price, Money::from_minor(9700));
     assert_eq!(o.currency, "USD");
-    assert_eq!(o.affiliate.as_deref(), Some("bestdeals"));
+    assert!(o.address_fallback.is_empty(), "the IPN has a full address");
+    assert_eq!(o.items[0].ship_price, Money::ZERO);
     assert_eq!(o.placed_on, "2025-03-14");
     assert_eq!(
         o.extra_fields,
@@ -1046,4 +1050,313 @@ fn a_grouped_ipn_is_not_imported_in_part_and_needs_attention() {
             ..
         }
     ));
+}
+
+/// The fixture `01` with some fields changed (`""` empties a field, as Digistore24 sends it).
+fn payment_with(changes: &[(&str, &str)]) -> IpnEvent {
+    let mut fields = event(fixture!("01_on_payment_single_product.txt"))
+        .fields()
+        .clone();
+    for (k, v) in changes {
+        fields.insert((*k).into(), (*v).into());
+    }
+    IpnEvent::new(fields)
+}
+
+/// Every address field of every block emptied, as in the real capture of a digital order.
+const NO_POSTAL_ADDRESS: [(&str, &str); 14] = [
+    ("billing_street", ""),
+    ("billing_street_name", ""),
+    ("billing_city", ""),
+    ("billing_zipcode", ""),
+    ("billing_state", ""),
+    ("address_street", ""),
+    ("address_street_name", ""),
+    ("address_city", ""),
+    ("address_zipcode", ""),
+    ("address_state", ""),
+    ("buyer_address_street", ""),
+    ("buyer_address_city", ""),
+    ("buyer_address_zipcode", ""),
+    ("buyer_address_state", ""),
+];
+
+#[test]
+fn the_real_capture_of_a_digital_order_gets_the_fallback_address() {
+    let i = integration();
+    let e = event(fixture!("20_capture_digital_no_address.txt"));
+    let o = mapping::order(&i, &e, 33, 0).expect("order");
+    assert_eq!(o.address.line1, "Digital delivery");
+    assert_eq!(o.address.city, "Online");
+    assert_eq!(o.address.postal_code, "00000");
+    assert_eq!(o.address.state, "", "no default state");
+    assert_eq!(o.address.country, "CH", "billing_country, not country=DE");
+    assert_eq!(
+        o.address_fallback,
+        [
+            AddressField::Line1,
+            AddressField::City,
+            AddressField::PostalCode
+        ]
+    );
+    assert_eq!(
+        (
+            o.items[0].quantity,
+            o.items[0].unit_price,
+            o.items[0].ship_price
+        ),
+        (1, Money::from_minor(4900), Money::ZERO),
+        "product_txn_amount=49 without decimals"
+    );
+    assert_eq!(
+        (o.buyer.first_name.as_str(), o.buyer.last_name.as_str()),
+        ("Test", "Kauf")
+    );
+}
+
+#[test]
+fn the_fallback_fills_only_what_the_ipn_leaves_empty() {
+    let mut i = integration();
+    i.fallback_address = FallbackAddress {
+        address1: "Kein Versand".into(),
+        city: "Internet".into(),
+        postal_code: "9999".into(),
+        state: Some("ZH".into()),
+    };
+    // Only the city is missing: only the city is filled.
+    let e = payment_with(&[("billing_city", ""), ("address_city", "")]);
+    let o = mapping::order(&i, &e, 31, 0).expect("order");
+    assert_eq!(o.address.city, "Internet");
+    assert_eq!(o.address.line1, "742 Evergreen Terrace");
+    assert_eq!(o.address.postal_code, "97403");
+    assert_eq!(o.address.state, "OR");
+    assert_eq!(o.address_fallback, [AddressField::City]);
+    // Nothing given: everything from the fallback, the state too, the country from the IPN.
+    let e = payment_with(&NO_POSTAL_ADDRESS);
+    let o = mapping::order(&i, &e, 31, 0).expect("order");
+    assert_eq!(
+        (
+            o.address.line1.as_str(),
+            o.address.city.as_str(),
+            o.address.postal_code.as_str(),
+            o.address.state.as_str(),
+            o.address.country.as_str()
+        ),
+        ("Kein Versand", "Internet", "9999", "ZH", "US")
+    );
+    assert_eq!(
+        o.address_fallback,
+        [
+            AddressField::Line1,
+            AddressField::City,
+            AddressField::PostalCode,
+            AddressField::State
+        ]
+    );
+    // A state the IPN has but that has no known code is left out, not replaced.
+    let e = payment_with(&[("billing_state", "Atlantis"), ("address_state", "Atlantis")]);
+    let o = mapping::order(&i, &e, 31, 0).expect("order");
+    assert_eq!(o.address.state, "");
+    assert!(o.address_fallback.is_empty());
+}
+
+#[test]
+fn written_out_states_become_codes_and_unknown_ones_are_left_out() {
+    let i = integration();
+    let state = |changes: &[(&str, &str)]| {
+        mapping::order(&i, &payment_with(changes), 31, 0)
+            .expect("order")
+            .address
+            .state
+    };
+    assert_eq!(state(&[("billing_state", "California")]), "CA");
+    assert_eq!(state(&[("billing_state", "oregon")]), "OR");
+    assert_eq!(state(&[("billing_state", "ny")]), "NY");
+    // Never cut to six characters.
+    assert_eq!(state(&[("billing_state", "Californie")]), "");
+    let de = [("billing_country", "DE"), ("billing_state", "Bayern")];
+    assert_eq!(state(&de), "BY");
+    // A country without a table: the state is left out, whatever it is.
+    assert_eq!(
+        state(&[("billing_country", "FR"), ("billing_state", "IDF")]),
+        ""
+    );
+}
+
+#[test]
+fn an_ipn_without_a_usable_country_is_skipped_and_needs_attention() {
+    let i = integration();
+    let mut changes = vec![
+        ("billing_country", ""),
+        ("address_country", "Deutschland"),
+        ("buyer_address_country", ""),
+        ("country", ""),
+    ];
+    let e = payment_with(&changes);
+    match decide(&i, &e, 0) {
+        Decision::Skip { reason, severity } => {
+            assert_eq!(severity, Severity::NeedsAttention);
+            assert!(reason.contains("no usable country"), "{reason}");
+        }
+        other => panic!("skip expected, got {other:?}"),
+    }
+    // The plain `country` field is the last resort.
+    changes[3] = ("country", "at");
+    let o = mapping::order(&i, &payment_with(&changes), 31, 0).expect("order");
+    assert_eq!(o.address.country, "AT");
+}
+
+#[test]
+fn no_affid_is_derived_from_the_affiliate() {
+    let i = integration();
+    let o = mapping::order(&i, &payment_with(&[]), 31, 0).expect("order");
+    assert!(
+        !o.extra_fields.iter().any(|(name, _)| name == "affId"),
+        "{:?}",
+        o.extra_fields
+    );
+}
+
+/// The price rule, as a table: `(amount field, amount, shipping field, shipping, quantity,
+/// item_count, transaction_amount)` → `(qty, unit price, shipPrice)` in cents. In every row,
+/// `qty × price + shipPrice` is what the buyer paid for the item.
+#[test]
+fn price_rule_table() {
+    type Row = (
+        &'static [(&'static str, &'static str)],
+        Result<(u32, i64, i64), &'static str>,
+    );
+    let rows: &[Row] = &[
+        // The real capture: no decimals, no shipping.
+        (
+            &[("product_txn_amount", "49"), ("product_txn_shipping", "0")],
+            Ok((1, 4900, 0)),
+        ),
+        // Shipping is part of the item's amount: goods = amount − shipping.
+        (
+            &[
+                ("product_txn_amount", "54.90"),
+                ("product_txn_shipping", "5.90"),
+                ("transaction_amount", "54.90"),
+            ],
+            Ok((1, 4900, 590)),
+        ),
+        // ... split by quantity when exact.
+        (
+            &[
+                ("product_txn_amount", "104.90"),
+                ("product_txn_shipping", "5.90"),
+                ("quantity", "2"),
+                ("transaction_amount", "104.90"),
+            ],
+            Ok((2, 4950, 590)),
+        ),
+        // ... else one unit at the whole goods amount.
+        (
+            &[
+                ("product_txn_amount", "15.90"),
+                ("product_txn_shipping", "5.90"),
+                ("quantity", "3"),
+                ("transaction_amount", "15.90"),
+            ],
+            Ok((1, 1000, 590)),
+        ),
+        // The IPN shows the amount excludes shipping: a one-item order paid amount + shipping.
+        (
+            &[
+                ("product_txn_amount", "49.00"),
+                ("product_txn_shipping", "5.90"),
+                ("transaction_amount", "54.90"),
+                ("item_count", "1"),
+            ],
+            Ok((1, 4900, 590)),
+        ),
+        // ... or the shipping is larger than the amount.
+        (
+            &[
+                ("product_txn_amount", "3.00"),
+                ("product_txn_shipping", "4.00"),
+            ],
+            Ok((1, 300, 400)),
+        ),
+        // A multi-item order: transaction_amount covers other items, the guess stands.
+        (
+            &[
+                ("product_txn_amount", "49.00"),
+                ("product_txn_shipping", "5.90"),
+                ("transaction_amount", "54.90"),
+                ("item_count", "2"),
+            ],
+            Ok((1, 4310, 590)),
+        ),
+        // product_shipping_amount when product_txn_shipping is empty.
+        (
+            &[
+                ("product_txn_amount", "20"),
+                ("product_txn_shipping", ""),
+                ("product_shipping_amount", "2.5"),
+                ("transaction_amount", "20"),
+            ],
+            Ok((1, 1750, 250)),
+        ),
+        // amount when product_txn_amount is empty; no shipping fields at all.
+        (
+            &[
+                ("product_txn_amount", ""),
+                ("product_txn_shipping", ""),
+                ("product_shipping_amount", ""),
+                ("amount", "30"),
+                ("quantity", "3"),
+            ],
+            Ok((3, 1000, 0)),
+        ),
+        // Not an amount: the reason names the field.
+        (
+            &[("product_txn_shipping", "free")],
+            Err("the IPN's product_txn_shipping is not an amount: \"free\""),
+        ),
+        (
+            &[
+                ("product_txn_amount", ""),
+                ("amount", ""),
+                ("transaction_amount", ""),
+            ],
+            Err("the IPN has no amount"),
+        ),
+    ];
+    for (changes, want) in rows {
+        let got = mapping::item_price(&payment_with(changes))
+            .map(|p| (p.quantity, p.unit_price.minor(), p.ship_price.minor()));
+        assert_eq!(got, want.map_err(str::to_owned), "{changes:?}");
+        if let Ok((qty, unit, ship)) = got {
+            let e = payment_with(changes);
+            let paid = ["product_txn_amount", "amount"]
+                .iter()
+                .find_map(|f| e.get(f))
+                .and_then(|a| Money::parse_decimal(a).ok())
+                .map(Money::minor)
+                .unwrap_or_default();
+            let total = i64::from(qty) * unit + ship;
+            assert!(
+                total == paid || total == paid + ship,
+                "{changes:?}: total {total} vs amount {paid}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_order_carries_shipping_and_quantity() {
+    let i = integration();
+    let e = payment_with(&[
+        ("product_txn_amount", "104.90"),
+        ("product_txn_shipping", "5.90"),
+        ("quantity", "2"),
+        ("transaction_amount", "104.90"),
+    ]);
+    let o = mapping::order(&i, &e, 31, 0).expect("order");
+    assert_eq!(o.items[0].quantity, 2);
+    assert_eq!(o.items[0].unit_price, Money::from_minor(4950));
+    assert_eq!(o.items[0].ship_price, Money::from_minor(590));
+    assert_eq!(o.items[0].line_total(), Money::from_minor(10490));
 }

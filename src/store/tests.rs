@@ -18,11 +18,12 @@ fn order(reference: &str) -> Order {
             product_id: 31,
             quantity: 1,
             unit_price: Money::from_minor(9700),
+            ship_price: Money::ZERO,
         }],
         currency: "USD".into(),
-        affiliate: None,
         placed_on: "2026-11-22".into(),
         extra_fields: Vec::new(),
+        address_fallback: Vec::new(),
     }
 }
 

@@ -19,13 +19,18 @@
 //!   GUESS, as is every text marked so below.
 //!
 //! Endpoints:
-//! * `order/import`: requires `paySource`, `firstName`, `lastName`, `emailAddress`,
-//!   `shipAddress1`, `shipCity`, `shipPostalCode`, `shipCountry` (else the recorded
-//!   validation object, E3); the campaign must exist and every `productN_id` (N = 1, 2, …
-//!   consecutively) must be one of its campaign product ids, else
-//!   `No products exist in the order` (E4). Creates an order (10-char uppercase hex `orderId`,
-//!   integer `customerId` reused per e-mail, one hex `purchaseId` per item, one SALE
-//!   transaction) and answers E1, or E1b (`PENDING`) when `qa_hold`. Prices default to 0.00.
+//! * `order/import`: requires `paySource`, `firstName`, `lastName`, `emailAddress`, the
+//!   billing `address1`, `city`, `postalCode`, `country` (reference §3.1 "req") and the
+//!   shipping `shipAddress1`, `shipCity`, `shipPostalCode`, `shipCountry` (recorded, E3);
+//!   every missing one is named in one validation object, field → `is a required field`.
+//!   A `state` or `shipState` longer than 6 characters (§5) is refused with a validation
+//!   object, field → `Not a valid input. Must be at most 6 characters` (GUESS text). The
+//!   campaign must exist and every `productN_id` (N = 1, 2, … consecutively) must be one of
+//!   its campaign product ids, else `No products exist in the order` (E4). Creates an order
+//!   (10-char uppercase hex `orderId`, integer `customerId` reused per e-mail, one hex
+//!   `purchaseId` per item, one SALE transaction) and answers E1, or E1b (`PENDING`) when
+//!   `qa_hold`. Prices default to 0.00; a line costs `qty × price + shipPrice` (shipping
+//!   once per line: GUESS, the reference does not say).
 //! * `order/query`: filters `orderId`, `emailAddress` (case-insensitive), `campaignId`,
 //!   `customerId`, `orderStatus`; `startDate`/`endDate` (`MM/DD/YYYY`, times ignored) are
 //!   required without `orderId` and compared with the order's creation *day*;
@@ -742,6 +747,10 @@ fn order_import(st: &mut FakeState, p: &[(String, String)]) -> Value {
         "firstName",
         "lastName",
         "emailAddress",
+        "address1",
+        "city",
+        "postalCode",
+        "country",
         "shipAddress1",
         "shipCity",
         "shipPostalCode",
@@ -749,6 +758,20 @@ fn order_import(st: &mut FakeState, p: &[(String, String)]) -> Value {
     ];
     if let Some(err) = require(p, &required) {
         return err;
+    }
+    // GUESS text; the limit of 6 is the reference's (§5 "State").
+    let too_long: Map<String, Value> = ["state", "shipState"]
+        .iter()
+        .filter(|f| param(p, f).is_some_and(|v| v.chars().count() > 6))
+        .map(|f| {
+            (
+                (*f).to_owned(),
+                Value::from("Not a valid input. Must be at most 6 characters"),
+            )
+        })
+        .collect();
+    if !too_long.is_empty() {
+        return envelope_error(Value::Object(too_long));
     }
     const NO_PRODUCTS: &str = "No products exist in the order";
     let Some(campaign_id) = param(p, "campaignId").and_then(|c| c.parse::<u64>().ok()) else {
@@ -834,7 +857,7 @@ fn order_import(st: &mut FakeState, p: &[(String, String)]) -> Value {
     let tax_cents = param(p, "salesTax").and_then(parse_cents).unwrap_or(0);
     let total_cents = items
         .iter()
-        .map(|i| (i.price_cents + i.ship_price_cents) * i64::from(i.qty))
+        .map(|i| i.price_cents * i64::from(i.qty) + i.ship_price_cents)
         .sum::<i64>()
         + tax_cents;
     let qa = st.cfg.qa_hold;
@@ -884,11 +907,7 @@ fn import_message(o: &FakeOrder) -> Value {
         .iter()
         .map(|i| i.price_cents * i64::from(i.qty))
         .sum();
-    let shipping: i64 = o
-        .items
-        .iter()
-        .map(|i| i.ship_price_cents * i64::from(i.qty))
-        .sum();
+    let shipping: i64 = o.items.iter().map(|i| i.ship_price_cents).sum();
     let mut m = Map::new();
     m.insert("orderId".into(), o.order_id.clone().into());
     m.insert("customerId".into(), o.customer_id.into());

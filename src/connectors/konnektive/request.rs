@@ -19,7 +19,15 @@
 //!   `password` is dropped, so the credentials on the wire are always the configured ones and
 //!   redaction by name is complete.
 //! * **Field lengths** come from [`FIELD_MAX_CHARS`] (third-party validation rules, reference
-//!   §5; not official limits). Values are cut on char boundaries, counting chars.
+//!   §5; not official limits). Values are cut on char boundaries, counting chars, except the
+//!   codes in [`NEVER_CUT`]: a cut state or country is a wrong one (`Califo`), so a value
+//!   too long for them is left out instead (the rules send codes, so this is a safety net).
+//! * **No `affId` of our own**: Konnektive only accepts affiliate ids it knows (reference
+//!   §3.1 "Affiliate"), so `affId` is sent only when `extra_fields` (the integration's
+//!   `fields` table) sets it.
+//! * **Shipping** is the item's `ship_price`, once per line: Konnektive's line total is
+//!   taken to be `qty × price + shipPrice` (the rules choose the numbers so that this is what
+//!   the buyer paid; see `rules::mapping::item_price`).
 //! * **Actions on an earlier import** (refund, chargeback, cancellations; reference §3.7–§3.9)
 //!   never touch a payment gateway: a refund always carries `externalRefund=1` (Digistore24
 //!   paid it out) and our Digistore24 refund transaction id as `refundMerchantTxnId`, the key
@@ -29,7 +37,7 @@
 //!   `cancelReason` is required by Konnektive, so an empty reason becomes
 //!   [`DEFAULT_CANCEL_REASON`].
 
-use crate::domain::{Day, DayWindow, ImportRef, Money, Order};
+use crate::domain::{AddressField, Day, DayWindow, ImportRef, Money, Order};
 
 /// Maximum length in chars per Konnektive field, from the third-party validation rules in the
 /// reference (§5). Where the sources give a range ("names 30–50") the lower bound is used, so a
@@ -78,6 +86,9 @@ pub const FIELD_MAX_CHARS: &[(&str, usize)] = &[
     ("chargebackNote", 500),
 ];
 
+/// Parameters whose value is a code: never cut to [`FIELD_MAX_CHARS`], left out when longer.
+pub const NEVER_CUT: &[&str] = &["state", "shipState", "country", "shipCountry"];
+
 /// Parameter names that carry credentials; added only by the client, redacted when stored.
 pub const LOGIN_ID_PARAM: &str = "loginId";
 pub const PASSWORD_PARAM: &str = "password";
@@ -120,6 +131,7 @@ impl Params {
             return;
         }
         let value = match max_chars(name) {
+            Some(max) if NEVER_CUT.contains(&name) && value.chars().count() > max => return,
             Some(max) => cut(value, max).trim_end(),
             None => value,
         };
@@ -135,8 +147,8 @@ impl Params {
 ///
 /// Order: `campaignId`, `paySource=PREPAID`, buyer and billing address, `billShipSame=1`
 /// with explicit `ship*` copies (the recorded sandbox demanded them), `ipAddress` when known,
-/// `productN_id/qty/price/shipPrice` per item (unit price, shipping `0.00`), `salesTax=0`
-/// (the IPN amount is gross), `affId` when known, `<reference_field>=<reference>`, then
+/// `productN_id/qty/price/shipPrice` per item (unit price, the line's shipping), `salesTax=0`
+/// (the IPN amount is gross), `<reference_field>=<reference>`, then
 /// `extra_fields` (each replaces a same-named parameter and moves it to the end; empty ones
 /// are skipped so an absent IPN field never clears a value). No card, `prepaidType` or
 /// `forceMerchantId` fields: with those, `PREPAID` routes to a payment gateway (reference §3.1a).
@@ -176,12 +188,12 @@ pub fn import_params(order: &Order) -> Vec<(String, String)> {
         p.push(&format!("product{n}_id"), &item.product_id.to_string());
         p.push(&format!("product{n}_qty"), &item.quantity.to_string());
         p.push(&format!("product{n}_price"), &item.unit_price.to_string());
-        p.push(&format!("product{n}_shipPrice"), "0.00");
+        p.push(
+            &format!("product{n}_shipPrice"),
+            &item.ship_price.to_string(),
+        );
     }
     p.push("salesTax", "0");
-    if let Some(aff) = &order.affiliate {
-        p.push("affId", aff);
-    }
 
     // The reconciliation key: whole, and last before the extra fields (see module docs).
     p.remove(&order.reference_field);
@@ -197,6 +209,17 @@ pub fn import_params(order: &Order) -> Vec<(String, String)> {
         p.push(name, value);
     }
     p.0
+}
+
+/// The `order/import` parameter (billing side; the `ship*` copy carries the same value) that
+/// an [`AddressField`] fills, for `explain`.
+pub fn address_param(field: AddressField) -> &'static str {
+    match field {
+        AddressField::Line1 => "address1",
+        AddressField::City => "city",
+        AddressField::PostalCode => "postalCode",
+        AddressField::State => "state",
+    }
 }
 
 /// Form-encodes `params` (`application/x-www-form-urlencoded`, as browsers and PHP do:
@@ -536,15 +559,16 @@ mod tests {
                     product_id: 31,
                     quantity: 1,
                     unit_price: Money::from_minor(4900),
+                    ship_price: Money::ZERO,
                 },
                 OrderItem {
                     product_id: 32,
                     quantity: 2,
                     unit_price: Money::from_minor(995),
+                    ship_price: Money::from_minor(450),
                 },
             ],
             currency: "EUR".to_owned(),
-            affiliate: Some("AFF123".to_owned()),
             placed_on: "2026-03-02".to_owned(),
             extra_fields: vec![
                 ("sourceValue1".to_owned(), "campaignkey".to_owned()),
@@ -557,6 +581,7 @@ mod tests {
                 ),
                 ("password".to_owned(), "nope".to_owned()),
             ],
+            address_fallback: Vec::new(),
         }
     }
 
@@ -591,7 +616,7 @@ mod tests {
             ("product2_id", "32"),
             ("product2_qty", "2"),
             ("product2_price", "9.95"),
-            ("product2_shipPrice", "0.00"),
+            ("product2_shipPrice", "4.50"),
             ("salesTax", "0"),
             ("custom1", "DS24-ABC123-1-P1"),
             ("sourceValue1", "campaignkey"),
@@ -608,7 +633,6 @@ mod tests {
     fn import_params_without_optional_values() {
         let mut order = sample_order();
         order.buyer.ip_address = None;
-        order.affiliate = None;
         order.extra_fields.clear();
         order.buyer.company = "ACME & Söhne".to_owned();
         let got = import_params(&order);
@@ -622,6 +646,104 @@ mod tests {
         assert_eq!(
             got.last(),
             Some(&("custom1".to_owned(), "DS24-ABC123-1-P1".to_owned()))
+        );
+    }
+
+    /// The real Digistore24 capture of a digital order (no street, city or zip), mapped with
+    /// the default fallback address: every field Konnektive requires is there, the fallback
+    /// values on both sides, the country from the IPN, no `affId`.
+    #[test]
+    fn import_params_golden_for_a_digital_order_with_the_fallback_address() {
+        let order = Order {
+            reference: "DS24-A1B2C3D4-33299237-3999938".to_owned(),
+            reference_field: "custom1".to_owned(),
+            campaign_id: 12,
+            buyer: Buyer {
+                email: "kaeufer@example.de".to_owned(),
+                first_name: "Test".to_owned(),
+                last_name: "Kauf".to_owned(),
+                ..Buyer::default()
+            },
+            address: Address {
+                line1: "Digital delivery".to_owned(),
+                line2: String::new(),
+                city: "Online".to_owned(),
+                state: String::new(),
+                postal_code: "00000".to_owned(),
+                country: "CH".to_owned(),
+            },
+            items: vec![OrderItem {
+                product_id: 33,
+                quantity: 1,
+                unit_price: Money::from_minor(4900),
+                ship_price: Money::ZERO,
+            }],
+            currency: "EUR".to_owned(),
+            placed_on: "2026-08-18".to_owned(),
+            extra_fields: vec![("custom2".to_owned(), String::new())],
+            address_fallback: vec![
+                AddressField::Line1,
+                AddressField::City,
+                AddressField::PostalCode,
+            ],
+        };
+        assert_eq!(
+            import_params(&order),
+            pairs(&[
+                ("campaignId", "12"),
+                ("paySource", "PREPAID"),
+                ("firstName", "Test"),
+                ("lastName", "Kauf"),
+                ("emailAddress", "kaeufer@example.de"),
+                ("address1", "Digital delivery"),
+                ("city", "Online"),
+                ("postalCode", "00000"),
+                ("country", "CH"),
+                ("billShipSame", "1"),
+                ("shipFirstName", "Test"),
+                ("shipLastName", "Kauf"),
+                ("shipAddress1", "Digital delivery"),
+                ("shipCity", "Online"),
+                ("shipPostalCode", "00000"),
+                ("shipCountry", "CH"),
+                ("product1_id", "33"),
+                ("product1_qty", "1"),
+                ("product1_price", "49.00"),
+                ("product1_shipPrice", "0.00"),
+                ("salesTax", "0"),
+                ("custom1", "DS24-A1B2C3D4-33299237-3999938"),
+            ])
+        );
+    }
+
+    #[test]
+    fn affid_is_sent_only_when_the_fields_table_sets_it() {
+        let mut order = sample_order();
+        order.extra_fields.clear();
+        assert!(import_params(&order).iter().all(|(n, _)| n != "affId"));
+        order.extra_fields = vec![("affId".to_owned(), "AFF123".to_owned())];
+        assert!(import_params(&order).contains(&("affId".to_owned(), "AFF123".to_owned())));
+    }
+
+    #[test]
+    fn a_state_or_country_is_never_cut() {
+        let mut order = sample_order();
+        order.extra_fields.clear();
+        order.address.state = "California".to_owned();
+        let params = import_params(&order);
+        let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(!names.contains(&"state") && !names.contains(&"shipState"));
+        // Six characters still fit; the city next to it is cut as before.
+        order.address.state = "ABCDEF".to_owned();
+        let params = import_params(&order);
+        assert!(params.contains(&("state".to_owned(), "ABCDEF".to_owned())));
+        assert!(params.contains(&("shipState".to_owned(), "ABCDEF".to_owned())));
+        order.address.country = "Germany".to_owned();
+        let params = import_params(&order);
+        assert!(
+            params
+                .iter()
+                .all(|(n, _)| n != "country" && n != "shipCountry")
         );
     }
 
