@@ -221,6 +221,15 @@ impl ActionKind {
     pub fn from_config_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.config_name() == name)
     }
+
+    /// Whether sending an action of this kind twice could do harm (a second order, a second
+    /// refund): such an action is looked up in the target before it is sent again after an
+    /// attempt that may have been applied (a timeout, a crash). Marking a chargeback or
+    /// cancelling twice is harmless. The one list of such kinds: [`Action::needs_reconcile`]
+    /// and the store's crash recovery both ask here.
+    pub fn needs_reconcile(self) -> bool {
+        matches!(self, ActionKind::ImportOrder | ActionKind::Refund)
+    }
 }
 
 /// The buyer of an order, CRM-neutral.
@@ -388,11 +397,9 @@ impl Action {
         }
     }
 
-    /// Whether sending the action twice could do harm (a second order, a second refund):
-    /// such an action is looked up in the target before it is sent again after an attempt
-    /// that may have been applied. Marking a chargeback or cancelling twice is harmless.
+    /// Whether sending the action twice could do harm: see [`ActionKind::needs_reconcile`].
     pub fn needs_reconcile(&self) -> bool {
-        matches!(self, Action::ImportOrder { .. } | Action::Refund { .. })
+        self.kind().needs_reconcile()
     }
 }
 

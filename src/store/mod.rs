@@ -415,8 +415,10 @@ impl Store {
 
     /// After a crash: every attempt left open is marked `interrupted`, and its job goes back
     /// to `pending` at `retry_at`, flagged for reconciliation when its action is not safe to
-    /// repeat. Returns the number of jobs recovered.
+    /// repeat ([`ActionKind::needs_reconcile`], the one list of such kinds: an import, a
+    /// refund). Returns the number of jobs recovered.
     pub async fn recover_interrupted(&self, now: i64, retry_at: i64) -> Result<u64, StoreError> {
+        let unsafe_kinds = serde_json::to_string(&reconciled_kind_names())?;
         self.call(move |c| {
             c.execute(
                 "UPDATE attempts SET outcome = 'interrupted', finished_at = ?1,
@@ -426,10 +428,12 @@ impl Store {
             )?;
             let n = c.execute(
                 "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?1,
-                        needs_reconcile = CASE WHEN action = 'import_order' THEN 1 ELSE needs_reconcile END,
+                        needs_reconcile = CASE
+                            WHEN action IN (SELECT value FROM json_each(?3)) THEN 1
+                            ELSE needs_reconcile END,
                         last_error = 'interrupted by a restart'
                  WHERE state = 'in_flight'",
-                params![now, retry_at],
+                params![now, retry_at, unsafe_kinds],
             )?;
             Ok(n as u64)
         })
@@ -826,6 +830,15 @@ fn attempts_of(c: &Connection, job_id: i64) -> Result<Vec<AttemptRow>, StoreErro
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The stored `action` names of the kinds that are looked up before they are sent again.
+fn reconciled_kind_names() -> Vec<&'static str> {
+    ActionKind::ALL
+        .into_iter()
+        .filter(|k| k.needs_reconcile())
+        .map(ActionKind::config_name)
+        .collect()
 }
 
 const JOB_COLUMNS: &str = "id, ipn_id, integration, target, action, order_key, state, attempts, \

@@ -626,3 +626,103 @@ async fn reads_do_not_wait_for_another_process_writing() {
     );
     locker.execute_batch("ROLLBACK").expect("unlock");
 }
+
+/// An IPN whose one route is a job doing `action`.
+fn ipn_doing(key: &str, order_id: &str, action: Action) -> NewIpn {
+    let mut ipn = ipn(key, order_id, true);
+    if let Some(NewRoute {
+        decision: RouteDecision::Job { job, .. },
+        ..
+    }) = ipn.routes.first_mut()
+    {
+        job.action = Box::new(action);
+    }
+    ipn
+}
+
+fn import_ref() -> ImportRef {
+    ImportRef {
+        ds24_order_id: "A".into(),
+        ds24_item: "1".into(),
+        payment_transaction: Some("t-1".into()),
+        reference_field: "custom1".into(),
+        email: "jane@example.com".into(),
+        campaign_id: 12,
+        since: "2026-11-22".into(),
+    }
+}
+
+/// Regression: recovery after a crash flagged only imports for reconciliation, so a refund
+/// interrupted after Konnektive applied it was sent (and applied) a second time.
+#[tokio::test]
+async fn recovery_reconciles_every_interrupted_action_that_is_not_safe_to_repeat() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    let import = import_ref();
+    let actions = [
+        Action::ImportOrder {
+            order: Box::new(order("DS24-A-1-t-1")),
+            auto_approve: false,
+        },
+        Action::Refund {
+            import: import.clone(),
+            amount: Money::from_minor(2000),
+            ds24_transaction_id: "t-2".into(),
+            full: false,
+        },
+        Action::Chargeback {
+            import: import.clone(),
+            amount: Money::from_minor(9700),
+            date: "2026-11-23".into(),
+            ds24_transaction_id: "t-3".into(),
+        },
+        Action::CancelPurchase {
+            import: import.clone(),
+            reason: "cancelled".into(),
+        },
+        Action::CancelOrder {
+            import,
+            reason: "last paid day".into(),
+        },
+    ];
+    // One order per job, so every job is due at once.
+    for (i, action) in actions.iter().enumerate() {
+        store
+            .ingest(ipn_doing(
+                &format!("k{i}"),
+                &format!("O{i}"),
+                action.clone(),
+            ))
+            .await
+            .expect("ingest");
+    }
+    let leased = store.lease_due("crm", 1_000, 10).await.expect("lease");
+    assert_eq!(leased.len(), actions.len());
+    drop(store);
+
+    let store = open(&dir);
+    store
+        .recover_interrupted(2_000, 2_500)
+        .await
+        .expect("recover");
+    for job in &leased {
+        let row = store.job(job.id).await.expect("job");
+        assert_eq!(
+            row.needs_reconcile,
+            job.action.needs_reconcile(),
+            "{} after a crash",
+            row.action
+        );
+    }
+    let refund = leased
+        .iter()
+        .find(|j| j.action.kind() == ActionKind::Refund)
+        .expect("the refund job");
+    let again = store.lease_due("crm", 2_500, 10).await.expect("lease");
+    let refund_again = again.iter().find(|j| j.id == refund.id).expect("leased");
+    assert_eq!(
+        refund_again.kind,
+        AttemptKind::Reconcile,
+        "an interrupted refund is looked up before it is sent again"
+    );
+}
