@@ -30,6 +30,8 @@ use crate::domain::{
     Action, ActionKind, AttemptReport, EventId, ImportRef, JobId, JobState, Receipt,
 };
 
+use alerts::NewAlert;
+
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 
 /// Why a store operation failed, phrased for what the caller should do.
@@ -142,6 +144,10 @@ pub struct NewIpn {
     pub received_at: i64,
     pub raw_body: Vec<u8>,
     pub routes: Vec<NewRoute>,
+    /// Alerts about this IPN (a route that needs a person), written in the same transaction
+    /// as the IPN, so a crash cannot keep one without the other; a duplicate writes neither.
+    /// [`alerts::EVENT_ID_SLOT`] in an alert's message or retry command becomes the IPN's id.
+    pub alerts: Vec<NewAlert>,
 }
 
 /// One integration's routing decision for an IPN.
@@ -493,17 +499,26 @@ impl Store {
         .await
     }
 
-    /// Records the end of an attempt and moves its job on.
+    /// Records the end of an attempt and moves its job on. `alert` (a dead letter's) is
+    /// written in the same transaction: a job is never dead without its alert, nor an alert
+    /// recorded for a job that is not.
     pub async fn finish_attempt(
         &self,
         job: JobId,
         attempt_id: i64,
         report: AttemptReport,
         disposition: Disposition,
+        alert: Option<NewAlert>,
         now: i64,
     ) -> Result<(), StoreError> {
-        self.call(move |c| finish_attempt(c, job, attempt_id, &report, &disposition, now))
-            .await
+        self.call(move |c| {
+            finish_attempt(c, job, attempt_id, &report, &disposition, now)?;
+            if let Some(alert) = &alert {
+                alerts::insert_alert(c, alert)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn job(&self, id: JobId) -> Result<JobRow, StoreError> {
@@ -919,6 +934,9 @@ fn ingest(c: &Connection, ipn: &NewIpn) -> Result<Ingested, StoreError> {
             job_id,
             ipn.received_at
         ])?;
+    }
+    for alert in &ipn.alerts {
+        alerts::insert_alert(c, &alerts::with_event_id(alert, EventId(ipn_id)))?;
     }
     Ok(Ingested::Stored {
         ipn_id: EventId(ipn_id),
