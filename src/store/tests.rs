@@ -644,7 +644,7 @@ fn ipn_doing(key: &str, order_id: &str, action: Action) -> NewIpn {
         ..
     }) = ipn.routes.first_mut()
     {
-        job.action = Box::new(action);
+        *job.action = action;
     }
     ipn
 }
