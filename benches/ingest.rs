@@ -58,6 +58,7 @@ async fn store_only(n: usize, concurrency: usize, body_len: usize) {
                     received_at: 0,
                     raw_body: raw.clone(),
                     routes: Vec::new(),
+                    alerts: Vec::new(),
                 };
                 store.ingest(rec).await.expect("ingest");
                 i += concurrency;

@@ -13,7 +13,7 @@ use crate::store::{NewIpn, NewJob, NewRoute, RouteDecision};
 pub type Attention = (String, String);
 
 /// The store records for `routed`, received (or replayed) at `now`, and the decisions among
-/// them that need a person (for alerts, once the records are committed).
+/// them that need a person (for alerts, written with the records: [`NewIpn::alerts`]).
 pub fn new_routes(
     routed: Vec<Routed>,
     event: &IpnEvent,
@@ -87,5 +87,6 @@ pub fn new_ipn(
         received_at: now,
         raw_body,
         routes,
+        alerts: Vec::new(),
     }
 }

@@ -104,6 +104,7 @@ fn ipn(n: i64, order_id: &str, event: &str, job: bool) -> NewIpn {
         received_at: T0 + n * MINUTE,
         raw_body: format!("event={event}&order_id={order_id}").into_bytes(),
         routes,
+        alerts: Vec::new(),
     }
 }
 
@@ -139,7 +140,7 @@ async fn add(
         assert_eq!(leased.len(), 1, "exactly job {job} is due");
         let l = &leased[0];
         store
-            .finish_attempt(l.id, l.attempt_id, report, disposition, at + 500)
+            .finish_attempt(l.id, l.attempt_id, report, disposition, None, at + 500)
             .await
             .expect("finish");
     }

@@ -376,6 +376,7 @@ async fn a_payment_stored_by_an_earlier_version_is_still_a_duplicate() {
             received_at: 0,
             raw_body: body.clone(),
             routes: Vec::new(),
+            alerts: Vec::new(),
         })
         .await
         .expect("ingest");

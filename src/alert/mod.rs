@@ -11,8 +11,10 @@
 //!
 //! Design decisions:
 //! - **Why an outbox.** A dead letter must never wait for, or be lost with, a mail server:
-//!   `raise` is one store write (the same group commit as the job's state change around it),
-//!   and a separate sender task does SMTP. An SMTP outage therefore delays alerts and never
+//!   its alert is written in the same transaction as the job's state change
+//!   ([`Alerter::outbox_record`] → `Store::finish_attempt`, and likewise an IPN that needs a
+//!   person → `Store::ingest`), so a crash can never leave a dead job nobody is told about;
+//!   a separate sender task does SMTP. An SMTP outage therefore delays alerts and never
 //!   deliveries, and alerts survive restarts: the outbox is read again on start.
 //! - **Why a digest per recipient.** Recipients differ (an integration's `error_emails` hear
 //!   only about that integration, `to` hears about everything), so each has its own window
@@ -206,45 +208,61 @@ impl Alerter {
 
     /// Durable and cheap: writes the alert to the outbox (one store call) and returns; never
     /// waits for SMTP. Without `[alerts]` it logs the alert at ERROR and records nothing.
+    ///
+    /// An alert that reports a state change (a dead letter, an IPN that needs a person) is
+    /// not raised but written with that change: [`Alerter::outbox_record`] before the store
+    /// call, [`Alerter::committed`] after it.
     pub async fn raise(&self, alert: Alert) -> Result<(), StoreError> {
-        let masked = alert.buyer_email.as_deref().map(mask_email);
-        let message = redact_secrets(&alert.message);
-        let Some(settings) = &self.inner.settings else {
-            log_unmailed(&alert, masked.as_deref(), &message);
-            return Ok(());
-        };
+        let record = self.outbox_record(&alert);
+        if let Some(record) = &record {
+            self.inner.store.record_alert(record.clone()).await?;
+        }
+        self.committed(&alert, record.is_some());
+        Ok(())
+    }
+
+    /// The outbox row for `alert`, scrubbed (masked buyer, redacted free text) and addressed,
+    /// for the caller to write in the same transaction as the state change it reports.
+    /// `None` when it is not mailed (no `[alerts]`, or no recipient): it is only logged, by
+    /// [`Alerter::committed`].
+    pub fn outbox_record(&self, alert: &Alert) -> Option<NewAlert> {
+        let settings = self.inner.settings.as_ref()?;
         let recipients = recipients(&settings.to, &alert.extra_recipients);
         if recipients.is_empty() {
-            log_unmailed(&alert, masked.as_deref(), &message);
-            return Ok(());
+            return None;
         }
-        let n = recipients.len();
-        let id = self
-            .inner
-            .store
-            .record_alert(NewAlert {
-                created_at: self.inner.clock.now_ms(),
-                kind: alert.kind.as_str().to_owned(),
-                integration: alert.integration,
-                target: alert.target,
-                job_id: alert.job_id,
-                ds24_order_id: alert.ds24_order_id,
-                product: alert.product,
-                amount: alert.amount,
-                buyer_email: masked,
-                message,
-                retry_command: alert.retry_command.as_deref().map(redact_secrets),
-                recipients,
-            })
-            .await?;
-        tracing::info!(
-            alert_id = id,
-            kind = alert.kind.as_str(),
-            recipients = n,
-            "alert recorded for e-mail"
-        );
-        self.inner.wake.notify_one();
-        Ok(())
+        Some(NewAlert {
+            created_at: self.inner.clock.now_ms(),
+            kind: alert.kind.as_str().to_owned(),
+            integration: alert.integration.clone(),
+            target: alert.target.clone(),
+            job_id: alert.job_id,
+            ds24_order_id: alert.ds24_order_id.clone(),
+            product: alert.product.clone(),
+            amount: alert.amount.clone(),
+            buyer_email: alert.buyer_email.as_deref().map(mask_email),
+            message: redact_secrets(&alert.message),
+            retry_command: alert.retry_command.as_deref().map(redact_secrets),
+            recipients,
+        })
+    }
+
+    /// After the transaction that holds [`Alerter::outbox_record`]`(alert)` committed:
+    /// `recorded` says whether there was a record. Wakes the sender for a recorded alert;
+    /// logs one that is not mailed.
+    pub fn committed(&self, alert: &Alert, recorded: bool) {
+        if recorded {
+            tracing::info!(
+                kind = alert.kind.as_str(),
+                integration = alert.integration.as_deref(),
+                job_id = alert.job_id,
+                "alert recorded for e-mail"
+            );
+            self.inner.wake.notify_one();
+        } else {
+            let masked = alert.buyer_email.as_deref().map(mask_email);
+            log_unmailed(alert, masked.as_deref(), &redact_secrets(&alert.message));
+        }
     }
 
     /// The sender loop (spawn it on a `TaskTracker`); stops on the token. A round that is

@@ -3,6 +3,14 @@
 //! Konnektive request(s) it would send, the password redacted. Sends nothing and writes
 //! nothing (the database is only read, and only if it exists).
 //!
+//! "Exact" is kept by construction: every parameter list comes from the builders the client
+//! sends with (`connectors::konnektive::request::*_params`), never from a copy here. What
+//! only the send itself can know (the order id Konnektive answers or `order/query` finds, the
+//! payment transaction, the purchases, the refund amount once capped) is shown as a marked
+//! placeholder, `<at send time: RULE>`, naming the rule that fills it. The import lookup
+//! searches the days the dispatcher would search if the job were sent now
+//! (`ImportRef::lookup_window`).
+//!
 //! A file is a raw IPN body as Digistore24 posts it. Its signature is checked against the
 //! source's passphrases and the verdict shown, but an invalid signature does not stop the
 //! explanation: explaining why a body would be refused is part of the job.
@@ -13,9 +21,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::config::{Config, Target};
-use crate::connectors::konnektive::import_params;
 use crate::connectors::konnektive::request::address_param;
-use crate::domain::{Action, EventId, ImportRef, IpnEvent, Receipt};
+use crate::connectors::konnektive::{self, import_params, request};
+use crate::domain::{Action, Day, DayWindow, EventId, ImportRef, IpnEvent, Money, Receipt};
 use crate::ipn;
 use crate::rules::{self, Decision};
 use crate::store::{Store, StoreError};
@@ -178,7 +186,8 @@ async fn explain(
                         .flatten(),
                     _ => None,
                 };
-                for line in requests(target, &action, known.as_ref()) {
+                let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+                for line in requests(target, &action, known.as_ref(), received_at, now) {
                     println!("  {line}");
                 }
             }
@@ -195,21 +204,84 @@ fn trim_body(mut body: Vec<u8>) -> Vec<u8> {
     body
 }
 
+/// Marks a parameter value that is known only when the request is sent: explain shows
+/// `<at send time: RULE>` instead, with the rule that fills it.
+pub const SEND_TIME_MARK: &str = "<at send time: ";
+
+/// The orderId `order/import` answers (the QA approval's `orderId`).
+const NEW_ORDER_ID_RULE: &str = "the orderId order/import answers";
+/// The import's order when the ledger does not know it.
+const FOUND_ORDER_ID_RULE: &str = "the orderId of the import that order/query finds";
+/// The transaction a refund or chargeback is recorded on (`response::payment_transaction`).
+const PAYMENT_TRANSACTION_RULE: &str =
+    "the order's successful SALE or CAPTURE transaction that transactions/query lists";
+/// The purchases a cancellation cancels when the ledger does not know the import.
+const FOUND_PURCHASES_RULE: &str =
+    "each purchaseId of the order that order/query finds, one purchase/cancel each";
+/// The purchases a cancellation cancels when the ledger knows the order but no purchase.
+const LISTED_PURCHASES_RULE: &str =
+    "each purchaseId that order/query lists for the order, one purchase/cancel each";
+/// `fullRefund` follows the refunded amount once it is capped.
+const FULL_REFUND_RULE: &str =
+    "1 when the refund, capped, is all the order has left to refund; else not sent";
+
+fn at_send_time(rule: &str) -> String {
+    format!("{SEND_TIME_MARK}{rule}>")
+}
+
+/// The refunded amount as sent: the IPN's amount, capped at what the order has left.
+fn refund_amount_rule(amount: Money) -> String {
+    format!(
+        "{}, or less: capped at what the order has left to refund",
+        amount.abs()
+    )
+}
+
+/// Replaces the value of `name` in `params` by a send-time placeholder; adds the parameter
+/// (after `after`) when the builder left it out.
+fn mark(params: &mut Vec<(String, String)>, name: &str, rule: &str, after: &str) {
+    let value = at_send_time(rule);
+    if let Some(slot) = params.iter_mut().find(|(n, _)| n == name) {
+        slot.1 = value;
+        return;
+    }
+    let at = params
+        .iter()
+        .position(|(n, _)| n == after)
+        .map_or(params.len(), |i| i + 1);
+    params.insert(at, (name.to_owned(), value));
+}
+
+/// One request as the client sends it: `params` come from the client's own builders
+/// (`request::*_params`); the credentials are added here as the client adds them, the
+/// password redacted.
 fn post(target: &Target, endpoint: &str, params: &[(String, String)]) -> Vec<String> {
-    let mut lines = vec![format!("POST {}/{endpoint}/", target.base_url)];
-    lines.push(format!("    loginId={}", target.login_id));
-    lines.push("    password=[redacted]".to_owned());
+    let mut lines = vec![format!(
+        "POST {}/{endpoint}/",
+        target.base_url.trim_end_matches('/')
+    )];
+    lines.push(format!(
+        "    {}={}",
+        request::LOGIN_ID_PARAM,
+        target.login_id
+    ));
+    lines.push(format!(
+        "    {}={}",
+        request::PASSWORD_PARAM,
+        request::REDACTED
+    ));
     lines.extend(params.iter().map(|(k, v)| format!("    {k}={v}")));
     lines
 }
 
-fn p(name: &str, value: impl ToString) -> (String, String) {
-    (name.to_owned(), value.to_string())
-}
-
-/// How the import an action refers to is found: the ledger entry if there is one, else
-/// the `order/query` search.
-fn find_import(target: &Target, import: &ImportRef, known: Option<&Receipt>) -> Vec<String> {
+/// How the import an action refers to is found: the ledger entry if there is one, else the
+/// `order/query` search over the days the dispatcher searches ([`ImportRef::lookup_window`]).
+fn find_import(
+    target: &Target,
+    import: &ImportRef,
+    known: Option<&Receipt>,
+    window: DayWindow,
+) -> Vec<String> {
     let which = match &import.payment_transaction {
         Some(t) => format!("payment {t}"),
         None => "latest payment".to_owned(),
@@ -221,133 +293,161 @@ fn find_import(target: &Target, import: &ImportRef, known: Option<&Receipt>) -> 
         )],
         None => {
             let mut lines = vec![format!(
-                "import of order {} item {} ({which}): not in the ledger; searched with",
-                import.ds24_order_id, import.ds24_item
+                "import of order {} item {} ({which}): not in the ledger; searched (page 1, then \
+                 the next while there are more) for the latest order whose {} is DS24-{}-{}{}",
+                import.ds24_order_id,
+                import.ds24_item,
+                import.reference_field,
+                import.ds24_order_id,
+                import.ds24_item,
+                import
+                    .payment_transaction
+                    .as_deref()
+                    .map_or("-…".to_owned(), |t| format!("-{t}")),
             )];
             lines.extend(post(
                 target,
-                "order/query",
-                &[
-                    p("emailAddress", &import.email),
-                    p("campaignId", import.campaign_id),
-                    p("startDate", format!("(the day before {})", import.since)),
-                    p("endDate", "(tomorrow)"),
-                    p(
-                        "match",
-                        format!(
-                            "{} = DS24-{}-{}-…",
-                            import.reference_field, import.ds24_order_id, import.ds24_item
-                        ),
-                    ),
-                ],
+                konnektive::ORDER_QUERY_ENDPOINT,
+                &request::import_query_params(import, window, 1),
             ));
             lines
         }
     }
 }
 
-/// The Konnektive request(s) an action sends.
-pub fn requests(target: &Target, action: &Action, known: Option<&Receipt>) -> Vec<String> {
-    let order_id = known
-        .and_then(|r| r.order_id.clone())
-        .unwrap_or_else(|| "<the import's orderId>".to_owned());
-    match action {
+/// The Konnektive request(s) an action sends when a job created at `created_at_ms` is sent
+/// at `now_ms`, built by the client's own parameter builders. Values known only at send time
+/// (an order id Konnektive answers, the payment transaction, the purchases, the capped refund
+/// amount) are [`SEND_TIME_MARK`] placeholders naming the rule that fills them.
+pub fn requests(
+    target: &Target,
+    action: &Action,
+    known: Option<&Receipt>,
+    created_at_ms: i64,
+    now_ms: i64,
+) -> Vec<String> {
+    let import = match action {
         Action::ImportOrder {
             order,
             auto_approve,
         } => {
-            let mut lines = post(target, "order/import", &import_params(order));
+            let mut lines = post(target, konnektive::IMPORT_ENDPOINT, &import_params(order));
             if *auto_approve {
                 lines.push("then, if Konnektive holds the order in QA:".to_owned());
                 lines.extend(post(
                     target,
-                    "order/qa",
-                    &[p("orderId", "<the new orderId>"), p("action", "APPROVE")],
+                    konnektive::QA_ENDPOINT,
+                    &request::qa_approve_params(&at_send_time(NEW_ORDER_ID_RULE)),
                 ));
             }
-            lines
+            return lines;
         }
+        Action::Refund { import, .. }
+        | Action::Chargeback { import, .. }
+        | Action::CancelPurchase { import, .. }
+        | Action::CancelOrder { import, .. } => import,
+    };
+    let mut lines = find_import(
+        target,
+        import,
+        known,
+        import.lookup_window(created_at_ms, now_ms),
+    );
+    let order_id = known
+        .and_then(|r| r.order_id.clone())
+        .unwrap_or_else(|| at_send_time(FOUND_ORDER_ID_RULE));
+    let payment = at_send_time(PAYMENT_TRANSACTION_RULE);
+    let transactions = request::transactions_query_params(&order_id, 1);
+    match action {
+        Action::ImportOrder { .. } => {}
         Action::Refund {
-            import,
             amount,
             ds24_transaction_id,
             full,
+            ..
         } => {
-            let mut lines = find_import(target, import, known);
             lines.extend(post(
                 target,
-                "transactions/query",
-                &[p("orderId", &order_id)],
+                konnektive::TRANSACTIONS_QUERY_ENDPOINT,
+                &transactions,
             ));
-            let mut params = vec![p("transactionId", "<the order's SALE transaction>")];
-            params.push(p("refundAmount", amount));
-            if *full {
-                params.push(p("fullRefund", 1));
-            }
-            params.push(p("externalRefund", 1));
-            params.push(p("refundMerchantTxnId", ds24_transaction_id));
-            lines.extend(post(target, "transactions/refund", &params));
-            lines
+            let mut params = request::refund_params(&payment, *amount, *full, ds24_transaction_id);
+            mark(
+                &mut params,
+                "refundAmount",
+                &refund_amount_rule(*amount),
+                "transactionId",
+            );
+            mark(&mut params, "fullRefund", FULL_REFUND_RULE, "refundAmount");
+            lines.extend(post(target, konnektive::REFUND_ENDPOINT, &params));
         }
         Action::Chargeback {
-            import,
             amount,
             date,
             ds24_transaction_id,
+            ..
         } => {
-            let mut lines = find_import(target, import, known);
             lines.extend(post(
                 target,
-                "transactions/query",
-                &[p("orderId", &order_id)],
+                konnektive::TRANSACTIONS_QUERY_ENDPOINT,
+                &transactions,
             ));
-            lines.extend(post(
-                target,
-                "transactions/update",
-                &[
-                    p("transactionId", "<the order's SALE transaction>"),
-                    p("markChargeback", 1),
-                    p("chargebackAmount", amount),
-                    p("chargebackDate", date),
-                    p("chargebackReasonCode", "DS24"),
-                    p(
-                        "chargebackNote",
-                        format!(
-                            "Digistore24 chargeback {ds24_transaction_id} of order {}",
-                            import.ds24_order_id
-                        ),
+            match Day::parse_iso(date) {
+                Some(day) => lines.extend(post(
+                    target,
+                    konnektive::TRANSACTION_UPDATE_ENDPOINT,
+                    &request::chargeback_params(
+                        &payment,
+                        *amount,
+                        day,
+                        ds24_transaction_id,
+                        &import.ds24_order_id,
                     ),
-                ],
-            ));
-            lines
+                )),
+                None => lines.push(format!(
+                    "chargeback date {date:?} is not a YYYY-MM-DD date: the job fails for good"
+                )),
+            }
         }
-        Action::CancelPurchase { import, reason } => {
-            let mut lines = find_import(target, import, known);
-            let purchases = known
+        Action::CancelPurchase { reason, .. } => {
+            // As the client: the receipt's purchases (the ledger's, or those of the order
+            // order/query found); only a known order without any is read by its id.
+            let known_order = known.filter(|r| r.order_id.is_some());
+            let purchases = known_order
                 .map(|r| r.purchase_ids.clone())
-                .filter(|ids| !ids.is_empty())
-                .unwrap_or_else(|| vec!["<each purchaseId of the order>".to_owned()]);
+                .unwrap_or_default();
+            let unknown_purchases = match known_order {
+                None => Some(FOUND_PURCHASES_RULE),
+                Some(_) if purchases.is_empty() => {
+                    lines.extend(post(
+                        target,
+                        konnektive::ORDER_QUERY_ENDPOINT,
+                        &request::order_by_id_params(&order_id),
+                    ));
+                    Some(LISTED_PURCHASES_RULE)
+                }
+                Some(_) => None,
+            };
+            if let Some(rule) = unknown_purchases {
+                lines.extend(post(
+                    target,
+                    konnektive::PURCHASE_CANCEL_ENDPOINT,
+                    &request::purchase_cancel_params(&at_send_time(rule), reason),
+                ));
+            }
             for purchase in purchases {
                 lines.extend(post(
                     target,
-                    "purchase/cancel",
-                    &[p("purchaseId", purchase), p("cancelReason", reason)],
+                    konnektive::PURCHASE_CANCEL_ENDPOINT,
+                    &request::purchase_cancel_params(&purchase, reason),
                 ));
             }
-            lines
         }
-        Action::CancelOrder { import, reason } => {
-            let mut lines = find_import(target, import, known);
-            lines.extend(post(
-                target,
-                "order/cancel",
-                &[
-                    p("orderId", &order_id),
-                    p("cancelReason", reason),
-                    p("fullRefund", 0),
-                ],
-            ));
-            lines
-        }
+        Action::CancelOrder { reason, .. } => lines.extend(post(
+            target,
+            konnektive::ORDER_CANCEL_ENDPOINT,
+            &request::order_cancel_params(&order_id, reason),
+        )),
     }
+    lines
 }

@@ -17,6 +17,8 @@
 //!   reference exists; only if it does not is the request sent again.
 //! - A store write that fails after a call is retried until it succeeds or the process
 //!   stops; the job is never left `in_flight` by a running process.
+//! - A dead letter's alert is written in the same store call (one transaction) as the job's
+//!   death, so a crash never leaves a dead job nobody is told about.
 //!
 //! Target pause: when the target refuses a request as a whole (bad login, IP not
 //! allow-listed, missing permission: [`Outcome::TargetDown`]), every other request would fail
@@ -489,6 +491,7 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant)
                     attempt_id,
                     report,
                     Disposition::Delivered(receipt),
+                    None,
                     started,
                 )
                 .await;
@@ -539,7 +542,8 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant)
 }
 
 /// Ends an attempt: pauses the target on a target-wide refusal, decides the job's next step,
-/// logs, records it, counts it, and raises a dead-letter alert.
+/// logs, records it, counts it; a dead letter's alert is recorded in the same transaction as
+/// the job's death, so a crash cannot separate them.
 async fn settle(
     w: &TargetWorker,
     job: &LeasedJob,
@@ -553,18 +557,20 @@ async fn settle(
     }
     let disposition = next_step(w, job, &report.outcome, reconcile, attempt_no);
     log_attempt(job, attempt_no, &report, &disposition);
-    let dead = disposition == Disposition::Dead;
-    let message = report.outcome.reason().to_owned();
-    finish(w, job, attempt_id, report, disposition, started).await;
-    if dead {
-        let mut alert = alert_for(job, AlertKind::DeadLetter, message);
+    let alert = (disposition == Disposition::Dead).then(|| {
+        let mut alert = alert_for(
+            job,
+            AlertKind::DeadLetter,
+            report.outcome.reason().to_owned(),
+        );
         alert.extra_recipients = w
             .recipients
             .get(&job.integration)
             .cloned()
             .unwrap_or_default();
-        raise(w, alert).await;
-    }
+        alert
+    });
+    finish(w, job, attempt_id, report, disposition, alert, started).await;
 }
 
 /// An alert about `job`, with the Digistore24 facts its action carries.
@@ -738,28 +744,41 @@ fn log_attempt(job: &LeasedJob, attempt: u32, report: &AttemptReport, next: &Dis
     }
 }
 
+/// Records the attempt's end and the job's next step, with `alert` (a dead letter's) in the
+/// same store call.
 async fn finish(
     w: &TargetWorker,
     job: &LeasedJob,
     attempt_id: i64,
     report: AttemptReport,
     disposition: Disposition,
+    alert: Option<Alert>,
     started: std::time::Instant,
 ) {
     w.metrics
         .delivery_attempt(&w.name, report.outcome.label(), started.elapsed());
+    let record = alert.as_ref().and_then(|a| w.alerter.outbox_record(a));
+    let recorded = record.is_some();
     let store = w.store.clone();
     let (id, clock) = (job.id, w.clock.clone());
-    persist(w, move || {
-        let (store, report, disposition) = (store.clone(), report.clone(), disposition.clone());
+    let finished = persist(w, move || {
+        let (store, report, disposition, record) = (
+            store.clone(),
+            report.clone(),
+            disposition.clone(),
+            record.clone(),
+        );
         let now = clock.now_ms();
         async move {
             store
-                .finish_attempt(id, attempt_id, report, disposition, now)
+                .finish_attempt(id, attempt_id, report, disposition, record, now)
                 .await
         }
     })
     .await;
+    if let (Some(()), Some(alert)) = (finished, alert) {
+        w.alerter.committed(&alert, recorded);
+    }
 }
 
 /// Runs a store write until it succeeds; gives up only when the process stops (the job is

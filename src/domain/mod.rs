@@ -254,6 +254,15 @@ impl ActionKind {
     pub fn from_config_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|a| a.config_name() == name)
     }
+
+    /// Whether sending an action of this kind twice could do harm (a second order, a second
+    /// refund): such an action is looked up in the target before it is sent again after an
+    /// attempt that may have been applied (a timeout, a crash). Marking a chargeback or
+    /// cancelling twice is harmless. The one list of such kinds: [`Action::needs_reconcile`]
+    /// and the store's crash recovery both ask here.
+    pub fn needs_reconcile(self) -> bool {
+        matches!(self, ActionKind::ImportOrder | ActionKind::Refund)
+    }
 }
 
 /// The buyer of an order, CRM-neutral.
@@ -370,6 +379,18 @@ pub struct ImportRef {
 }
 
 impl ImportRef {
+    /// The days searched for the import when an action on it is sent at `now_ms` by a job
+    /// created at `created_at_ms`: from `since` (the Digistore24 order date) or the job's
+    /// creation day, whichever is earlier (an unreadable `since` counts as the creation day),
+    /// to the send day. `explain` shows the same window.
+    pub fn lookup_window(&self, created_at_ms: i64, now_ms: i64) -> DayWindow {
+        let created = Day::from_unix_ms(created_at_ms);
+        DayWindow {
+            first: Day::parse_iso(&self.since).unwrap_or(created).min(created),
+            last: Day::from_unix_ms(now_ms),
+        }
+    }
+
     /// Whether a CRM order carrying `reference` is the import this refers to.
     pub fn matches(&self, reference: &str) -> bool {
         match &self.payment_transaction {
@@ -449,11 +470,9 @@ impl Action {
         }
     }
 
-    /// Whether sending the action twice could do harm (a second order, a second refund):
-    /// such an action is looked up in the target before it is sent again after an attempt
-    /// that may have been applied. Marking a chargeback or cancelling twice is harmless.
+    /// Whether sending the action twice could do harm: see [`ActionKind::needs_reconcile`].
     pub fn needs_reconcile(&self) -> bool {
-        matches!(self, Action::ImportOrder { .. } | Action::Refund { .. })
+        self.kind().needs_reconcile()
     }
 }
 
@@ -618,5 +637,32 @@ mod tests {
             EventKind::from_ipn("on_payment_subscription_signup"),
             EventKind::Unknown("on_payment_subscription_signup".into())
         );
+    }
+
+    #[test]
+    fn the_import_lookup_window_starts_at_the_order_date_or_the_job() {
+        const MARCH_14_2025_MS: i64 = 1_741_947_761_000;
+        let march = |d: i64| MARCH_14_2025_MS + (d - 14) * 86_400_000;
+        let day = |s: &str| Day::parse_iso(s).expect("day");
+        let mut import = ImportRef {
+            ds24_order_id: "A".into(),
+            ds24_item: "1".into(),
+            payment_transaction: None,
+            reference_field: "custom1".into(),
+            email: "a@example.com".into(),
+            campaign_id: 12,
+            since: "2025-03-14".into(),
+        };
+        let window = import.lookup_window(march(20), march(22));
+        assert_eq!(
+            (window.first, window.last),
+            (day("2025-03-14"), day("2025-03-22"))
+        );
+        // An order date after the job's creation (clock skew) or none at all: the creation.
+        for since in ["2025-03-30", "not a date"] {
+            import.since = since.into();
+            let window = import.lookup_window(march(20), march(22));
+            assert_eq!(window.first, day("2025-03-20"), "{since}");
+        }
     }
 }

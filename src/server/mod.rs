@@ -2,9 +2,10 @@
 //! `GET /healthz`.
 //!
 //! The acknowledgement rule: `OK` is written only after the store has committed the raw body,
-//! the parsed key fields and the routing decisions (with their jobs) in one transaction.
-//! Routing is pure and cheap, so it runs here, before the commit: a crash can therefore never
-//! separate a stored IPN from its jobs. If the store cannot commit, the answer is `503` with
+//! the parsed key fields and the routing decisions (with their jobs, and the alerts of the
+//! decisions that need a person) in one transaction. Routing is pure and cheap, so it runs
+//! here, before the commit: a crash can therefore never separate a stored IPN from its jobs
+//! or its alerts. If the store cannot commit, the answer is `503` with
 //! the reason, and Digistore24 retries later: nothing is lost on either side.
 //!
 //! Answers are short `text/plain` reasons, because Digistore24 shows the body of a failed
@@ -33,11 +34,12 @@ use crate::alert::{Alert, AlertKind, Alerter};
 use crate::clock::SharedClock;
 use crate::config::{Config, LiveConfig};
 use crate::delivery::{Heartbeat, TargetBoard, Wake};
-use crate::domain::{EventId, IpnEvent, JobState};
+use crate::domain::{IpnEvent, JobState};
 use crate::ingest;
 use crate::ipn;
 use crate::metrics::Metrics;
 use crate::rules;
+use crate::store::alerts::EVENT_ID_SLOT;
 use crate::store::{Ingested, Store};
 
 /// A client must send its request headers within this time.
@@ -195,7 +197,7 @@ async fn receive(state: &AppState, source_name: &str, headers: &HeaderMap, body:
     let event = &received.event;
     let (routes, attention) =
         ingest::new_routes(rules::route(&config, source_name, event, now), event, now);
-    let record = ingest::new_ipn(
+    let mut record = ingest::new_ipn(
         source_name,
         received.business_key.clone(),
         event,
@@ -203,6 +205,17 @@ async fn receive(state: &AppState, source_name: &str, headers: &HeaderMap, body:
         routes,
         now,
     );
+    // The alerts go into the IPN's own transaction: a crash cannot keep the IPN without them.
+    let alerts: Vec<(Alert, bool)> = attention
+        .into_iter()
+        .map(|(integration, reason)| {
+            let alert = attention_alert(&config, event, integration, reason);
+            let outbox = state.alerter.outbox_record(&alert);
+            let recorded = outbox.is_some();
+            record.alerts.extend(outbox);
+            (alert, recorded)
+        })
+        .collect();
     match state.store.ingest(record).await {
         Ok(Ingested::Stored { ipn_id, jobs }) => {
             state
@@ -216,8 +229,11 @@ async fn receive(state: &AppState, source_name: &str, headers: &HeaderMap, body:
             if !jobs.is_empty() {
                 state.wake.notify();
             }
-            for (integration, reason) in attention {
-                raise_attention(state, &config, event, ipn_id, integration, reason).await;
+            for (mut alert, recorded) in alerts {
+                alert.retry_command = alert
+                    .retry_command
+                    .map(|c| c.replace(EVENT_ID_SLOT, &ipn_id.to_string()));
+                state.alerter.committed(&alert, recorded);
             }
             text(StatusCode::OK, "OK")
         }
@@ -239,16 +255,15 @@ async fn receive(state: &AppState, source_name: &str, headers: &HeaderMap, body:
     }
 }
 
-/// An IPN an integration could not act on (an unmapped product, missing buyer data): the
-/// vendor is told, with what they need to fix it and re-route it.
-async fn raise_attention(
-    state: &AppState,
+/// The alert about an IPN an integration could not act on (an unmapped product, missing
+/// buyer data): the vendor is told, with what they need to fix it and re-route it. The IPN's
+/// id is [`EVENT_ID_SLOT`], filled in by the store.
+fn attention_alert(
     config: &Config,
     event: &IpnEvent,
-    ipn_id: EventId,
     integration: String,
     reason: String,
-) {
+) -> Alert {
     let mut alert = Alert::new(AlertKind::UnmappedProduct, reason);
     alert.ds24_order_id = event.order_id().map(str::to_owned);
     alert.product = event.get("product_id").map(|p| {
@@ -268,12 +283,10 @@ async fn raise_attention(
         .map(|i| i.error_emails.clone())
         .unwrap_or_default();
     alert.retry_command = Some(format!(
-        "fix the configuration, reload it, then: ipn-bridge replay {ipn_id} --integration {integration}"
+        "fix the configuration, reload it, then: ipn-bridge replay {EVENT_ID_SLOT} --integration {integration}"
     ));
     alert.integration = Some(integration);
-    if let Err(e) = state.alerter.raise(alert).await {
-        tracing::error!(error = %e, "could not record an alert");
-    }
+    alert
 }
 
 /// `GET /metrics`: Prometheus / OpenMetrics text; job gauges are read at scrape time.

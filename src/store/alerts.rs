@@ -9,12 +9,24 @@
 //! "which recipients were last mailed before this time, and what do they still owe" and
 //! reports back what it sent or failed to send.
 //!
+//! An alert that reports a state change is written in that change's transaction, never after
+//! it: a dead letter's by [`Store::finish_attempt`], an IPN's (a route that needs a person)
+//! by [`Store::ingest`], which fills [`EVENT_ID_SLOT`] with the new IPN's id. So a crash
+//! can leave neither a dead job nor a stored IPN without the alert about it.
+//! [`Store::record_alert`] writes an alert alone (a paused target, a backlog).
+//!
 //! "When was this recipient last mailed" is `MAX(sent_at)` of its delivery rows (indexed), so
 //! the digest window survives restarts without a second table to keep in step.
 
 use rusqlite::{Connection, params};
 
 use super::{Store, StoreError};
+use crate::domain::EventId;
+
+/// In an alert stored with its IPN ([`super::NewIpn::alerts`]), this text in `message` or
+/// `retry_command` is replaced by the IPN's id, which exists only once the IPN is inserted
+/// (in the same transaction).
+pub const EVENT_ID_SLOT: &str = "{event_id}";
 
 /// An alert to put into the outbox, with the addresses it goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +180,19 @@ impl Store {
     }
 }
 
-fn insert_alert(c: &Connection, a: &NewAlert) -> Result<i64, StoreError> {
+/// `alert` with [`EVENT_ID_SLOT`] filled in.
+pub(super) fn with_event_id(alert: &NewAlert, id: EventId) -> NewAlert {
+    let fill = |s: &str| s.replace(EVENT_ID_SLOT, &id.to_string());
+    NewAlert {
+        message: fill(&alert.message),
+        retry_command: alert.retry_command.as_deref().map(fill),
+        ..alert.clone()
+    }
+}
+
+/// Writes an alert and its delivery rows inside the caller's transaction (the state change
+/// it reports, or [`Store::record_alert`] alone).
+pub(super) fn insert_alert(c: &Connection, a: &NewAlert) -> Result<i64, StoreError> {
     let id: i64 = c
         .prepare_cached(
             "INSERT INTO alerts (created_at, kind, integration, target, job_id, ds24_order_id,

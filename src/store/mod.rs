@@ -30,6 +30,8 @@ use crate::domain::{
     Action, ActionKind, AttemptReport, EventId, ImportRef, JobId, JobState, Receipt,
 };
 
+use alerts::NewAlert;
+
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 
 /// Why a store operation failed, phrased for what the caller should do.
@@ -142,6 +144,10 @@ pub struct NewIpn {
     pub received_at: i64,
     pub raw_body: Vec<u8>,
     pub routes: Vec<NewRoute>,
+    /// Alerts about this IPN (a route that needs a person), written in the same transaction
+    /// as the IPN, so a crash cannot keep one without the other; a duplicate writes neither.
+    /// [`alerts::EVENT_ID_SLOT`] in an alert's message or retry command becomes the IPN's id.
+    pub alerts: Vec<NewAlert>,
 }
 
 /// One integration's routing decision for an IPN.
@@ -415,8 +421,10 @@ impl Store {
 
     /// After a crash: every attempt left open is marked `interrupted`, and its job goes back
     /// to `pending` at `retry_at`, flagged for reconciliation when its action is not safe to
-    /// repeat. Returns the number of jobs recovered.
+    /// repeat ([`ActionKind::needs_reconcile`], the one list of such kinds: an import, a
+    /// refund). Returns the number of jobs recovered.
     pub async fn recover_interrupted(&self, now: i64, retry_at: i64) -> Result<u64, StoreError> {
+        let unsafe_kinds = serde_json::to_string(&reconciled_kind_names())?;
         self.call(move |c| {
             c.execute(
                 "UPDATE attempts SET outcome = 'interrupted', finished_at = ?1,
@@ -426,10 +434,12 @@ impl Store {
             )?;
             let n = c.execute(
                 "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?1,
-                        needs_reconcile = CASE WHEN action = 'import_order' THEN 1 ELSE needs_reconcile END,
+                        needs_reconcile = CASE
+                            WHEN action IN (SELECT value FROM json_each(?3)) THEN 1
+                            ELSE needs_reconcile END,
                         last_error = 'interrupted by a restart'
                  WHERE state = 'in_flight'",
-                params![now, retry_at],
+                params![now, retry_at, unsafe_kinds],
             )?;
             Ok(n as u64)
         })
@@ -489,17 +499,26 @@ impl Store {
         .await
     }
 
-    /// Records the end of an attempt and moves its job on.
+    /// Records the end of an attempt and moves its job on. `alert` (a dead letter's) is
+    /// written in the same transaction: a job is never dead without its alert, nor an alert
+    /// recorded for a job that is not.
     pub async fn finish_attempt(
         &self,
         job: JobId,
         attempt_id: i64,
         report: AttemptReport,
         disposition: Disposition,
+        alert: Option<NewAlert>,
         now: i64,
     ) -> Result<(), StoreError> {
-        self.call(move |c| finish_attempt(c, job, attempt_id, &report, &disposition, now))
-            .await
+        self.call(move |c| {
+            finish_attempt(c, job, attempt_id, &report, &disposition, now)?;
+            if let Some(alert) = &alert {
+                alerts::insert_alert(c, alert)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn job(&self, id: JobId) -> Result<JobRow, StoreError> {
@@ -828,6 +847,15 @@ fn attempts_of(c: &Connection, job_id: i64) -> Result<Vec<AttemptRow>, StoreErro
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The stored `action` names of the kinds that are looked up before they are sent again.
+fn reconciled_kind_names() -> Vec<&'static str> {
+    ActionKind::ALL
+        .into_iter()
+        .filter(|k| k.needs_reconcile())
+        .map(ActionKind::config_name)
+        .collect()
+}
+
 const JOB_COLUMNS: &str = "id, ipn_id, integration, target, action, order_key, state, attempts, \
      needs_reconcile, next_attempt_at, created_at, updated_at, last_error";
 
@@ -906,6 +934,9 @@ fn ingest(c: &Connection, ipn: &NewIpn) -> Result<Ingested, StoreError> {
             job_id,
             ipn.received_at
         ])?;
+    }
+    for alert in &ipn.alerts {
+        alerts::insert_alert(c, &alerts::with_event_id(alert, EventId(ipn_id)))?;
     }
     Ok(Ingested::Stored {
         ipn_id: EventId(ipn_id),

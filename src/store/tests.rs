@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::domain::{Address, Buyer, ImportRef, Money, Order, OrderItem};
+use alerts::NewAlert;
 
 fn order(reference: &str) -> Order {
     Order {
@@ -66,6 +67,7 @@ fn ipn(key: &str, order_id: &str, with_job: bool) -> NewIpn {
         received_at: 1_000,
         raw_body: b"event=on_payment".to_vec(),
         routes,
+        alerts: Vec::new(),
     }
 }
 
@@ -264,6 +266,7 @@ async fn a_job_survives_a_crash_and_is_reconciled_before_it_is_sent_again() {
             send_attempt,
             report(Outcome::Delivered(receipt.clone())),
             Disposition::Delivered(receipt),
+            None,
             2_700,
         )
         .await
@@ -327,6 +330,7 @@ async fn a_later_job_of_the_same_order_waits_for_the_earlier_one() {
                 at: 5_000,
                 reconcile: false,
             },
+            None,
             1_100,
         )
         .await
@@ -349,6 +353,7 @@ async fn a_later_job_of_the_same_order_waits_for_the_earlier_one() {
                 reason: "No products exist in the order".into(),
             }),
             Disposition::Dead,
+            None,
             5_100,
         )
         .await
@@ -426,6 +431,7 @@ async fn jobs_behind_a_dead_job_are_held_with_its_reason() {
                 reason: "No products exist in the order".into(),
             }),
             Disposition::Dead,
+            None,
             1_100,
         )
         .await
@@ -482,6 +488,7 @@ async fn a_requeued_job_does_not_spend_its_attempt() {
                 reason: "Invalid login credentials".into(),
             }),
             Disposition::Requeue { at: 1_500 },
+            None,
             1_100,
         )
         .await
@@ -517,6 +524,7 @@ async fn the_ledger_finds_the_import_an_action_refers_to() {
                 leased[0].attempt_id,
                 report(Outcome::Delivered(receipt.clone())),
                 Disposition::Delivered(receipt),
+                None,
                 1_100,
             )
             .await
@@ -566,6 +574,7 @@ async fn an_operator_retry_restarts_the_give_up_window() {
                 retry_after: None,
             }),
             Disposition::Dead,
+            None,
             9_000,
         )
         .await
@@ -626,4 +635,241 @@ async fn reads_do_not_wait_for_another_process_writing() {
         "{write:?}"
     );
     locker.execute_batch("ROLLBACK").expect("unlock");
+}
+
+/// An IPN whose one route is a job doing `action`.
+fn ipn_doing(key: &str, order_id: &str, action: Action) -> NewIpn {
+    let mut ipn = ipn(key, order_id, true);
+    if let Some(NewRoute {
+        decision: RouteDecision::Job { job, .. },
+        ..
+    }) = ipn.routes.first_mut()
+    {
+        *job.action = action;
+    }
+    ipn
+}
+
+fn import_ref() -> ImportRef {
+    ImportRef {
+        ds24_order_id: "A".into(),
+        ds24_item: "1".into(),
+        payment_transaction: Some("t-1".into()),
+        reference_field: "custom1".into(),
+        email: "jane@example.com".into(),
+        campaign_id: 12,
+        since: "2026-11-22".into(),
+    }
+}
+
+/// Regression: recovery after a crash flagged only imports for reconciliation, so a refund
+/// interrupted after Konnektive applied it was sent (and applied) a second time.
+#[tokio::test]
+async fn recovery_reconciles_every_interrupted_action_that_is_not_safe_to_repeat() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    let import = import_ref();
+    let actions = [
+        Action::ImportOrder {
+            order: Box::new(order("DS24-A-1-t-1")),
+            auto_approve: false,
+        },
+        Action::Refund {
+            import: import.clone(),
+            amount: Money::from_minor(2000),
+            ds24_transaction_id: "t-2".into(),
+            full: false,
+        },
+        Action::Chargeback {
+            import: import.clone(),
+            amount: Money::from_minor(9700),
+            date: "2026-11-23".into(),
+            ds24_transaction_id: "t-3".into(),
+        },
+        Action::CancelPurchase {
+            import: import.clone(),
+            reason: "cancelled".into(),
+        },
+        Action::CancelOrder {
+            import,
+            reason: "last paid day".into(),
+        },
+    ];
+    // One order per job, so every job is due at once.
+    for (i, action) in actions.iter().enumerate() {
+        store
+            .ingest(ipn_doing(
+                &format!("k{i}"),
+                &format!("O{i}"),
+                action.clone(),
+            ))
+            .await
+            .expect("ingest");
+    }
+    let leased = store.lease_due("crm", 1_000, 10).await.expect("lease");
+    assert_eq!(leased.len(), actions.len());
+    drop(store);
+
+    let store = open(&dir);
+    store
+        .recover_interrupted(2_000, 2_500)
+        .await
+        .expect("recover");
+    for job in &leased {
+        let row = store.job(job.id).await.expect("job");
+        assert_eq!(
+            row.needs_reconcile,
+            job.action.needs_reconcile(),
+            "{} after a crash",
+            row.action
+        );
+    }
+    let refund = leased
+        .iter()
+        .find(|j| j.action.kind() == ActionKind::Refund)
+        .expect("the refund job");
+    let again = store.lease_due("crm", 2_500, 10).await.expect("lease");
+    let refund_again = again.iter().find(|j| j.id == refund.id).expect("leased");
+    assert_eq!(
+        refund_again.kind,
+        AttemptKind::Reconcile,
+        "an interrupted refund is looked up before it is sent again"
+    );
+}
+
+fn dead_letter_alert(job_id: Option<i64>, retry_command: &str) -> NewAlert {
+    NewAlert {
+        created_at: 1_100,
+        kind: "dead_letter".into(),
+        integration: Some("main".into()),
+        target: Some("crm".into()),
+        job_id,
+        ds24_order_id: Some("A".into()),
+        product: None,
+        amount: None,
+        buyer_email: Some("j***@example.com".into()),
+        message: "No products exist in the order".into(),
+        retry_command: Some(retry_command.into()),
+        recipients: vec!["ops@example.com".into()],
+    }
+}
+
+/// `(job state, open attempts, alerts with delivery rows, alerts)`, read by another
+/// connection, as after a crash.
+fn on_disk(dir: &tempfile::TempDir) -> (String, i64, i64, i64) {
+    let c = rusqlite::Connection::open(dir.path().join("t.db")).expect("open");
+    let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+    let state = c
+        .query_row("SELECT state FROM jobs ORDER BY id LIMIT 1", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap_or_default();
+    (
+        state,
+        count("SELECT COUNT(*) FROM attempts WHERE outcome IS NULL"),
+        count("SELECT COUNT(DISTINCT alert_id) FROM alert_deliveries"),
+        count("SELECT COUNT(*) FROM alerts"),
+    )
+}
+
+/// Makes every alert insert fail (a full disk at that very moment, say).
+fn break_alert_inserts(dir: &tempfile::TempDir, broken: bool) {
+    let c = rusqlite::Connection::open(dir.path().join("t.db")).expect("open");
+    let sql = if broken {
+        "CREATE TRIGGER no_alerts BEFORE INSERT ON alerts
+         BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+    } else {
+        "DROP TRIGGER no_alerts"
+    };
+    c.execute_batch(sql).expect("trigger");
+}
+
+/// Regression: a job was marked dead and committed before its alert was recorded, so a crash
+/// in between left a dead job nobody was told about. Now the two share one transaction:
+/// when the alert cannot be written, the job is not dead either (its attempt stays open, and
+/// recovery after a crash would retry it).
+#[tokio::test]
+async fn a_dead_letter_and_its_alert_are_written_atomically() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    store.ingest(ipn("k1", "A", true)).await.expect("ingest");
+    let leased = store.lease_due("crm", 1_000, 10).await.expect("lease");
+    let job = &leased[0];
+    let dead = |alert| {
+        let store = store.clone();
+        let (id, attempt) = (job.id, job.attempt_id);
+        async move {
+            store
+                .finish_attempt(
+                    id,
+                    attempt,
+                    report(Outcome::Permanent {
+                        reason: "No products exist in the order".into(),
+                    }),
+                    Disposition::Dead,
+                    Some(alert),
+                    1_100,
+                )
+                .await
+        }
+    };
+
+    break_alert_inserts(&dir, true);
+    let failed = dead(dead_letter_alert(
+        Some(job.id.0),
+        "ipn-bridge queue retry 1",
+    ))
+    .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(on_disk(&dir), ("in_flight".into(), 1, 0, 0), "neither");
+
+    break_alert_inserts(&dir, false);
+    dead(dead_letter_alert(
+        Some(job.id.0),
+        "ipn-bridge queue retry 1",
+    ))
+    .await
+    .expect("finish");
+    assert_eq!(on_disk(&dir), ("dead".into(), 0, 1, 1), "both");
+}
+
+/// The same for an IPN and the alert about a route that needs a person; the alert names the
+/// IPN's id, which exists only inside the transaction.
+#[tokio::test]
+async fn an_ipn_and_its_needs_attention_alert_are_written_atomically() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    let mut unmapped = ipn("k1", "A", false);
+    unmapped.alerts = vec![dead_letter_alert(
+        None,
+        &format!(
+            "ipn-bridge replay {} --integration main",
+            alerts::EVENT_ID_SLOT
+        ),
+    )];
+
+    break_alert_inserts(&dir, true);
+    assert!(store.ingest(unmapped.clone()).await.is_err());
+    assert!(store.list_ipns(None).await.expect("ipns").is_empty());
+
+    break_alert_inserts(&dir, false);
+    let Ingested::Stored { ipn_id, .. } = store.ingest(unmapped.clone()).await.expect("ingest")
+    else {
+        panic!("stored");
+    };
+    let outbox = store.alert_outbox_due(i64::MAX, 10).await.expect("outbox");
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(
+        outbox[0].alerts[0].retry_command.as_deref(),
+        Some(format!("ipn-bridge replay {ipn_id} --integration main").as_str())
+    );
+    // A repeat of the IPN writes neither again.
+    assert_eq!(
+        store.ingest(unmapped).await.expect("ingest"),
+        Ingested::Duplicate { ipn_id }
+    );
+    assert_eq!(
+        store.alert_outbox_due(i64::MAX, 10).await.expect("outbox")[0].unsent_total,
+        1
+    );
 }

@@ -263,10 +263,22 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(work: &Workdir, setup: &Setup, log_name: &str) -> Daemon {
+        Daemon::spawn_edited(work, setup, log_name, |toml| toml)
+    }
+
+    /// Like [`Daemon::spawn`], with the generated configuration text changed by `edit`
+    /// (another `[integration…]`, an `[alerts]` section, more events).
+    pub fn spawn_edited(
+        work: &Workdir,
+        setup: &Setup,
+        log_name: &str,
+        edit: impl Fn(String) -> String,
+    ) -> Daemon {
         let port = free_port();
         let mut setup = setup.clone();
         setup.listen = format!("127.0.0.1:{port}");
-        let config = work.write_config(&setup);
+        let config = work.config_path();
+        std::fs::write(&config, edit(setup.toml(&work.db()))).expect("write config");
         let log = work.dir.path().join(log_name);
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_ipn-bridge"))

@@ -69,15 +69,15 @@ const CONNECT_TIMEOUT_MAX_SECS: u64 = 10;
 /// three days; more means something else is wrong).
 const RECONCILE_MAX_PAGES: u32 = 20;
 
-const IMPORT_ENDPOINT: &str = "order/import";
-const QA_ENDPOINT: &str = "order/qa";
-const ORDER_QUERY_ENDPOINT: &str = "order/query";
+pub const IMPORT_ENDPOINT: &str = "order/import";
+pub const QA_ENDPOINT: &str = "order/qa";
+pub const ORDER_QUERY_ENDPOINT: &str = "order/query";
 const CAMPAIGN_QUERY_ENDPOINT: &str = "campaign/query";
-const TRANSACTIONS_QUERY_ENDPOINT: &str = "transactions/query";
-const REFUND_ENDPOINT: &str = "transactions/refund";
-const TRANSACTION_UPDATE_ENDPOINT: &str = "transactions/update";
-const ORDER_CANCEL_ENDPOINT: &str = "order/cancel";
-const PURCHASE_CANCEL_ENDPOINT: &str = "purchase/cancel";
+pub const TRANSACTIONS_QUERY_ENDPOINT: &str = "transactions/query";
+pub const REFUND_ENDPOINT: &str = "transactions/refund";
+pub const TRANSACTION_UPDATE_ENDPOINT: &str = "transactions/update";
+pub const ORDER_CANCEL_ENDPOINT: &str = "order/cancel";
+pub const PURCHASE_CANCEL_ENDPOINT: &str = "purchase/cancel";
 
 /// Pages of transactions read at most for one order (200 each; an order has a handful).
 const TRANSACTION_MAX_PAGES: u32 = 5;
@@ -487,10 +487,7 @@ impl KonnektiveClient {
             _ => None,
         };
         if let Some(order_id) = held {
-            let qa_params = vec![
-                ("orderId".to_owned(), order_id.clone()),
-                ("action".to_owned(), "APPROVE".to_owned()),
-            ];
+            let qa_params = request::qa_approve_params(&order_id);
             let (qa, _) = self.call(QA_ENDPOINT, qa_params, false).await;
             if !matches!(qa.outcome, Outcome::Delivered(_)) {
                 tracing::error!(

@@ -400,6 +400,15 @@ fn cancel_reason(reason: &str) -> &str {
     }
 }
 
+/// `order/qa` approving an imported order that Konnektive holds in QA: `orderId`,
+/// `action=APPROVE`.
+pub fn qa_approve_params(order_id: &str) -> Vec<(String, String)> {
+    let mut p = Params(Vec::with_capacity(2));
+    p.push("orderId", order_id);
+    p.push("action", "APPROVE");
+    p.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -813,5 +822,13 @@ mod tests {
                 "{first}..{last}"
             );
         }
+    }
+
+    #[test]
+    fn qa_approval_params_golden() {
+        assert_eq!(
+            qa_approve_params("7A1C0E93B2"),
+            pairs(&[("orderId", "7A1C0E93B2"), ("action", "APPROVE")])
+        );
     }
 }
