@@ -263,6 +263,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(work: &Workdir, setup: &Setup, log_name: &str) -> Daemon {
+        Daemon::spawn_with_args(work, setup, log_name, &[])
+    }
+
+    /// [`Daemon::spawn`] with more arguments for `run` (e.g. `--init`).
+    pub fn spawn_with_args(work: &Workdir, setup: &Setup, log_name: &str, args: &[&str]) -> Daemon {
         let port = free_port();
         let mut setup = setup.clone();
         setup.listen = format!("127.0.0.1:{port}");
@@ -270,7 +275,9 @@ impl Daemon {
         let log = work.dir.path().join(log_name);
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_ipn-bridge"))
-            .args(["run", "-c"])
+            .arg("run")
+            .args(args)
+            .arg("-c")
             .arg(&config)
             .env("RUST_LOG", "trace")
             .stdout(Stdio::null())
