@@ -2,9 +2,15 @@
 //! the HTTP server, and shut both down in order. No logic of its own.
 //!
 //! [`start`] takes an already-bound listener and a clock, so tests run the real daemon
-//! in-process on port 0; [`run`] is what `ipn-bridge run` calls: bind, start, tell systemd
-//! we are ready (and keep its watchdog fed while the dispatcher goes round), wait for
-//! SIGTERM or SIGINT, drain.
+//! in-process on port 0; [`run`] is what `ipn-bridge run` calls: open the store, bind,
+//! start, tell systemd we are ready (and keep its watchdog fed while the dispatcher goes
+//! round), wait for SIGTERM or SIGINT, drain.
+//!
+//! The store is opened first ([`open_store`]): it takes the database's lock, so a second
+//! daemon on the same database stops there with the first one's PID instead of failing on
+//! the (usually also taken) listening address or, with another address, running beside the
+//! first and sending its in-flight jobs again. Its start checks (an empty, damaged or
+//! read-only file) also run before anything listens.
 //!
 //! Reload (SIGHUP, [`Running::reload`]): the new file is validated first; an invalid one is
 //! refused with every error logged, and nothing changes. A valid one is put in force for the
@@ -38,7 +44,7 @@ use crate::config::LiveConfig;
 use crate::delivery::{self, Heartbeat, TargetBoard, Wake};
 use crate::metrics::Metrics;
 use crate::server::{self, AppState};
-use crate::store::Store;
+use crate::store::{EmptyFile, Store};
 
 /// The watchdog stops pinging when the dispatcher has not gone round for this long.
 const WATCHDOG_STALE_MS: i64 = 20_000;
@@ -138,15 +144,32 @@ fn keep_restart_only_settings(old: &Config, mut new: Config) -> Config {
     new
 }
 
+/// Opens the daemon's store: takes the database's lock (a second daemon stops here, naming
+/// the first one's PID) and refuses an empty, damaged or read-only file (see
+/// [`Store::open_exclusive`]). May take up to the `quick_check` budget.
+pub fn open_store(config: &Config, empty: EmptyFile) -> anyhow::Result<Store> {
+    Store::open_exclusive(&config.store.path, empty)
+        .with_context(|| format!("cannot open the store {}", config.store.path.display()))
+}
+
 /// Starts the daemon on `listener`.
 pub async fn start(
     config: Config,
     listener: TcpListener,
     clock: SharedClock,
 ) -> anyhow::Result<Running> {
+    let store = open_store(&config, EmptyFile::Refuse)?;
+    start_with_store(config, store, listener, clock).await
+}
+
+/// Starts the daemon on `listener` with a store opened by [`open_store`].
+pub async fn start_with_store(
+    config: Config,
+    store: Store,
+    listener: TcpListener,
+    clock: SharedClock,
+) -> anyhow::Result<Running> {
     let config = Arc::new(config);
-    let store = Store::open(&config.store.path)
-        .with_context(|| format!("cannot open the store {}", config.store.path.display()))?;
     let now = clock.now_ms();
     let first_retry_ms = i64::try_from(config.delivery.retry_initial.as_millis()).unwrap_or(0);
     let recovered = store
@@ -256,7 +279,8 @@ fn logged(
 }
 
 /// `ipn-bridge run`: the daemon until SIGTERM / SIGINT; SIGHUP reloads the configuration.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+/// `empty` says what to do with a zero-length database file (`run --init`).
+pub async fn run(config_path: &Path, empty: EmptyFile) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives during start-up (a reload right after the socket
     // listens, say) must not hit the default action, which for SIGHUP is to terminate.
     use tokio::signal::unix::{SignalKind, signal};
@@ -264,11 +288,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let config = load_config(config_path)?;
+    // The store first: a second daemon on the same database must say so, not fail on the
+    // (usually also taken) listening address.
+    let store = open_store(&config, empty)?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let clock: SharedClock = Arc::new(SystemClock);
-    let running = start(config, listener, clock.clone()).await?;
+    let running = start_with_store(config, store, listener, clock.clone()).await?;
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "could not notify systemd");
     }

@@ -15,6 +15,7 @@
 //! | `ipn_bridge_delivery_duration_seconds` | histogram | |
 //! | `ipn_bridge_ingest_duration_seconds` | histogram | |
 //! | `ipn_bridge_targets_paused` | gauge | `target` |
+//! | `ipn_bridge_store_errors_total` | counter | |
 //!
 //! Decisions:
 //! * **Format**: `prometheus-client` writes the OpenMetrics text format (counters are typed as
@@ -29,10 +30,15 @@
 //!   timeout and beyond); ingest is parse + verify + a group-committed SQLite write
 //!   (sub-millisecond to a slow fsync).
 //!
+//! * **Store errors** are counted by the store's writer thread (which sees every failure,
+//!   whoever asked); [`Metrics::observe_store_errors`] brings that running total into the
+//!   counter at scrape time, adding only what is new, so concurrent scrapes never count twice.
+//!
 //! This module records numbers only. It must not know about HTTP, the store or Konnektive;
 //! the callers (server, dispatcher) decide what to record and when.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -96,6 +102,9 @@ struct Inner {
     delivery_duration: Histogram,
     ingest_duration: Histogram,
     targets_paused: Family<TargetLabels, Gauge>,
+    store_errors: Counter,
+    /// The store's running total that `store_errors` has caught up with.
+    store_errors_seen: AtomicU64,
 }
 
 /// Every metric of the daemon. Clones share the same values.
@@ -160,6 +169,12 @@ impl Metrics {
             "1 while a target is paused after a target-wide failure (bad login, IP not allow-listed), else 0",
             targets_paused.clone(),
         );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Store operations that failed for a reason of the database (I/O, disk full, read-only, locked, damaged, deleted or replaced file)",
+            store_errors.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -170,6 +185,8 @@ impl Metrics {
                 delivery_duration,
                 ingest_duration,
                 targets_paused,
+                store_errors,
+                store_errors_seen: AtomicU64::new(0),
             }),
         }
     }
@@ -235,6 +252,18 @@ impl Metrics {
             .set(i64::from(paused));
     }
 
+    /// The store reports `total` failed operations so far (a running total that only
+    /// grows); the counter takes what it has not seen yet.
+    pub fn observe_store_errors(&self, total: u64) {
+        let seen = self
+            .inner
+            .store_errors_seen
+            .fetch_max(total, Ordering::Relaxed);
+        if total > seen {
+            self.inner.store_errors.inc_by(total - seen);
+        }
+    }
+
     /// The exposition in the OpenMetrics text format (see [`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -278,6 +307,7 @@ mod tests {
         m.delivery_attempt("konnektive", "delivered", Duration::from_millis(80));
         m.ingest_duration(Duration::from_millis(2));
         m.set_target_paused("konnektive", false);
+        m.observe_store_errors(0);
         let text = m.render();
         for (name, kind) in [
             ("ipn_bridge_ipns_received", "counter"),
@@ -287,6 +317,7 @@ mod tests {
             ("ipn_bridge_delivery_duration_seconds", "histogram"),
             ("ipn_bridge_ingest_duration_seconds", "histogram"),
             ("ipn_bridge_targets_paused", "gauge"),
+            ("ipn_bridge_store_errors", "counter"),
         ] {
             let type_line = format!("# TYPE {name} {kind}");
             assert!(
@@ -426,6 +457,24 @@ mod tests {
         );
         assert!(
             l.contains(&"ipn_bridge_ingest_duration_seconds_count 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn store_errors_follow_the_stores_running_total_without_counting_twice() {
+        let m = Metrics::new();
+        assert!(
+            m.render().contains("ipn_bridge_store_errors_total 0"),
+            "exposed from start"
+        );
+        m.observe_store_errors(3);
+        m.observe_store_errors(3);
+        m.observe_store_errors(2); // an older reading that arrives late
+        m.observe_store_errors(10);
+        let text = m.render();
+        assert!(
+            lines(&text).contains(&"ipn_bridge_store_errors_total 10"),
             "{text}"
         );
     }

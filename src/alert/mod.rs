@@ -299,7 +299,8 @@ impl Alerter {
         {
             Ok(due) => due,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the alert outbox; trying again shortly");
+                // Logged (once, then summarised) by the store itself.
+                tracing::debug!(error = %e, "cannot read the alert outbox; trying again shortly");
                 return;
             }
         };

@@ -55,8 +55,11 @@ pub enum Command {
     /// Run the daemon: receive IPNs and deliver them (SIGHUP reloads the configuration;
     /// SIGTERM or SIGINT stops it after in-flight deliveries finish).
     ///
+    /// Only one daemon may run per database (a second one exits at once, naming the first
+    /// one's PID). An empty (zero-byte) database file is refused unless --init is given.
+    ///
     /// Example: ipn-bridge run -c /etc/ipn-bridge/connectors.toml
-    Run(ConfigArg),
+    Run(RunArgs),
     /// Validate the configuration and report every error at once (exit 0 valid, 1 invalid).
     ///
     /// Example: ipn-bridge check-config -c connectors.toml
@@ -111,6 +114,18 @@ pub enum Command {
     TestConnection(TestConnectionArgs),
 }
 
+/// Arguments of `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Make a new, empty database when the database file exists but is empty (zero bytes).
+    /// Without it such a file is refused: it is more likely a lost database than a new one.
+    /// A missing file is always created.
+    #[arg(long)]
+    pub init: bool,
+}
+
 /// Arguments of `test-connection`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TestConnectionArgs {
@@ -150,7 +165,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(crate::app::run(&args.config))?;
+            let empty = if args.init {
+                crate::store::EmptyFile::Initialise
+            } else {
+                crate::store::EmptyFile::Refuse
+            };
+            runtime.block_on(crate::app::run(&args.config.config, empty))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(args) => Ok(check_config::run(&args.config)),

@@ -318,7 +318,9 @@ async fn target_loop(
                     continue;
                 }
                 Ok(_) => {}
-                Err(e) => tracing::error!(target = %w.name, error = %e, "could not lease jobs"),
+                // The store logs its own failures (once, then summarised); a line per poll
+                // would flood the log while the disk is full.
+                Err(e) => tracing::debug!(target = %w.name, error = %e, "could not lease jobs"),
             }
         }
         if free == 0 {
@@ -792,7 +794,8 @@ where
         match op().await {
             Ok(v) => return Some(v),
             Err(e) => {
-                tracing::error!(target = %w.name, error = %e, "could not record a delivery attempt; retrying");
+                // Logged (once, then summarised) by the store itself.
+                tracing::debug!(target = %w.name, error = %e, "could not record a delivery attempt; retrying");
                 tokio::select! {
                     _ = w.shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(Duration::from_millis(STORE_RETRY_MS)) => {}

@@ -8,6 +8,10 @@
 //! or its alerts. If the store cannot commit, the answer is `503` with
 //! the reason, and Digistore24 retries later: nothing is lost on either side.
 //!
+//! `/healthz` tells the truth about the store: its probe is a real write to the database
+//! file through the writer (`Store::probe_writable`), which also fails when the file was
+//! deleted, replaced or overwritten under the daemon; `store_error` carries the reason.
+//!
 //! Answers are short `text/plain` reasons, because Digistore24 shows the body of a failed
 //! call to the vendor ("Message by server"). Refusals never echo the body or a secret.
 //!
@@ -245,7 +249,9 @@ async fn receive(state: &AppState, source_name: &str, headers: &HeaderMap, body:
             text(StatusCode::OK, "OK")
         }
         Err(e) => {
-            tracing::error!(source = %source_name, error = %e, "could not store an IPN; answered 503");
+            // The store's writer logs (and counts) its failures itself, once and then in
+            // summaries; a line per refused IPN would flood the log while the disk is full.
+            tracing::debug!(source = %source_name, error = %e, "could not store an IPN; answered 503");
             reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
@@ -291,6 +297,9 @@ fn attention_alert(
 
 /// `GET /metrics`: Prometheus / OpenMetrics text; job gauges are read at scrape time.
 async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .observe_store_errors(state.store.error_count());
     if let Ok(counts) = state.store.job_counts().await {
         for s in JobState::ALL {
             state

@@ -11,9 +11,21 @@
 //! the batch holding the operation has committed. Other processes (the CLI) open their own
 //! `Store` on the same file; WAL lets them read while the daemon writes, and SQLite's lock
 //! serialises their writes.
+//!
+//! Opening: the daemon uses [`Store::open_exclusive`], which first takes the lock file
+//! `<db>.lock` (one daemon per database, see [`lock`]) and refuses an empty, damaged or
+//! read-only file (see [`integrity`]); the operator commands use [`Store::open`], which takes
+//! no lock and skips `quick_check`, but also refuses an empty file. Every store watches its
+//! file after each commit and refuses to acknowledge into a file that was deleted, replaced
+//! or overwritten (see [`writer`]).
 
 pub mod alerts;
+mod integrity;
+mod lock;
+mod log_limit;
 pub mod review;
+#[cfg(test)]
+mod safety_tests;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -32,6 +44,8 @@ use crate::domain::{
 
 use alerts::NewAlert;
 
+pub use integrity::{EmptyFile, QUICK_CHECK_BUDGET_SECS};
+pub use lock::lock_path;
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 
 /// Why a store operation failed, phrased for what the caller should do.
@@ -52,6 +66,13 @@ pub enum StoreError {
     /// A bug or a damaged database.
     #[error("database error: {0}")]
     Internal(String),
+    /// The file is not a sound database (damaged, not SQLite, empty where a database is
+    /// expected). A person must restore or replace it.
+    #[error("damaged database: {0}")]
+    Damaged(String),
+    /// Another daemon holds the database (see `lock`).
+    #[error("{0}")]
+    InUse(String),
     #[error("the store is closed")]
     Closed,
 }
@@ -71,6 +92,7 @@ impl From<rusqlite::Error> for StoreError {
                 | FileLockingProtocolFailed
                 | OutOfMemory,
             ) => StoreError::Unavailable(e.to_string()),
+            Some(DatabaseCorrupt | NotADatabase) => StoreError::Damaged(e.to_string()),
             _ => StoreError::Internal(e.to_string()),
         }
     }
@@ -109,14 +131,17 @@ where
     F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
     T: Send + 'static,
 {
-    fn run(self: Box<Self>, conn: &Connection) -> (bool, writer::Completion) {
+    fn run(self: Box<Self>, conn: &Connection) -> (Result<(), StoreError>, writer::Completion) {
         let Call { f, reply, .. } = *self;
         let result = f(conn);
-        let ok = result.is_ok();
+        let own = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
         let completion: writer::Completion = Box::new(move |commit| {
             let _ = reply.send(result.and_then(|v| commit.map(|()| v)));
         });
-        (ok, completion)
+        (own, completion)
     }
 
     fn fail(self: Box<Self>, err: StoreError) {
@@ -336,17 +361,73 @@ pub struct JobFilter {
 
 impl Store {
     /// Opens (creating if needed) the database, applies migrations and starts the writer
-    /// thread.
+    /// thread. What the operator commands use beside a running daemon: no lock, no
+    /// `quick_check`. A zero-length file is refused (see [`EmptyFile`]).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let before = integrity::check_before_open(path, EmptyFile::Refuse)?;
         let path = path.to_path_buf();
         let conn = writer::open_connection(&path)?;
         schema::migrate(&conn)?;
+        let watch = integrity::FileWatch::new(&path, before)?;
+        Store::start_writer(path, conn, watch, None)
+    }
+
+    /// Opens the database for the daemon: takes the lock `<db>.lock` first (a second daemon
+    /// fails at once with [`StoreError::InUse`]), refuses a zero-length file unless `empty`
+    /// says to initialise it, refuses a damaged file (`PRAGMA quick_check`, bounded by
+    /// [`QUICK_CHECK_BUDGET_SECS`]) and a read-only one, then migrates and starts the writer,
+    /// which holds the lock until it stops.
+    pub fn open_exclusive(path: &Path, empty: EmptyFile) -> Result<Store, StoreError> {
+        Store::open_exclusive_with_budget(
+            path,
+            empty,
+            std::time::Duration::from_secs(QUICK_CHECK_BUDGET_SECS),
+        )
+    }
+
+    fn open_exclusive_with_budget(
+        path: &Path,
+        empty: EmptyFile,
+        budget: std::time::Duration,
+    ) -> Result<Store, StoreError> {
+        let lock = lock::DaemonLock::acquire(path)?;
+        let before = integrity::check_before_open(path, empty)?;
+        let path = path.to_path_buf();
+        let not_a_database = |e: StoreError| match e {
+            StoreError::Damaged(why) => StoreError::Damaged(format!(
+                "{} is not a usable SQLite database ({why}). Restore it from a backup, or move \
+                 it aside to start a new one",
+                path.display()
+            )),
+            other => other,
+        };
+        let mut conn = writer::open_connection(&path).map_err(not_a_database)?;
+        integrity::refuse_read_only(&conn, &path).map_err(not_a_database)?;
+        match integrity::quick_check(&mut conn, &path, budget)? {
+            integrity::QuickCheck::Sound => {}
+            integrity::QuickCheck::Unfinished { after } => tracing::warn!(
+                path = %path.display(), checked_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                "quick_check of the database did not finish within its time budget; started without \
+                 checking the rest (a damaged page still fails the operation that reads it)"
+            ),
+        }
+        schema::migrate(&conn).map_err(not_a_database)?;
+        let watch = integrity::FileWatch::new(&path, before)?;
+        Store::start_writer(path, conn, watch, Some(lock))
+    }
+
+    fn start_writer(
+        path: PathBuf,
+        conn: Connection,
+        watch: integrity::FileWatch,
+        lock: Option<lock::DaemonLock>,
+    ) -> Result<Store, StoreError> {
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let stats = Arc::new(writer::Stats::default());
-        let thread_stats = stats.clone();
+        let writer = writer::Writer::new(conn, watch, lock, stats.clone());
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run(conn, rx, thread_stats))
+            .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             tx,
@@ -354,6 +435,14 @@ impl Store {
             thread: Arc::new(Mutex::new(Some(thread))),
             stats,
         })
+    }
+
+    /// Operations that failed for a reason of the store since this handle's writer started
+    /// (see [`writer`]); the source of `ipn_bridge_store_errors_total`.
+    pub fn error_count(&self) -> u64 {
+        self.stats
+            .failed_ops
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `(commits, operations committed)` since this handle's writer started.
@@ -776,10 +865,17 @@ impl Store {
         .await
     }
 
-    /// A cheap write that proves the database accepts commits (for health checks).
+    /// A cheap real write that proves the database file accepts commits (for health
+    /// checks): page 1 of the file is rewritten (its `application_id`) and committed with an
+    /// fsync like any IPN, and the writer checks afterwards that the file is still the one
+    /// at the path. The error says why not.
     pub async fn probe_writable(&self) -> Result<(), StoreError> {
         self.call(|c| {
-            c.execute_batch("CREATE TEMP TABLE IF NOT EXISTS probe (x); DELETE FROM probe;")?;
+            c.prepare_cached(&format!(
+                "PRAGMA application_id = {}",
+                writer::APPLICATION_ID
+            ))?
+            .execute([])?;
             Ok(())
         })
         .await

@@ -18,16 +18,39 @@
 //! read-only or another process holds the write lock past the busy timeout, every operation
 //! of that batch gets the error. The thread keeps running, so the store recovers by itself
 //! when the cause goes away.
+//!
+//! **The file under the connection.** After every batch, before any reply, the thread asks
+//! its [`FileWatch`] whether the path still leads to the file it writes and whether that
+//! file is still a database (see `integrity`). If not, the batch's replies are errors and
+//! the store refuses every later operation until a restart (*broken*). The thread
+//! checkpoints the WAL into the file it had open and closes the connection: that file then
+//! holds every commit, and the `-wal` at the path is left empty, so no frames of it can be
+//! applied to whatever file the path leads to next (SQLite would do so at its next open).
+//! For a deleted or replaced file the watch keeps a descriptor, so the old file can be
+//! copied from `/proc/<pid>/fd/<n>` until the daemon stops; the ERROR line says where.
+//!
+//! No alert can be recorded for a broken store: the alert outbox lives in that database.
+//! The single ERROR line is the signal (and `/healthz` answers 503 with the reason).
+//!
+//! **Failures in the log.** Every operation that fails for a reason of the store (not a
+//! `NotFound` or a refused request) is counted ([`Stats::failed_ops`], exported as
+//! `ipn_bridge_store_errors_total`) and logged through a [`LogLimiter`]: the first failure
+//! of a kind in full, repeats summarised once a minute, and one line when writes commit
+//! again. Callers answer their own caller (503, retry later) without logging the cause
+//! again at ERROR.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::StoreError;
+use super::integrity::{FileWatch, Problem};
+use super::lock::DaemonLock;
+use super::log_limit::{LogLimiter, Verdict};
 
 /// Most operations sharing one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -38,14 +61,20 @@ pub const BUSY_TIMEOUT_MS: u64 = 2_000;
 /// Queued operations before senders wait (backpressure on ingest).
 pub const QUEUE_CAPACITY: usize = 8_192;
 
+/// Written by every health probe: SQLite's `application_id` header field ("IPNB"). Setting
+/// it rewrites page 1, so the probe is a real, durable one-page write through the WAL,
+/// without a table of its own.
+pub const APPLICATION_ID: i32 = 0x4950_4E42;
+
 /// Called after the batch's commit with its result; sends the reply.
 pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// One queued store operation.
 pub trait Op: Send {
-    /// Runs inside the batch's transaction. Returns whether it succeeded (its savepoint is
-    /// kept, else rolled back) and what to do once the commit result is known.
-    fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion);
+    /// Runs inside the batch's transaction. Returns its own result (on `Err` its savepoint
+    /// is rolled back; the error is a copy, for counting and logging) and what to do once
+    /// the commit result is known.
+    fn run(self: Box<Self>, conn: &Connection) -> (Result<(), StoreError>, Completion);
     /// The operation cannot run (the batch could not start); reply with `err`.
     fn fail(self: Box<Self>, err: StoreError);
     /// Whether the operation only reads. A batch of reads only begins a deferred transaction,
@@ -63,6 +92,9 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// Operations that ran inside a committed transaction.
     pub ops: AtomicU64,
+    /// Operations that failed for a reason of the store (I/O, disk full, read-only, locked,
+    /// damaged or lost file), including those refused while the store is broken.
+    pub failed_ops: AtomicU64,
 }
 
 /// What the writer thread receives.
@@ -103,82 +135,262 @@ fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-/// The writer loop; returns on [`Msg::Close`] or when every sender is gone.
-pub fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, stats: Arc<Stats>) {
-    let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(MAX_BATCH);
-    let mut closing = false;
-    while !closing {
-        match rx.blocking_recv() {
-            Some(Msg::Op(op)) => batch.push(op),
-            Some(Msg::Close) | None => break,
-        }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Msg::Op(op)) => batch.push(op),
-                Ok(Msg::Close) => {
-                    closing = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        run_batch(&conn, &mut batch, &stats);
-    }
-    // Operations still queued behind the close are refused, not silently dropped.
-    rx.close();
-    while let Ok(msg) = rx.try_recv() {
-        if let Msg::Op(op) = msg {
-            op.fail(StoreError::Closed);
-        }
-    }
-    // Leaves the WAL small for the next start; failure only costs a bigger WAL.
-    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+/// An operation's completion, or the operation with the error that kept it from running.
+type Pending = Result<Completion, (Box<dyn Op>, StoreError)>;
+
+/// What one batch's transaction left to do: the commit result, each operation's completion
+/// (or the operation with the error that kept it from running), the operations' own store
+/// failures, and whether any row was written.
+struct Transacted {
+    commit: Result<(), StoreError>,
+    completions: Vec<Pending>,
+    own_failures: Vec<StoreError>,
+    wrote: bool,
 }
 
-fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Op>>, stats: &Stats) {
+/// Runs `batch` in one transaction (see the module docs). `Err` when it could not begin;
+/// the operations are then still in `batch`.
+fn transact(conn: &Connection, batch: &mut Vec<Box<dyn Op>>) -> Result<Transacted, StoreError> {
     let begin = if batch.iter().all(|op| op.read_only()) {
         "BEGIN DEFERRED"
     } else {
         "BEGIN IMMEDIATE"
     };
-    if let Err(e) = control(conn, begin) {
-        let err = StoreError::from(e);
-        for op in batch.drain(..) {
-            op.fail(err.clone());
-        }
-        return;
-    }
+    control(conn, begin)?;
+    let changes_before = conn.total_changes();
     let mut completions = Vec::with_capacity(batch.len());
+    let mut own_failures = Vec::new();
     for op in batch.drain(..) {
         if let Err(e) = control(conn, "SAVEPOINT op") {
             completions.push(Err((op, StoreError::from(e))));
             continue;
         }
-        let (ok, completion) = op.run(conn);
-        let closed = if ok {
-            control(conn, "RELEASE op")
-        } else {
-            control(conn, "ROLLBACK TO op").and_then(|()| control(conn, "RELEASE op"))
+        let (result, completion) = op.run(conn);
+        let closed = match result {
+            Ok(()) => control(conn, "RELEASE op"),
+            Err(e) => {
+                if is_store_failure(&e) {
+                    own_failures.push(e);
+                }
+                control(conn, "ROLLBACK TO op").and_then(|()| control(conn, "RELEASE op"))
+            }
         };
         if let Err(e) = closed {
             tracing::error!(error = %e, "could not close a savepoint; the batch is abandoned");
         }
         completions.push(Ok(completion));
     }
+    let wrote = conn.total_changes() != changes_before;
     let commit = control(conn, "COMMIT").map_err(StoreError::from);
     if commit.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
-    } else {
-        tracing::trace!(ops = completions.len(), "batch committed");
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats
-            .ops
-            .fetch_add(completions.len() as u64, Ordering::Relaxed);
     }
-    for c in completions {
-        match c {
-            Ok(completion) => completion(commit.clone()),
-            Err((op, err)) => op.fail(err),
+    Ok(Transacted {
+        commit,
+        completions,
+        own_failures,
+        wrote,
+    })
+}
+
+/// Whether an error is the store's fault (counted and logged here) rather than an answer
+/// to the request (not found, refused).
+fn is_store_failure(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Unavailable(_) | StoreError::Internal(_) | StoreError::Damaged(_)
+    )
+}
+
+/// What the thread owns. Fields drop in this order: the connection before the watch's
+/// descriptor (see `integrity`), the daemon lock last.
+pub struct Writer {
+    conn: Option<Connection>,
+    watch: FileWatch,
+    lock: Option<DaemonLock>,
+    stats: Arc<Stats>,
+    limiter: LogLimiter,
+    /// Why every operation is refused until a restart (see the module docs).
+    broken: Option<String>,
+}
+
+impl Writer {
+    pub fn new(
+        conn: Connection,
+        watch: FileWatch,
+        lock: Option<DaemonLock>,
+        stats: Arc<Stats>,
+    ) -> Writer {
+        Writer {
+            conn: Some(conn),
+            watch,
+            lock,
+            stats,
+            limiter: LogLimiter::default(),
+            broken: None,
         }
+    }
+
+    /// The writer loop; returns on [`Msg::Close`] or when every sender is gone.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(MAX_BATCH);
+        let mut closing = false;
+        while !closing {
+            match rx.blocking_recv() {
+                Some(Msg::Op(op)) => batch.push(op),
+                Some(Msg::Close) | None => break,
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Msg::Op(op)) => batch.push(op),
+                    Ok(Msg::Close) => {
+                        closing = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(&mut batch);
+        }
+        // Operations still queued behind the close are refused, not silently dropped.
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            if let Msg::Op(op) = msg {
+                op.fail(StoreError::Closed);
+            }
+        }
+        if let Some(conn) = self.conn.take() {
+            // Leaves the WAL small for the next start; failure only costs a bigger WAL.
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            drop(conn);
+        }
+        drop(self.lock.take());
+    }
+
+    fn run_batch(&mut self, batch: &mut Vec<Box<dyn Op>>) {
+        let (Some(conn), None) = (&self.conn, &self.broken) else {
+            let err = StoreError::Unavailable(self.broken.clone().unwrap_or_default());
+            self.refuse(batch, err);
+            return;
+        };
+        let Transacted {
+            mut commit,
+            completions,
+            own_failures,
+            wrote,
+        } = match transact(conn, batch) {
+            Ok(t) => t,
+            Err(err) => {
+                self.refuse(batch, err);
+                return;
+            }
+        };
+        // Before any reply: is what was just committed where the next start will look?
+        match self.watch.check() {
+            Ok(()) => {}
+            Err(Some(problem)) => commit = Err(self.break_down(problem)),
+            Err(None) => {
+                commit = Err(StoreError::Unavailable(
+                    "cannot check that the database file is still in place".into(),
+                ));
+            }
+        }
+        match &commit {
+            Ok(()) => {
+                tracing::trace!(ops = completions.len(), "batch committed");
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .ops
+                    .fetch_add(completions.len() as u64, Ordering::Relaxed);
+                for e in &own_failures {
+                    self.failed(e, 1);
+                }
+                // Only rows really written prove the store works again: a batch of reads,
+                // or a write that changed nothing, commits even on a full disk.
+                if wrote
+                    && own_failures.is_empty()
+                    && let Some(failed) = self.limiter.recovered()
+                {
+                    tracing::warn!(
+                        failed_ops = failed,
+                        "the store commits again; {failed} operations had failed before"
+                    );
+                }
+            }
+            Err(e) => self.failed(e, completions.len() as u64),
+        }
+        for c in completions {
+            match c {
+                Ok(completion) => completion(commit.clone()),
+                Err((op, err)) => {
+                    self.failed(&err, 1);
+                    op.fail(err);
+                }
+            }
+        }
+    }
+
+    /// Fails every operation of `batch` with `err` (counted and logged once).
+    fn refuse(&mut self, batch: &mut Vec<Box<dyn Op>>, err: StoreError) {
+        self.failed(&err, batch.len() as u64);
+        for op in batch.drain(..) {
+            op.fail(err.clone());
+        }
+    }
+
+    /// Counts `ops` operations failed with `err` and logs through the limiter.
+    fn failed(&mut self, err: &StoreError, ops: u64) {
+        self.stats.failed_ops.fetch_add(ops, Ordering::Relaxed);
+        let text = err.to_string();
+        let verdict = self.limiter.failure(&text, ops, Instant::now());
+        let broken = self.broken.is_some();
+        match verdict {
+            Verdict::Suppress => {}
+            // A broken store's ERROR line was written when it broke (see `break_down`).
+            Verdict::Log if broken => {}
+            Verdict::Log => tracing::error!(error = %text, ops, "store operations failed"),
+            Verdict::Summary { repeated, over } if broken => tracing::warn!(
+                error = %text, repeated, over_s = over.as_secs(),
+                "still refusing every store operation: {repeated} refused in the last {} s",
+                over.as_secs()
+            ),
+            Verdict::Summary { repeated, over } => tracing::error!(
+                error = %text, repeated, over_s = over.as_secs(),
+                "store operations keep failing: repeated {repeated} times in the last {} s",
+                over.as_secs()
+            ),
+        }
+    }
+
+    /// The file is gone or damaged: refuse everything from now on and say so once at
+    /// ERROR. The WAL is checkpointed into the file the connection had open and the
+    /// connection closed, so that file holds every commit and no `-wal` stays at the path
+    /// for whatever file is put there next (SQLite would apply it at the next open).
+    fn break_down(&mut self, problem: Problem) -> StoreError {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            if let Err((_, e)) = conn.close() {
+                tracing::warn!(error = %e, "could not close the database cleanly");
+            }
+        }
+        let reason = match problem {
+            Problem::Lost(what) => {
+                let hint = self.watch.recovery_hint();
+                format!(
+                    "{what}; IPNs are refused (503) until a restart. The old file's content \
+                     stays readable at {hint} while this process runs: copy it \
+                     (cp {hint} {}.recovered) before restarting",
+                    self.watch.path().display()
+                )
+            }
+            Problem::Damaged(what) => format!(
+                "{what}; IPNs are refused (503) until the file is restored and the daemon restarted"
+            ),
+        };
+        tracing::error!(
+            "{reason}. No alert can be recorded: the alert outbox is in that database, so this line is the alert"
+        );
+        self.broken = Some(reason.clone());
+        StoreError::Unavailable(reason)
     }
 }

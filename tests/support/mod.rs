@@ -263,7 +263,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(work: &Workdir, setup: &Setup, log_name: &str) -> Daemon {
-        Daemon::spawn_edited(work, setup, log_name, |toml| toml)
+        Daemon::spawn_custom(work, setup, log_name, &[], |toml| toml)
     }
 
     /// Like [`Daemon::spawn`], with the generated configuration text changed by `edit`
@@ -274,6 +274,22 @@ impl Daemon {
         log_name: &str,
         edit: impl Fn(String) -> String,
     ) -> Daemon {
+        Daemon::spawn_custom(work, setup, log_name, &[], edit)
+    }
+
+    /// [`Daemon::spawn`] with more arguments for `run` (e.g. `--init`).
+    pub fn spawn_with_args(work: &Workdir, setup: &Setup, log_name: &str, args: &[&str]) -> Daemon {
+        Daemon::spawn_custom(work, setup, log_name, args, |toml| toml)
+    }
+
+    /// `run` with extra `args` and the configuration text changed by `edit`.
+    pub fn spawn_custom(
+        work: &Workdir,
+        setup: &Setup,
+        log_name: &str,
+        args: &[&str],
+        edit: impl Fn(String) -> String,
+    ) -> Daemon {
         let port = free_port();
         let mut setup = setup.clone();
         setup.listen = format!("127.0.0.1:{port}");
@@ -282,7 +298,9 @@ impl Daemon {
         let log = work.dir.path().join(log_name);
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_ipn-bridge"))
-            .args(["run", "-c"])
+            .arg("run")
+            .args(args)
+            .arg("-c")
             .arg(&config)
             .env("RUST_LOG", "trace")
             .stdout(Stdio::null())
