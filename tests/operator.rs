@@ -338,7 +338,15 @@ async fn replay_reroutes_a_job_that_died_of_a_wrong_product_map() {
     })
     .await;
     assert_eq!(fake.orders()[0].param("product1_id"), Some("31"));
-    let job = store.job(ipn_bridge::domain::JobId(1)).await.expect("job");
+    // The order exists a moment before the daemon has recorded the answer.
+    let job = wait_for(Duration::from_secs(10), "the job recorded", || {
+        let store = store.clone();
+        async move {
+            let job = store.job(ipn_bridge::domain::JobId(1)).await.ok()?;
+            (job.state != "in_flight").then_some(job)
+        }
+    })
+    .await;
     assert_eq!(job.state, "delivered");
     daemon.stop().await;
 }
