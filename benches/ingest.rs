@@ -58,6 +58,7 @@ async fn store_only(n: usize, concurrency: usize, body_len: usize) {
                     received_at: 0,
                     raw_body: raw.clone(),
                     routes: Vec::new(),
+                    parent_transaction_id: None,
                 };
                 store.ingest(rec).await.expect("ingest");
                 i += concurrency;

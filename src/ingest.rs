@@ -87,5 +87,6 @@ pub fn new_ipn(
         received_at: now,
         raw_body,
         routes,
+        parent_transaction_id: field("parent_transaction_id"),
     }
 }

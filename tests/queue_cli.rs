@@ -103,6 +103,7 @@ fn ipn(n: i64, order_id: &str, event: &str, job: bool) -> NewIpn {
         received_at: T0 + n * MINUTE,
         raw_body: format!("event={event}&order_id={order_id}").into_bytes(),
         routes,
+        parent_transaction_id: None,
     }
 }
 
