@@ -654,6 +654,8 @@ async fn a_dead_job_retried_from_the_cli_is_delivered_by_the_running_daemon() {
     let work = Workdir::new();
     let fake = FakeKonnektive::start(FakeConfig {
         password: KONNEKTIVE_PASSWORD.into(),
+        // The fixture orders are in USD; the fake books EUR unless told otherwise.
+        currencies: [(12, Some("USD".into()))].into(),
         ..FakeConfig::default()
     })
     .await;

@@ -26,6 +26,12 @@
 //! the first probe that succeeds resumes the target. The pause lives in memory: after a
 //! restart the first request finds out again, which costs one refused request.
 //!
+//! Currency: Konnektive books an order in its campaign's currency whatever amounts it is
+//! given. Before an import is sent, the campaign's currency is read with `campaign/query`
+//! (through the limiter, once per campaign per generation: a reload asks again), and an
+//! order in another currency ends dead at once, unsent ([`check_currency`]). Konnektive's
+//! field for it is a guess; an answer without one is warned about once and the import sent.
+//!
 //! Which import a refund or chargeback belongs to: the ledger keeps both ids of each
 //! imported payment, and [`resolve_import`] matches the reversed payment against either,
 //! falls back to the only import of the order item, never guesses among several, and ends a
@@ -45,14 +51,14 @@
 
 pub mod schedule;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -60,8 +66,10 @@ use crate::alert::{Alert, AlertKind, Alerter};
 use crate::clock::SharedClock;
 use crate::config::{Config, Delivery, Target};
 use crate::connectors::KonnektiveClient;
+use crate::connectors::konnektive::{CAMPAIGN_QUERY_ENDPOINT, IMPORT_ENDPOINT};
 use crate::domain::{
-    Action, AttemptReport, Day, DayWindow, ImportRef, Money, Outcome, Receipt, import_reference,
+    Action, AttemptReport, Day, DayWindow, ImportRef, Money, Order, Outcome, Receipt,
+    import_reference,
 };
 use crate::metrics::Metrics;
 use crate::store::{AttemptKind, Disposition, LeasedJob, LedgerRow, Store, StoreError};
@@ -199,6 +207,9 @@ struct TargetWorker {
     shutdown: CancellationToken,
     /// This generation of loops stops leasing (shutdown or reload).
     stop: CancellationToken,
+    /// The currency each campaign books in, asked once per generation (`None`: Konnektive's
+    /// answer names none). A failed lookup leaves its cell empty, so the next import asks again.
+    currencies: std::sync::Mutex<HashMap<u64, Arc<OnceCell<Option<String>>>>>,
 }
 
 /// What every target loop shares with the rest of the daemon.
@@ -265,6 +276,7 @@ pub fn spawn(
             clock: clock.clone(),
             shutdown: shutdown.clone(),
             stop: stop.clone(),
+            currencies: std::sync::Mutex::new(HashMap::new()),
         });
         tracker.spawn(target_loop(
             worker,
@@ -537,6 +549,13 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant)
         }
     }
 
+    if let Some(order) = job.action.reconcile_reference()
+        && let Err(report) = check_currency(w, order).await
+    {
+        settle(w, job, (attempt_id, attempt_no), report, false, started).await;
+        return;
+    }
+
     w.limiter.until_ready().await;
     let report = match &import {
         Some((receipt, how)) => {
@@ -630,6 +649,78 @@ fn lookup_endpoint(action: &Action) -> &'static str {
         Action::ImportOrder { .. } => "order/query",
         _ => "transactions/query",
     }
+}
+
+/// The currency `campaign` books in, from `campaign/query` through the limiter the first
+/// time a generation needs it, then from the generation's cache (a reload starts a new
+/// generation, so a changed campaign is seen after `systemctl reload`). `Ok(None)`: the
+/// answer names no currency (warned once per generation and campaign).
+async fn campaign_currency(
+    w: &TargetWorker,
+    campaign: u64,
+) -> Result<Option<String>, AttemptReport> {
+    let cell = match w.currencies.lock() {
+        Ok(mut cells) => cells.entry(campaign).or_default().clone(),
+        Err(_) => Arc::new(OnceCell::new()),
+    };
+    cell.get_or_try_init(|| async {
+        w.limiter.until_ready().await;
+        let found = w.client.check_campaign(campaign).await?;
+        match &found.currency {
+            Some(currency) => tracing::debug!(
+                target = %w.name, campaign, %currency, "campaign currency read"
+            ),
+            None => tracing::warn!(
+                target = %w.name, campaign,
+                "Konnektive's campaign/query names no currency for this campaign; its orders are \
+                 imported without checking their currency"
+            ),
+        }
+        Ok(found.currency)
+    })
+    .await
+    .cloned()
+}
+
+/// An import goes out only in the currency its campaign books in: Konnektive books the order
+/// in the campaign's currency whatever the amounts were, so a USD order in an EUR campaign
+/// would be booked as the same number of euros. A mismatch is permanent (the job ends dead
+/// at once, with the usual alert); nothing is sent. An order without a currency, or a
+/// campaign whose currency Konnektive does not name, is sent unchecked.
+async fn check_currency(w: &TargetWorker, order: &Order) -> Result<(), AttemptReport> {
+    let booked = campaign_currency(w, order.campaign_id).await?;
+    let Some(reason) = currency_mismatch(&order.currency, order.campaign_id, booked.as_deref())
+    else {
+        return Ok(());
+    };
+    Err(AttemptReport {
+        outcome: Outcome::Permanent {
+            reason: reason.clone(),
+        },
+        endpoint: IMPORT_ENDPOINT.into(),
+        http_status: None,
+        request: format!("not sent: {reason}"),
+        response: format!(
+            "{CAMPAIGN_QUERY_ENDPOINT}: campaign {} books {}",
+            order.campaign_id,
+            booked.as_deref().unwrap_or("?")
+        ),
+        maybe_applied: false,
+    })
+}
+
+/// Why an order in `ordered` must not go into `campaign`, which books `booked`; `None` when
+/// it may (same currency, case aside, or either is unknown).
+fn currency_mismatch(ordered: &str, campaign: u64, booked: Option<&str>) -> Option<String> {
+    let ordered = ordered.trim().to_ascii_uppercase();
+    let booked = booked?.trim().to_ascii_uppercase();
+    if ordered.is_empty() || booked.is_empty() || ordered == booked {
+        return None;
+    }
+    Some(format!(
+        "order is {ordered}, campaign {campaign} books {booked}; not imported, so nothing is \
+         booked in the wrong currency (map the product to a campaign that books {ordered})"
+    ))
 }
 
 /// The import an action works on, and how it was found (recorded on the attempt).
@@ -957,6 +1048,32 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_currency_mismatch_names_both_currencies() {
+        let table = [
+            (
+                "USD",
+                Some("EUR"),
+                Some("order is USD, campaign 15 books EUR"),
+            ),
+            ("usd", Some("USD"), None),
+            (" EUR ", Some("eur"), None),
+            ("", Some("EUR"), None),
+            ("USD", None, None),
+            ("USD", Some(""), None),
+        ];
+        for (ordered, booked, want) in table {
+            let got = currency_mismatch(ordered, 15, booked);
+            match want {
+                Some(prefix) => assert!(
+                    got.as_deref().is_some_and(|g| g.starts_with(prefix)),
+                    "{ordered:?} {booked:?}: {got:?}"
+                ),
+                None => assert_eq!(got, None, "{ordered:?} {booked:?}"),
+            }
+        }
+    }
 
     fn row(job: i64, item: &str, txn: Option<&str>, parent: Option<&str>) -> LedgerRow {
         LedgerRow {
