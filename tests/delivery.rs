@@ -529,3 +529,91 @@ async fn an_answer_without_a_currency_is_asked_once_and_imported_unchecked() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_refused_endpoint_ends_its_job_dead_instead_of_pausing_the_target_forever() {
+    let work = Workdir::new();
+    let fake = fake().await;
+    let smtp = SmtpServer::start(None).await;
+    let mut setup = Setup::new(&fake.base_url);
+    setup.max_in_flight = 1;
+    let text = config_with_alerts(&work, &setup, &smtp, "");
+    let with_refund = std::fs::read_to_string(&text).expect("config").replace(
+        "payment = \"import_order\"\n",
+        "payment = \"import_order\"\nrefund = \"refund\"\n",
+    );
+    std::fs::write(&text, with_refund).expect("config");
+    let daemon = start_daemon_at(&text).await;
+    let store = open_store(&work);
+    let all_settled = |n: usize| {
+        let store = store.clone();
+        async move {
+            wait_for(Duration::from_secs(15), "jobs settled", || {
+                let store = store.clone();
+                async move {
+                    let jobs = store.list_jobs(Default::default()).await.ok()?;
+                    (jobs.len() == n
+                        && jobs
+                            .iter()
+                            .all(|j| matches!(j.state.as_str(), "delivered" | "dead")))
+                    .then_some(jobs)
+                }
+            })
+            .await
+        }
+    };
+    let payment = fixture("01_on_payment_single_product.txt");
+    assert_eq!(post_ipn(daemon.addr, "ds24", payment).await.0, 200);
+    all_settled(1).await;
+
+    // The API user may not refund: Konnektive refuses the endpoint with a permission text.
+    fake.set_denied_endpoints(&["transactions/refund"]);
+    assert_eq!(
+        post_ipn(daemon.addr, "ds24", fixture("04_on_refund.txt"))
+            .await
+            .0,
+        200
+    );
+    let jobs = all_settled(2).await;
+    let refund = &jobs[1];
+    assert_eq!(refund.state, "dead", "{jobs:?}");
+    assert_eq!(refund.attempts, 1);
+    let error = refund.last_error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("Permission denied: API user is not allowed to use transactions/refund"),
+        "Konnektive's message first: {error}"
+    );
+    assert!(
+        error.ends_with(
+            "campaign/query works, so the API user probably lacks the permission for \
+             transactions/refund"
+        ),
+        "{error}"
+    );
+
+    // Other jobs keep flowing: the target was never paused.
+    let other = variant(
+        "01_on_payment_single_product.txt",
+        &[("order_id", "FLOW0001"), ("transaction_id", "777001")],
+    );
+    assert_eq!(post_ipn(daemon.addr, "ds24", other).await.0, 200);
+    let jobs = all_settled(3).await;
+    assert_eq!(jobs[2].state, "delivered");
+    assert_eq!(fake.orders().len(), 2);
+    // One campaign/query for the currency, one probe right after the refusal; no cycle.
+    assert_eq!(fake.requests_to("campaign/query").len(), 2);
+    assert_eq!(fake.requests_to("transactions/refund").len(), 1);
+    wait_for(Duration::from_secs(10), "the dead-letter alert", || async {
+        (!alert_kinds(&work).is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(alert_kinds(&work), ["dead_letter"], "no pause, no resume");
+    let health: serde_json::Value = reqwest::get(format!("http://{}/healthz", daemon.addr))
+        .await
+        .expect("healthz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["targets_paused"], serde_json::json!({}), "{health}");
+    daemon.stop().await;
+}

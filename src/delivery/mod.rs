@@ -26,6 +26,14 @@
 //! the first probe that succeeds resumes the target. The pause lives in memory: after a
 //! restart the first request finds out again, which costs one refused request.
 //!
+//! Refused endpoint: the first probe goes out at once, before the target is paused
+//! ([`confirm_refusal`]). If it fails too, the refusal is target-wide (login, allow-list) and
+//! the target pauses. If it succeeds, the API user works and lacks only the permission for
+//! the refused endpoint (`transactions/refund`, say): pausing would resume at the next probe
+//! and meet the same refusal again, without end. So that job ends dead with Konnektive's
+//! message, the usual alert says which permission is probably missing, and the target keeps
+//! delivering everything else.
+//!
 //! Currency: Konnektive books an order in its campaign's currency whatever amounts it is
 //! given. Before an import is sent, the campaign's currency is read with `campaign/query`
 //! (through the limiter, once per campaign per generation: a reload asks again), and an
@@ -210,6 +218,8 @@ struct TargetWorker {
     /// The currency each campaign books in, asked once per generation (`None`: Konnektive's
     /// answer names none). A failed lookup leaves its cell empty, so the next import asks again.
     currencies: std::sync::Mutex<HashMap<u64, Arc<OnceCell<Option<String>>>>>,
+    /// One immediate probe after a target-wide refusal at a time (see [`confirm_refusal`]).
+    refusal_probe: Semaphore,
 }
 
 /// What every target loop shares with the rest of the daemon.
@@ -277,6 +287,7 @@ pub fn spawn(
             shutdown: shutdown.clone(),
             stop: stop.clone(),
             currencies: std::sync::Mutex::new(HashMap::new()),
+            refusal_probe: Semaphore::new(1),
         });
         tracker.spawn(target_loop(
             worker,
@@ -371,13 +382,17 @@ async fn target_loop(
     tracing::debug!(target = %w.name, "dispatcher stopped taking jobs");
 }
 
+/// One probe request through the limiter: `campaign/query` for a campaign of the target.
+/// `None` when the target has no campaign to ask about.
+async fn probe_call(w: &TargetWorker) -> Option<Result<(), AttemptReport>> {
+    let campaign = w.probe_campaign?;
+    w.limiter.until_ready().await;
+    Some(w.client.check_campaign(campaign).await.map(|_| ()))
+}
+
 /// Asks the paused target whether it accepts requests again; resumes it if so.
 async fn probe(w: &TargetWorker) {
-    w.limiter.until_ready().await;
-    let result = match w.probe_campaign {
-        Some(campaign) => w.client.check_campaign(campaign).await.map(|_| ()),
-        None => Ok(()),
-    };
+    let result = probe_call(w).await.unwrap_or(Ok(()));
     let now = w.clock.now_ms();
     match result {
         Ok(()) => {
@@ -414,6 +429,54 @@ async fn probe(w: &TargetWorker) {
                 now.saturating_add(interval),
                 report.outcome.reason(),
             );
+        }
+    }
+}
+
+/// Puts a target-wide refusal to the test before the target is paused: the probe is sent at
+/// once (through the limiter). When it fails too (bad login, IP not allow-listed), the
+/// refusal stands and the target is paused. When it succeeds, Konnektive accepts this API
+/// user in general and refused only the endpoint the job needs (a missing permission):
+/// pausing would resume at the next probe and meet the same refusal, without end, so the job
+/// ends dead with Konnektive's message (and the usual alert) and the target keeps running.
+/// A target already paused is not probed again here: the job simply waits.
+async fn confirm_refusal(w: &TargetWorker, report: AttemptReport) -> AttemptReport {
+    let Outcome::TargetDown { reason } = &report.outcome else {
+        return report;
+    };
+    let Ok(_one_at_a_time) = w.refusal_probe.acquire().await else {
+        return report;
+    };
+    if w.board.get(&w.name).is_some() {
+        return report;
+    }
+    match probe_call(w).await {
+        None | Some(Err(_)) => report,
+        Some(Ok(())) => {
+            let reason = reason.clone();
+            let endpoint = report.endpoint.clone();
+            let outcome = if endpoint == CAMPAIGN_QUERY_ENDPOINT {
+                // The probe's own endpoint refused, then accepted: nothing to blame.
+                Outcome::Retryable {
+                    reason: format!(
+                        "{reason} ({CAMPAIGN_QUERY_ENDPOINT} was refused, then accepted at once)"
+                    ),
+                    retry_after: None,
+                }
+            } else {
+                tracing::error!(
+                    target = %w.name, %endpoint, %reason,
+                    "Konnektive refused one endpoint while {CAMPAIGN_QUERY_ENDPOINT} works; \
+                     the job is dead-lettered and the target keeps running"
+                );
+                Outcome::Permanent {
+                    reason: format!(
+                        "{reason}; {CAMPAIGN_QUERY_ENDPOINT} works, so the API user probably \
+                         lacks the permission for {endpoint}"
+                    ),
+                }
+            };
+            AttemptReport { outcome, ..report }
         }
     }
 }
@@ -579,6 +642,7 @@ async fn settle(
     reconcile: bool,
     started: std::time::Instant,
 ) {
+    let report = confirm_refusal(w, report).await;
     if let Outcome::TargetDown { reason } = &report.outcome {
         pause_target(w, reason).await;
     }
