@@ -27,7 +27,7 @@
 //! restart the first request finds out again, which costs one refused request.
 //!
 //! Refused endpoint: the first probe goes out at once, before the target is paused
-//! ([`confirm_refusal`]). If it fails too, the refusal is target-wide (login, allow-list) and
+//! (`confirm_refusal`). If it fails too, the refusal is target-wide (login, allow-list) and
 //! the target pauses. If it succeeds, the API user works and lacks only the permission for
 //! the refused endpoint (`transactions/refund`, say): pausing would resume at the next probe
 //! and meet the same refusal again, without end. So that job ends dead with Konnektive's
@@ -37,11 +37,11 @@
 //! Currency: Konnektive books an order in its campaign's currency whatever amounts it is
 //! given. Before an import is sent, the campaign's currency is read with `campaign/query`
 //! (through the limiter, once per campaign per generation: a reload asks again), and an
-//! order in another currency ends dead at once, unsent ([`check_currency`]). Konnektive's
+//! order in another currency ends dead at once, unsent (`check_currency`). Konnektive's
 //! field for it is a guess; an answer without one is warned about once and the import sent.
 //!
 //! Which import a refund or chargeback belongs to: the ledger keeps both ids of each
-//! imported payment, and [`resolve_import`] matches the reversed payment against either,
+//! imported payment, and `resolve_import` matches the reversed payment against either,
 //! falls back to the only import of the order item, never guesses among several, and ends a
 //! reversal of a payment this integration skipped (so never imported) at once. The choice is
 //! written at the top of the attempt's request, where `queue show` shows it.

@@ -39,6 +39,20 @@
 //!   earlier write of the same attempt succeeded but a later one did not (some purchases are
 //!   cancelled): something happened, and the report says so. Repeating is harmless there:
 //!   the cancelled ones answer "already cancelled", which counts as delivered.
+//! * **Refund amount** ([`refund_plan`]): the action's amount (the reversed item's share),
+//!   capped at what remains refundable on the payment transaction (its amount minus the
+//!   order's REFUND transactions, read from the same `transactions/query`, see
+//!   [`response::refundable_remainder`]; `order/query`'s `refundRemaining` would cost another
+//!   call and is per order, not per transaction). `fullRefund=1` only when the amount sent is
+//!   exactly that remainder, whatever the action calls itself, so one item's share never
+//!   empties an order that holds more. Nothing remains: nothing is sent, and the attempt is
+//!   delivered ("already refunded"), as Konnektive's own "already refunded" answer is. The
+//!   remainder unknown (no amounts on the rows): the amount is sent as is, never with
+//!   `fullRefund`. A cap or an unknown remainder is noted at the top of the attempt's request.
+//! * **Campaign currency**: [`KonnektiveClient::check_campaign`] returns the campaign's
+//!   products and, when the answer names it, its currency (field names in
+//!   [`response::CAMPAIGN_CURRENCY_FIELDS`], a guess); the dispatcher compares it with the
+//!   order's before an import.
 //! * **No transaction is permanent.** An order without transactions, or without a
 //!   successful SALE/CAPTURE, cannot take a refund or chargeback however often we try (it is
 //!   typically still held in QA): a person must look.

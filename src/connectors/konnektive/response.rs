@@ -36,6 +36,12 @@
 //!   same order (upsales) are not ours. Declined, AUTHORIZE, VOID and REFUND rows never
 //!   qualify; a row without `responseType` is taken as successful (the reference's rows carry
 //!   it, but not every source does).
+//! * **What remains refundable** ([`refundable_remainder`]): the payment transaction's amount
+//!   ([`TXN_AMOUNT_FIELD`]) minus every successful REFUND of the order, never below zero;
+//!   unknown when an amount is missing. A bridge import has one SALE, so the order's refunds
+//!   are the payment's (counting a hand-made upsale's refunds too only makes the cap smaller).
+//! * **Campaign currency** ([`campaign_currency`]): the first non-empty of
+//!   [`CAMPAIGN_CURRENCY_FIELDS`] on the campaign row, upper case; a guess (reference E7).
 //! * **The latest import** ([`order_recency`]): when several orders carry matching
 //!   references, the latest by `dateCreated` (`YYYY-MM-DD HH:MM:SS` compares as text), then by
 //!   `actualOrderId`, wins.
@@ -484,7 +490,7 @@ pub fn payment_transaction(rows: &[Value]) -> Option<String> {
         .and_then(|row| id_string(row.get("transactionId")))
 }
 
-/// The field of a `transactions/query` row that holds its amount. [GUESS] Reference §7 E9
+/// The field of a `transactions/query` row that holds its amount. GUESS: reference §7 E9
 /// shows `totalAmount` (a two-decimal string) on transaction rows; query rows may hold JSON
 /// numbers instead (§5), which are read too.
 pub const TXN_AMOUNT_FIELD: &str = "totalAmount";
@@ -554,7 +560,7 @@ pub struct Campaign {
 
 /// Where a `campaign/query` row may name the campaign's currency, in the order tried.
 ///
-/// [GUESS] Reference §7 E7 shows `"currency":"EUR"` on the campaign, but marks every inner
+/// GUESS: reference §7 E7 shows `"currency":"EUR"` on the campaign, but marks every inner
 /// campaign field as a guess; order objects carry `currencyCode` and `baseCurrencyCode`
 /// (recorded, §5), so those names are accepted too. The first non-empty one wins. When none
 /// is present the dispatcher warns once and imports unchecked (README, "What rests on a
