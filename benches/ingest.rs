@@ -59,6 +59,7 @@ async fn store_only(n: usize, concurrency: usize, body_len: usize) {
                     raw_body: raw.clone(),
                     routes: Vec::new(),
                     alerts: Vec::new(),
+                    parent_transaction_id: None,
                 };
                 store.ingest(rec).await.expect("ingest");
                 i += concurrency;

@@ -88,5 +88,6 @@ pub fn new_ipn(
         raw_body,
         routes,
         alerts: Vec::new(),
+        parent_transaction_id: field("parent_transaction_id"),
     }
 }

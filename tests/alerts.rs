@@ -123,7 +123,7 @@ fn dead_letter(order: &str) -> Alert {
 }
 
 async fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(v) = probe() {
             return v;

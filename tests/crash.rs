@@ -17,6 +17,7 @@ async fn fake(products: Vec<u64>) -> FakeKonnektive {
     FakeKonnektive::start(FakeConfig {
         password: KONNEKTIVE_PASSWORD.into(),
         campaigns: [(12, products)].into(),
+        currencies: [(12, Some("USD".into()))].into(),
         ..FakeConfig::default()
     })
     .await

@@ -77,6 +77,8 @@ async fn chaos_sigkill_at_any_moment_loses_nothing_and_imports_nothing_twice() {
     let fake = FakeKonnektive::start(FakeConfig {
         password: KONNEKTIVE_PASSWORD.into(),
         campaigns: [(12, vec![31, 32, 33])].into(),
+        // The fixture orders are in USD; the fake books EUR unless told otherwise.
+        currencies: [(12, Some("USD".into()))].into(),
         ..FakeConfig::default()
     })
     .await;
@@ -233,6 +235,8 @@ async fn no_secret_reaches_the_logs_or_the_database() {
     // Konnektive first refuses the login, so error paths are logged too.
     let fake = FakeKonnektive::start(FakeConfig {
         password: "something-else".into(),
+        // The fixture orders are in USD; the fake books EUR unless told otherwise.
+        currencies: [(12, Some("USD".into()))].into(),
         ..FakeConfig::default()
     })
     .await;
@@ -249,15 +253,12 @@ async fn no_secret_reaches_the_logs_or_the_database() {
     forged.push(("sha_sign".into(), "0".repeat(128)));
     let (status, _) = post_ipn(daemon.addr, "ds24", encode(&forged)).await;
     assert_eq!(status, 403);
-    // One refused import pauses the target; the probes that follow are refused too.
+    // The first request (the campaign's currency, asked before the first import) is refused;
+    // the probe sent at once is refused too, so the target pauses.
     wait_for(
         Duration::from_secs(10),
-        "a refused import and a refused probe",
-        || async {
-            (!fake.requests_to("order/import").is_empty()
-                && !fake.requests_to("campaign/query").is_empty())
-            .then_some(())
-        },
+        "a refused request and a refused probe",
+        || async { (fake.requests_to("campaign/query").len() >= 2).then_some(()) },
     )
     .await;
     fake.set_password(KONNEKTIVE_PASSWORD);
@@ -293,6 +294,8 @@ async fn sigterm_stops_accepting_and_exits_cleanly() {
     let work = Workdir::new();
     let fake = FakeKonnektive::start(FakeConfig {
         password: KONNEKTIVE_PASSWORD.into(),
+        // The fixture orders are in USD; the fake books EUR unless told otherwise.
+        currencies: [(12, Some("USD".into()))].into(),
         ..FakeConfig::default()
     })
     .await;

@@ -1,5 +1,6 @@
 //! Delivering jobs to the fake Konnektive: failures that must be retried (an `ERROR` with
-//! HTTP 200, an HTML 502), failures that must not (a refused product), and an import whose
+//! HTTP 200, an HTML 502), failures that must not (a refused product, an order in another
+//! currency than its campaign's, an endpoint the API user may not use), and an import whose
 //! outcome is unknown, which is reconciled instead of sent twice. Every attempt is a row.
 
 mod support;
@@ -9,14 +10,50 @@ use std::time::Duration;
 use ipn_bridge::domain::JobId;
 use ipn_bridge::store::{JobRow, Store};
 use support::fake_konnektive::{Behaviour, FakeConfig, FakeKonnektive};
+use support::smtp::SmtpServer;
 use support::*;
 
+/// The fake, with campaign 12 booking in USD: the currency of the fixture orders.
 async fn fake() -> FakeKonnektive {
     FakeKonnektive::start(FakeConfig {
         password: KONNEKTIVE_PASSWORD.into(),
+        currencies: [(12, Some("USD".into()))].into(),
         ..FakeConfig::default()
     })
     .await
+}
+
+/// `setup`'s configuration with `[alerts]` (to `smtp`) and `extra` lines in
+/// `[integration.main]`, written to the workdir; returns its path.
+fn config_with_alerts(
+    work: &Workdir,
+    setup: &Setup,
+    smtp: &SmtpServer,
+    extra: &str,
+) -> std::path::PathBuf {
+    let text = setup.toml(&work.db()).replace(
+        "[integration.main]\n",
+        &format!("[integration.main]\n{extra}"),
+    ) + &format!(
+        "\n[alerts]\nsmtp_url = \"smtp://{}\"\nfrom = \"ipn-bridge <alerts@example.com>\"\n\
+             to = [\"ops@example.com\"]\n",
+        smtp.addr()
+    );
+    let path = work.config_path();
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+/// The kind of every alert recorded, oldest first.
+fn alert_kinds(work: &Workdir) -> Vec<String> {
+    let c = rusqlite::Connection::open(work.db()).expect("sqlite");
+    let mut stmt = c
+        .prepare("SELECT kind FROM alerts ORDER BY id")
+        .expect("prepare");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
 }
 
 async fn settled_job(store: &Store) -> JobRow {
@@ -202,6 +239,7 @@ async fn a_bad_login_pauses_the_target_until_a_probe_succeeds() {
     let work = Workdir::new();
     let fake = FakeKonnektive::start(FakeConfig {
         password: "the-new-password".into(),
+        currencies: [(12, Some("USD".into()))].into(),
         ..FakeConfig::default()
     })
     .await;
@@ -218,14 +256,16 @@ async fn a_bad_login_pauses_the_target_until_a_probe_succeeds() {
         );
         assert_eq!(post_ipn(daemon.addr, "ds24", body).await.0, 200);
     }
-    // The first refusal pauses the target; from then on only probes go out.
-    wait_for(Duration::from_secs(10), "two probes", || async {
-        (fake.requests_to("campaign/query").len() >= 2).then_some(())
+    // The first request (the campaign's currency, before the first import) is refused; the
+    // probe sent at once is refused too, so the target pauses; from then on only probes go
+    // out.
+    wait_for(Duration::from_secs(10), "a periodic probe", || async {
+        (fake.requests_to("campaign/query").len() >= 3).then_some(())
     })
     .await;
     assert_eq!(
         fake.requests_to("order/import").len(),
-        1,
+        0,
         "no import while paused"
     );
     let health: serde_json::Value = reqwest::get(format!("http://{}/healthz", daemon.addr))
@@ -301,7 +341,12 @@ async fn a_backlog_drains_at_the_configured_rate_and_never_faster() {
     daemon.stop().await;
 
     let times: Vec<std::time::Instant> = fake.requests().iter().map(|r| r.at).collect();
-    assert_eq!(times.len(), IPNS, "one request per job");
+    assert_eq!(
+        times.len(),
+        IPNS + 1,
+        "one campaign/query (the campaign's currency, once), then one request per job"
+    );
+    let n = times.len();
     let limit = RPS as usize + BURST as usize;
     for (i, start) in times.iter().enumerate() {
         let in_window = times[i..]
@@ -314,10 +359,10 @@ async fn a_backlog_drains_at_the_configured_rate_and_never_faster() {
         );
     }
     // After the burst, requests follow the token rate.
-    let span = times[IPNS - 1]
+    let span = times[n - 1]
         .duration_since(times[BURST as usize])
         .as_secs_f64();
-    let rate = (IPNS - BURST as usize - 1) as f64 / span;
+    let rate = (n - BURST as usize - 1) as f64 / span;
     assert!(
         (RPS * 0.85..=RPS * 1.05).contains(&rate),
         "drained at {rate:.2} requests/s, configured {RPS}"
@@ -352,5 +397,223 @@ async fn delay_holds_the_push_after_receipt() {
         "sent {:?} after receipt, delay is 1s",
         sent.duration_since(posted)
     );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_usd_order_into_an_eur_campaign_ends_dead_naming_both_currencies_and_is_not_sent() {
+    let work = Workdir::new();
+    let fake = fake().await;
+    fake.set_campaign_currency(12, Some("EUR"));
+    let smtp = SmtpServer::start(None).await;
+    let path = config_with_alerts(&work, &Setup::new(&fake.base_url), &smtp, "");
+    let daemon = start_daemon_at(&path).await;
+    // Fixture 01 is a USD order.
+    let (status, _) = post_ipn(
+        daemon.addr,
+        "ds24",
+        fixture("01_on_payment_single_product.txt"),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let store = open_store(&work);
+    let job = settled_job(&store).await;
+    assert_eq!(job.state, "dead");
+    assert_eq!(job.attempts, 1, "a currency mismatch is not retried");
+    let error = job.last_error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("order is USD, campaign 12 books EUR"),
+        "{error}"
+    );
+    assert!(
+        fake.requests_to("order/import").is_empty(),
+        "nothing is booked in the wrong currency"
+    );
+    assert!(fake.orders().is_empty());
+    assert_eq!(fake.requests_to("campaign/query").len(), 1);
+    wait_for(Duration::from_secs(10), "the dead-letter alert", || async {
+        (!alert_kinds(&work).is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(alert_kinds(&work), ["dead_letter"], "exactly one alert");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn the_campaign_currency_is_asked_once_per_generation_and_again_after_a_reload() {
+    let work = Workdir::new();
+    let fake = fake().await;
+    let setup = Setup::new(&fake.base_url);
+    let daemon = start_daemon(&work, &setup).await;
+    let store = open_store(&work);
+    let post = |n: u32| {
+        variant(
+            "01_on_payment_single_product.txt",
+            &[
+                ("order_id", &format!("CUR{n}")),
+                ("transaction_id", &format!("6{n}")),
+            ],
+        )
+    };
+    let settled = |n: usize| {
+        let store = store.clone();
+        async move {
+            wait_for(Duration::from_secs(15), "jobs settled", || {
+                let store = store.clone();
+                async move {
+                    let jobs = store.list_jobs(Default::default()).await.ok()?;
+                    (jobs.len() == n
+                        && jobs
+                            .iter()
+                            .all(|j| matches!(j.state.as_str(), "delivered" | "dead")))
+                    .then_some(jobs)
+                }
+            })
+            .await
+        }
+    };
+    for n in 0..2 {
+        assert_eq!(post_ipn(daemon.addr, "ds24", post(n)).await.0, 200);
+        settled(n as usize + 1).await;
+    }
+    assert_eq!(fake.orders().len(), 2);
+    assert_eq!(
+        fake.requests_to("campaign/query").len(),
+        1,
+        "cached for the generation"
+    );
+
+    // The campaign is switched to EUR in Konnektive; a reload starts a new generation, which
+    // asks again, and the next USD order is refused.
+    fake.set_campaign_currency(12, Some("EUR"));
+    daemon.reload(&work.config_path()).expect("reload");
+    assert_eq!(post_ipn(daemon.addr, "ds24", post(2)).await.0, 200);
+    let jobs = settled(3).await;
+    assert_eq!(jobs[2].state, "dead", "{jobs:?}");
+    assert_eq!(fake.requests_to("campaign/query").len(), 2);
+    assert_eq!(fake.orders().len(), 2);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_without_a_currency_is_asked_once_and_imported_unchecked() {
+    let work = Workdir::new();
+    let fake = fake().await;
+    fake.set_campaign_currency(12, None);
+    let daemon = start_daemon(&work, &Setup::new(&fake.base_url)).await;
+    for n in 0..2 {
+        let body = variant(
+            "01_on_payment_single_product.txt",
+            &[
+                ("order_id", &format!("NOCUR{n}")),
+                ("transaction_id", &format!("5{n}")),
+            ],
+        );
+        assert_eq!(post_ipn(daemon.addr, "ds24", body).await.0, 200);
+    }
+    let store = open_store(&work);
+    wait_for(Duration::from_secs(15), "both imports delivered", || {
+        let store = store.clone();
+        async move {
+            let jobs = store.list_jobs(Default::default()).await.ok()?;
+            (jobs.len() == 2 && jobs.iter().all(|j| j.state == "delivered")).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(fake.orders().len(), 2);
+    assert_eq!(
+        fake.requests_to("campaign/query").len(),
+        1,
+        "the missing currency is asked for (and warned about) once per generation"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_endpoint_ends_its_job_dead_instead_of_pausing_the_target_forever() {
+    let work = Workdir::new();
+    let fake = fake().await;
+    let smtp = SmtpServer::start(None).await;
+    let mut setup = Setup::new(&fake.base_url);
+    setup.max_in_flight = 1;
+    let text = config_with_alerts(&work, &setup, &smtp, "");
+    let with_refund = std::fs::read_to_string(&text).expect("config").replace(
+        "payment = \"import_order\"\n",
+        "payment = \"import_order\"\nrefund = \"refund\"\n",
+    );
+    std::fs::write(&text, with_refund).expect("config");
+    let daemon = start_daemon_at(&text).await;
+    let store = open_store(&work);
+    let all_settled = |n: usize| {
+        let store = store.clone();
+        async move {
+            wait_for(Duration::from_secs(15), "jobs settled", || {
+                let store = store.clone();
+                async move {
+                    let jobs = store.list_jobs(Default::default()).await.ok()?;
+                    (jobs.len() == n
+                        && jobs
+                            .iter()
+                            .all(|j| matches!(j.state.as_str(), "delivered" | "dead")))
+                    .then_some(jobs)
+                }
+            })
+            .await
+        }
+    };
+    let payment = fixture("01_on_payment_single_product.txt");
+    assert_eq!(post_ipn(daemon.addr, "ds24", payment).await.0, 200);
+    all_settled(1).await;
+
+    // The API user may not refund: Konnektive refuses the endpoint with a permission text.
+    fake.set_denied_endpoints(&["transactions/refund"]);
+    assert_eq!(
+        post_ipn(daemon.addr, "ds24", fixture("04_on_refund.txt"))
+            .await
+            .0,
+        200
+    );
+    let jobs = all_settled(2).await;
+    let refund = &jobs[1];
+    assert_eq!(refund.state, "dead", "{jobs:?}");
+    assert_eq!(refund.attempts, 1);
+    let error = refund.last_error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("Permission denied: API user is not allowed to use transactions/refund"),
+        "Konnektive's message first: {error}"
+    );
+    assert!(
+        error.ends_with(
+            "campaign/query works, so the API user probably lacks the permission for \
+             transactions/refund"
+        ),
+        "{error}"
+    );
+
+    // Other jobs keep flowing: the target was never paused.
+    let other = variant(
+        "01_on_payment_single_product.txt",
+        &[("order_id", "FLOW0001"), ("transaction_id", "777001")],
+    );
+    assert_eq!(post_ipn(daemon.addr, "ds24", other).await.0, 200);
+    let jobs = all_settled(3).await;
+    assert_eq!(jobs[2].state, "delivered");
+    assert_eq!(fake.orders().len(), 2);
+    // One campaign/query for the currency, one probe right after the refusal; no cycle.
+    assert_eq!(fake.requests_to("campaign/query").len(), 2);
+    assert_eq!(fake.requests_to("transactions/refund").len(), 1);
+    wait_for(Duration::from_secs(10), "the dead-letter alert", || async {
+        (!alert_kinds(&work).is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(alert_kinds(&work), ["dead_letter"], "no pause, no resume");
+    let health: serde_json::Value = reqwest::get(format!("http://{}/healthz", daemon.addr))
+        .await
+        .expect("healthz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["targets_paused"], serde_json::json!({}), "{health}");
     daemon.stop().await;
 }

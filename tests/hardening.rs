@@ -15,6 +15,8 @@ async fn fake() -> FakeKonnektive {
     FakeKonnektive::start(FakeConfig {
         password: KONNEKTIVE_PASSWORD.into(),
         campaigns: [(12, vec![31, 32, 33])].into(),
+        // The fixture orders are in USD; the fake books EUR unless told otherwise.
+        currencies: [(12, Some("USD".into()))].into(),
         ..FakeConfig::default()
     })
     .await
@@ -395,6 +397,7 @@ async fn damaged_database(db: &Path) {
             raw_body: payment(n),
             routes: Vec::new(),
             alerts: Vec::new(),
+            parent_transaction_id: None,
         };
         store.ingest(record).await.expect("ingest");
     }

@@ -10,7 +10,7 @@ use fake_konnektive::{Behaviour, FakeConfig, FakeKonnektive, shift_day, utc_toda
 use ipn_bridge::{config, connectors, domain};
 
 use config::{Delivery, Target, TargetKind};
-use connectors::KonnektiveClient;
+use connectors::{Campaign, KonnektiveClient};
 use domain::{
     Action, Address, AttemptReport, Buyer, Day, DayWindow, ImportRef, Money, Order, OrderItem,
     Outcome, Receipt,
@@ -611,10 +611,29 @@ async fn held_order_is_approved_when_asked() {
 }
 
 #[tokio::test]
-async fn check_campaign_lists_campaign_products() {
+async fn check_campaign_lists_campaign_products_and_currency() {
     let fake = FakeKonnektive::start(fake_config()).await;
     let client = client(&fake);
-    assert_eq!(client.check_campaign(12).await, Ok(vec![31, 32]));
+    assert_eq!(
+        client.check_campaign(12).await,
+        Ok(Campaign {
+            products: vec![31, 32],
+            currency: Some("EUR".to_owned()),
+        }),
+        "a campaign books EUR unless configured otherwise"
+    );
+    fake.set_campaign(15, vec![41]);
+    fake.set_campaign_currency(15, Some("USD"));
+    assert_eq!(
+        client.check_campaign(15).await.map(|c| c.currency),
+        Ok(Some("USD".to_owned()))
+    );
+    fake.set_campaign_currency(15, None);
+    assert_eq!(
+        client.check_campaign(15).await.map(|c| c.currency),
+        Ok(None),
+        "an answer without a currency field"
+    );
     let err = client.check_campaign(999).await.expect_err("unknown");
     assert_eq!(err.outcome.label(), "permanent", "{err:?}");
     fake.set_allowed(false);
@@ -799,7 +818,8 @@ async fn import_then_full_refund_is_external_and_keeps_the_ds24_id() {
     );
     assert_eq!(sent.param("cancelPurchase"), None);
 
-    // Again (e.g. a person refunded it first): "already refunded" is delivered, nothing new.
+    // Again (e.g. a person refunded it first): nothing remains refundable, so nothing is
+    // sent and the refund counts as delivered ("already refunded").
     let again = client
         .execute_on(&refund(4900, true, "T-REF-1"), &import)
         .await;
@@ -808,8 +828,111 @@ async fn import_then_full_refund_is_external_and_keeps_the_ds24_id() {
         receipt_of(&again).order_id.as_deref(),
         Some(order_id.as_str())
     );
-    assert!(again.response.contains("already been fully refunded"));
+    assert!(again.response.contains("already refunded"), "{again:?}");
+    assert_eq!(fake.requests_to("transactions/refund").len(), 1);
     assert_eq!(fake.transactions().len(), 2);
+}
+
+#[tokio::test]
+async fn full_refund_is_sent_only_when_the_amount_empties_the_transaction() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let import = imported(&client).await;
+    // The action calls itself full (it covers what Digistore24 paid for the item), but
+    // 10.50 is not all that remains of the 49.00 transaction: no fullRefund.
+    receipt_of(
+        &client
+            .execute_on(&refund(1050, true, "T-REF-5"), &import)
+            .await,
+    );
+    let sent = &fake.requests_to("transactions/refund")[0];
+    assert_eq!(sent.param("refundAmount"), Some("10.50"));
+    assert_eq!(sent.param("fullRefund"), None);
+    assert_eq!(fake.orders()[0].refund_remaining_cents, 3850);
+    // The rest, exactly: now fullRefund=1 goes with it.
+    receipt_of(
+        &client
+            .execute_on(&refund(3850, false, "T-REF-6"), &import)
+            .await,
+    );
+    let sent = &fake.requests_to("transactions/refund")[1];
+    assert_eq!(sent.param("refundAmount"), Some("38.50"));
+    assert_eq!(sent.param("fullRefund"), Some("1"));
+    assert_eq!(fake.orders()[0].refund_remaining_cents, 0);
+}
+
+#[tokio::test]
+async fn a_refund_above_what_remains_is_capped_at_the_remainder() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    let import = imported(&client).await;
+    receipt_of(
+        &client
+            .execute_on(&refund(2000, false, "T-REF-7"), &import)
+            .await,
+    );
+    // 29.00 remain; a second refund of 49.00 records 29.00, as the full remainder.
+    let report = client
+        .execute_on(&refund(4900, true, "T-REF-8"), &import)
+        .await;
+    assert_clean(&report);
+    receipt_of(&report);
+    let sent = &fake.requests_to("transactions/refund")[1];
+    assert_eq!(sent.param("refundAmount"), Some("29.00"));
+    assert_eq!(sent.param("fullRefund"), Some("1"));
+    assert!(
+        report
+            .request
+            .contains("refund of 49.00 capped at 29.00: only 29.00 remains refundable"),
+        "{}",
+        report.request
+    );
+    assert_eq!(fake.orders()[0].refund_remaining_cents, 0);
+    let refunded: i64 = fake
+        .transactions()
+        .iter()
+        .filter(|t| t.txn_type == "REFUND")
+        .map(|t| t.amount_cents)
+        .sum();
+    assert_eq!(refunded, 4900, "never more than the sale");
+}
+
+#[tokio::test]
+async fn the_fake_refuses_a_refund_above_what_remains_as_a_validation_error() {
+    let fake = FakeKonnektive::start(fake_config()).await;
+    let client = client(&fake);
+    imported(&client).await;
+    let sale = fake.transactions()[0].transaction_id.to_string();
+    for full in [None, Some("1")] {
+        let mut form = vec![
+            ("loginId", "ds24bridge"),
+            ("password", PASSWORD),
+            ("transactionId", sale.as_str()),
+            ("refundAmount", "49.01"),
+            ("externalRefund", "1"),
+        ];
+        if let Some(f) = full {
+            form.push(("fullRefund", f));
+        }
+        let answer: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/transactions/refund/", fake.base_url))
+            .form(&form)
+            .send()
+            .await
+            .expect("POST")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(answer["result"], "ERROR", "{answer}");
+        let text = answer["message"]["refundAmount"].as_str().unwrap_or("");
+        assert!(
+            text.contains("exceeds the amount remaining to be refunded (49.00)"),
+            "{answer}"
+        );
+        let class = connectors::classify(200, None, answer.to_string().as_bytes());
+        assert_eq!(class.outcome.label(), "permanent", "{full:?}");
+    }
+    assert_eq!(fake.orders()[0].refund_remaining_cents, 4900);
 }
 
 #[tokio::test]

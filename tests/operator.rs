@@ -31,6 +31,8 @@ async fn explain_then_replay_after_fixing_the_product_map_imports_once() {
     let work = Workdir::new();
     let fake = FakeKonnektive::start(FakeConfig {
         password: KONNEKTIVE_PASSWORD.into(),
+        // The fixture orders are in USD; the fake books EUR unless told otherwise.
+        currencies: [(12, Some("USD".into()))].into(),
         ..FakeConfig::default()
     })
     .await;
@@ -147,6 +149,8 @@ async fn explain_shows_the_refund_requests_with_the_import_from_the_ledger() {
     let work = Workdir::new();
     let fake = FakeKonnektive::start(FakeConfig {
         password: KONNEKTIVE_PASSWORD.into(),
+        // The fixture orders are in USD; the fake books EUR unless told otherwise.
+        currencies: [(12, Some("USD".into()))].into(),
         ..FakeConfig::default()
     })
     .await;
@@ -293,6 +297,8 @@ async fn replay_reroutes_a_job_that_died_of_a_wrong_product_map() {
     let work = Workdir::new();
     let fake = FakeKonnektive::start(FakeConfig {
         password: KONNEKTIVE_PASSWORD.into(),
+        // The fixture orders are in USD; the fake books EUR unless told otherwise.
+        currencies: [(12, Some("USD".into()))].into(),
         ..FakeConfig::default()
     })
     .await;
@@ -338,7 +344,15 @@ async fn replay_reroutes_a_job_that_died_of_a_wrong_product_map() {
     })
     .await;
     assert_eq!(fake.orders()[0].param("product1_id"), Some("31"));
-    let job = store.job(ipn_bridge::domain::JobId(1)).await.expect("job");
+    // The order exists a moment before the daemon has recorded the answer.
+    let job = wait_for(Duration::from_secs(10), "the job recorded", || {
+        let store = store.clone();
+        async move {
+            let job = store.job(ipn_bridge::domain::JobId(1)).await.ok()?;
+            (job.state != "in_flight").then_some(job)
+        }
+    })
+    .await;
     assert_eq!(job.state, "delivered");
     daemon.stop().await;
 }

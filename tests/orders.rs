@@ -15,6 +15,8 @@ async fn fake() -> FakeKonnektive {
     FakeKonnektive::start(FakeConfig {
         password: KONNEKTIVE_PASSWORD.into(),
         campaigns: [(12, vec![31, 32, 33])].into(),
+        // The capture books EUR, fixture 01 USD: campaign/query names no currency here.
+        currencies: [(12, None)].into(),
         ..FakeConfig::default()
     })
     .await

@@ -105,6 +105,7 @@ fn ipn(n: i64, order_id: &str, event: &str, job: bool) -> NewIpn {
         raw_body: format!("event={event}&order_id={order_id}").into_bytes(),
         routes,
         alerts: Vec::new(),
+        parent_transaction_id: None,
     }
 }
 
@@ -655,6 +656,8 @@ async fn a_dead_job_retried_from_the_cli_is_delivered_by_the_running_daemon() {
     let work = Workdir::new();
     let fake = FakeKonnektive::start(FakeConfig {
         password: KONNEKTIVE_PASSWORD.into(),
+        // The fixture orders are in USD; the fake books EUR unless told otherwise.
+        currencies: [(12, Some("USD".into()))].into(),
         ..FakeConfig::default()
     })
     .await;

@@ -215,6 +215,8 @@ async fn world_with(integrations: &str, extra: &str) -> World {
     let fake = FakeKonnektive::start(FakeConfig {
         password: KONNEKTIVE_PASSWORD.into(),
         campaigns: [(12, vec![31, 32, 33]), (13, vec![43])].into(),
+        // USD and EUR orders share campaign 12 here: campaign/query names no currency.
+        currencies: [(12, None), (13, None)].into(),
         ..FakeConfig::default()
     })
     .await;
@@ -377,6 +379,7 @@ async fn a_payment_stored_by_an_earlier_version_is_still_a_duplicate() {
             raw_body: body.clone(),
             routes: Vec::new(),
             alerts: Vec::new(),
+            parent_transaction_id: None,
         })
         .await
         .expect("ingest");

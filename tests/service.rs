@@ -13,6 +13,8 @@ use support::*;
 async fn fake() -> FakeKonnektive {
     FakeKonnektive::start(FakeConfig {
         password: KONNEKTIVE_PASSWORD.into(),
+        // The fixture orders are in USD; the fake books EUR unless told otherwise.
+        currencies: [(12, Some("USD".into()))].into(),
         ..FakeConfig::default()
     })
     .await

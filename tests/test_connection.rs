@@ -211,6 +211,40 @@ async fn a_product_map_value_missing_from_the_campaign_is_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_campaign_line_shows_the_currency_the_campaign_books_in() {
+    let w = world().await;
+    w.fake.set_campaign_currency(12, Some("USD"));
+    let out = w.run("", &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let l = line(&out, "campaign");
+    assert!(
+        l.starts_with("main campaign ok campaign 12 exists, books USD; its products: 31, 32, 33"),
+        "{l}"
+    );
+    // Konnektive's answer names no currency: said so, and not a failure.
+    w.fake.set_campaign_currency(12, None);
+    let out = w.run("", &["--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let campaign = rows
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|r| r["check"] == "campaign")
+        .expect("campaign row")
+        .clone();
+    assert_eq!(campaign["ok"], true, "{campaign}");
+    assert!(
+        campaign["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("currency not named in Konnektive's answer"),
+        "{campaign}"
+    );
+    w.daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_campaign_fails_the_campaign_check_only() {
     let w = world().await;
     let out = w

@@ -331,7 +331,23 @@ pub fn requests(
             order,
             auto_approve,
         } => {
-            let mut lines = post(target, konnektive::IMPORT_ENDPOINT, &import_params(order));
+            let mut lines = vec![format!(
+                "first, once per campaign after each start or reload: {} campaignId={} must \
+                 report that campaign {} books {} (else the job is dead-lettered unsent)",
+                konnektive::CAMPAIGN_QUERY_ENDPOINT,
+                order.campaign_id,
+                order.campaign_id,
+                if order.currency.is_empty() {
+                    "the order's currency (this order names none: not checked)"
+                } else {
+                    order.currency.as_str()
+                },
+            )];
+            lines.extend(post(
+                target,
+                konnektive::IMPORT_ENDPOINT,
+                &import_params(order),
+            ));
             if *auto_approve {
                 lines.push("then, if Konnektive holds the order in QA:".to_owned());
                 lines.extend(post(

@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | `konnektive login` | `campaign/query` for the campaign (reference §3.6) | bad login or password, Konnektive unreachable |
 //! | `ip allow-list` | same call | `IP must be whitelisted - <ip>` (the IP to add is shown) |
-//! | `campaign` | same call | the campaign does not exist, or the API user may not query campaigns |
+//! | `campaign` | same call; shows the currency the campaign books in (or that the answer names none) | the campaign does not exist, or the API user may not query campaigns |
 //! | `product map` | compares every `product_map` value, `"*"` included, with the campaign's products | any is missing (each is named) |
 //! | `smtp` | lettre's `test_connection` against `[alerts].smtp_url`: connect, TLS, login, NOOP | no connection, TLS or login refused |
 //! | `test e-mail` | only with `--send-test-email`: one mail to `[alerts].to` | the server refuses it |
@@ -51,7 +51,7 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use crate::config::{self, Alerts, Config, Integration, Server, Source, Target};
-use crate::connectors::KonnektiveClient;
+use crate::connectors::{Campaign, KonnektiveClient};
 use crate::domain::{AttemptReport, Outcome};
 use crate::ipn::{self, KeyCase};
 
@@ -311,8 +311,9 @@ async fn check_all(config: &Config, selected: &[&Integration], send_test_email: 
 // Konnektive
 // ---------------------------------------------------------------------------------------
 
-/// What `campaign/query` told: the campaign's product ids, or the failed attempt.
-pub type CampaignAnswer = Result<Vec<u64>, Box<AttemptReport>>;
+/// What `campaign/query` told: the campaign's product ids and currency, or the failed
+/// attempt.
+pub type CampaignAnswer = Result<Campaign, Box<AttemptReport>>;
 
 /// The four Konnektive verdicts of one integration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,8 +410,8 @@ pub fn judge_campaign(
 ) -> CrmFindings {
     let user = &target.login_id;
     let campaign_id = integration.campaign_id;
-    let products = match answer {
-        Ok(products) => products,
+    let (products, currency) = match answer {
+        Ok(campaign) => (&campaign.products, campaign.currency.as_deref()),
         Err(report) => {
             let reason = report.outcome.reason();
             let (login, allow_list, campaign) = match classify_failure(report) {
@@ -467,10 +468,21 @@ pub fn judge_campaign(
         login: Finding::ok(format!("API user \"{user}\" at {}", target.base_url)),
         allow_list: Finding::ok("this server's IP is accepted"),
         campaign: Finding::ok(format!(
-            "campaign {campaign_id} exists; its products: {}",
+            "campaign {campaign_id} exists, {}; its products: {}",
+            currency_detail(currency),
             list_ids(products)
         )),
         product_map: judge_product_map(integration, products),
+    }
+}
+
+/// The campaign's currency as the `campaign` verdict shows it.
+fn currency_detail(currency: Option<&str>) -> String {
+    match currency {
+        Some(c) => format!("books {c}"),
+        None => "currency not named in Konnektive's answer (orders are imported without the \
+                 currency check)"
+            .to_owned(),
     }
 }
 
@@ -964,9 +976,21 @@ payment = "import_order"
         let cases: Vec<(&str, CampaignAnswer, [Verdict; 4], &str)> = vec![
             (
                 "all good",
-                Ok(vec![31, 32, 33]),
+                Ok(Campaign {
+                    products: vec![31, 32, 33],
+                    currency: Some("EUR".into()),
+                }),
                 [Pass, Pass, Pass, Pass],
-                "31, 32, 33",
+                "exists, books EUR; its products: 31, 32, 33",
+            ),
+            (
+                "no currency in the answer",
+                Ok(Campaign {
+                    products: vec![31, 32, 33],
+                    currency: None,
+                }),
+                [Pass, Pass, Pass, Pass],
+                "currency not named",
             ),
             (
                 "bad login",

@@ -14,4 +14,4 @@
 
 pub mod konnektive;
 
-pub use konnektive::{Classified, KonnektiveClient, classify, import_params};
+pub use konnektive::{Campaign, Classified, KonnektiveClient, classify, import_params};

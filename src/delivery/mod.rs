@@ -28,6 +28,26 @@
 //! the first probe that succeeds resumes the target. The pause lives in memory: after a
 //! restart the first request finds out again, which costs one refused request.
 //!
+//! Refused endpoint: the first probe goes out at once, before the target is paused
+//! (`confirm_refusal`). If it fails too, the refusal is target-wide (login, allow-list) and
+//! the target pauses. If it succeeds, the API user works and lacks only the permission for
+//! the refused endpoint (`transactions/refund`, say): pausing would resume at the next probe
+//! and meet the same refusal again, without end. So that job ends dead with Konnektive's
+//! message, the usual alert says which permission is probably missing, and the target keeps
+//! delivering everything else.
+//!
+//! Currency: Konnektive books an order in its campaign's currency whatever amounts it is
+//! given. Before an import is sent, the campaign's currency is read with `campaign/query`
+//! (through the limiter, once per campaign per generation: a reload asks again), and an
+//! order in another currency ends dead at once, unsent (`check_currency`). Konnektive's
+//! field for it is a guess; an answer without one is warned about once and the import sent.
+//!
+//! Which import a refund or chargeback belongs to: the ledger keeps both ids of each
+//! imported payment, and `resolve_import` matches the reversed payment against either,
+//! falls back to the only import of the order item, never guesses among several, and ends a
+//! reversal of a payment this integration skipped (so never imported) at once. The choice is
+//! written at the top of the attempt's request, where `queue show` shows it.
+//!
 //! The loop wakes when the server stores new jobs (a `watch` counter), when a slot frees, at
 //! the next due time, and at least every [`POLL_INTERVAL_MS`] so changes made by other
 //! processes (the queue commands) are seen quickly.
@@ -41,14 +61,14 @@
 
 pub mod schedule;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -56,9 +76,13 @@ use crate::alert::{Alert, AlertKind, Alerter};
 use crate::clock::SharedClock;
 use crate::config::{Config, Delivery, Target};
 use crate::connectors::KonnektiveClient;
-use crate::domain::{Action, AttemptReport, Day, DayWindow, ImportRef, Money, Outcome, Receipt};
+use crate::connectors::konnektive::{CAMPAIGN_QUERY_ENDPOINT, IMPORT_ENDPOINT};
+use crate::domain::{
+    Action, AttemptReport, Day, DayWindow, ImportRef, Money, Order, Outcome, Receipt,
+    import_reference,
+};
 use crate::metrics::Metrics;
-use crate::store::{AttemptKind, Disposition, LeasedJob, Store, StoreError};
+use crate::store::{AttemptKind, Disposition, LeasedJob, LedgerRow, Store, StoreError};
 
 use schedule::JobClock;
 
@@ -193,6 +217,11 @@ struct TargetWorker {
     shutdown: CancellationToken,
     /// This generation of loops stops leasing (shutdown or reload).
     stop: CancellationToken,
+    /// The currency each campaign books in, asked once per generation (`None`: Konnektive's
+    /// answer names none). A failed lookup leaves its cell empty, so the next import asks again.
+    currencies: std::sync::Mutex<HashMap<u64, Arc<OnceCell<Option<String>>>>>,
+    /// One immediate probe after a target-wide refusal at a time (see [`confirm_refusal`]).
+    refusal_probe: Semaphore,
 }
 
 /// What every target loop shares with the rest of the daemon.
@@ -259,6 +288,8 @@ pub fn spawn(
             clock: clock.clone(),
             shutdown: shutdown.clone(),
             stop: stop.clone(),
+            currencies: std::sync::Mutex::new(HashMap::new()),
+            refusal_probe: Semaphore::new(1),
         });
         tracker.spawn(target_loop(
             worker,
@@ -355,13 +386,17 @@ async fn target_loop(
     tracing::debug!(target = %w.name, "dispatcher stopped taking jobs");
 }
 
+/// One probe request through the limiter: `campaign/query` for a campaign of the target.
+/// `None` when the target has no campaign to ask about.
+async fn probe_call(w: &TargetWorker) -> Option<Result<(), AttemptReport>> {
+    let campaign = w.probe_campaign?;
+    w.limiter.until_ready().await;
+    Some(w.client.check_campaign(campaign).await.map(|_| ()))
+}
+
 /// Asks the paused target whether it accepts requests again; resumes it if so.
 async fn probe(w: &TargetWorker) {
-    w.limiter.until_ready().await;
-    let result = match w.probe_campaign {
-        Some(campaign) => w.client.check_campaign(campaign).await.map(|_| ()),
-        None => Ok(()),
-    };
+    let result = probe_call(w).await.unwrap_or(Ok(()));
     let now = w.clock.now_ms();
     match result {
         Ok(()) => {
@@ -398,6 +433,54 @@ async fn probe(w: &TargetWorker) {
                 now.saturating_add(interval),
                 report.outcome.reason(),
             );
+        }
+    }
+}
+
+/// Puts a target-wide refusal to the test before the target is paused: the probe is sent at
+/// once (through the limiter). When it fails too (bad login, IP not allow-listed), the
+/// refusal stands and the target is paused. When it succeeds, Konnektive accepts this API
+/// user in general and refused only the endpoint the job needs (a missing permission):
+/// pausing would resume at the next probe and meet the same refusal, without end, so the job
+/// ends dead with Konnektive's message (and the usual alert) and the target keeps running.
+/// A target already paused is not probed again here: the job simply waits.
+async fn confirm_refusal(w: &TargetWorker, report: AttemptReport) -> AttemptReport {
+    let Outcome::TargetDown { reason } = &report.outcome else {
+        return report;
+    };
+    let Ok(_one_at_a_time) = w.refusal_probe.acquire().await else {
+        return report;
+    };
+    if w.board.get(&w.name).is_some() {
+        return report;
+    }
+    match probe_call(w).await {
+        None | Some(Err(_)) => report,
+        Some(Ok(())) => {
+            let reason = reason.clone();
+            let endpoint = report.endpoint.clone();
+            let outcome = if endpoint == CAMPAIGN_QUERY_ENDPOINT {
+                // The probe's own endpoint refused, then accepted: nothing to blame.
+                Outcome::Retryable {
+                    reason: format!(
+                        "{reason} ({CAMPAIGN_QUERY_ENDPOINT} was refused, then accepted at once)"
+                    ),
+                    retry_after: None,
+                }
+            } else {
+                tracing::error!(
+                    target = %w.name, %endpoint, %reason,
+                    "Konnektive refused one endpoint while {CAMPAIGN_QUERY_ENDPOINT} works; \
+                     the job is dead-lettered and the target keeps running"
+                );
+                Outcome::Permanent {
+                    reason: format!(
+                        "{reason}; {CAMPAIGN_QUERY_ENDPOINT} works, so the API user probably \
+                         lacks the permission for {endpoint}"
+                    ),
+                }
+            };
+            AttemptReport { outcome, ..report }
         }
     }
 }
@@ -451,7 +534,7 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant)
     let import = match job.action.import_ref() {
         None => None,
         Some(import_ref) => match resolve_import(w, job, import_ref).await {
-            Ok(receipt) => Some(receipt),
+            Ok(resolved) => Some(resolved),
             Err(report) => {
                 settle(
                     w,
@@ -471,7 +554,7 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant)
         w.limiter.until_ready().await;
         match w
             .client
-            .find_applied(&job.action, import.as_ref(), window)
+            .find_applied(&job.action, import.as_ref().map(|(r, _)| r), window)
             .await
         {
             Ok(Some(receipt)) => {
@@ -534,9 +617,20 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant)
         }
     }
 
+    if let Some(order) = job.action.reconcile_reference()
+        && let Err(report) = check_currency(w, order).await
+    {
+        settle(w, job, (attempt_id, attempt_no), report, false, started).await;
+        return;
+    }
+
     w.limiter.until_ready().await;
     let report = match &import {
-        Some(receipt) => w.client.execute_on(&job.action, receipt).await,
+        Some((receipt, how)) => {
+            let mut report = w.client.execute_on(&job.action, receipt).await;
+            report.request = format!("import: {how}\n{}", report.request);
+            report
+        }
         None => w.client.execute(&job.action).await,
     };
     let reconcile = report.maybe_applied && job.action.needs_reconcile();
@@ -554,6 +648,7 @@ async fn settle(
     reconcile: bool,
     started: std::time::Instant,
 ) {
+    let report = confirm_refusal(w, report).await;
     if let Outcome::TargetDown { reason } = &report.outcome {
         pause_target(w, reason).await;
     }
@@ -628,7 +723,92 @@ fn lookup_endpoint(action: &Action) -> &'static str {
     }
 }
 
+/// The currency `campaign` books in, from `campaign/query` through the limiter the first
+/// time a generation needs it, then from the generation's cache (a reload starts a new
+/// generation, so a changed campaign is seen after `systemctl reload`). `Ok(None)`: the
+/// answer names no currency (warned once per generation and campaign).
+async fn campaign_currency(
+    w: &TargetWorker,
+    campaign: u64,
+) -> Result<Option<String>, AttemptReport> {
+    let cell = match w.currencies.lock() {
+        Ok(mut cells) => cells.entry(campaign).or_default().clone(),
+        Err(_) => Arc::new(OnceCell::new()),
+    };
+    cell.get_or_try_init(|| async {
+        w.limiter.until_ready().await;
+        let found = w.client.check_campaign(campaign).await?;
+        match &found.currency {
+            Some(currency) => tracing::debug!(
+                target = %w.name, campaign, %currency, "campaign currency read"
+            ),
+            None => tracing::warn!(
+                target = %w.name, campaign,
+                "Konnektive's campaign/query names no currency for this campaign; its orders are \
+                 imported without checking their currency"
+            ),
+        }
+        Ok(found.currency)
+    })
+    .await
+    .cloned()
+}
+
+/// An import goes out only in the currency its campaign books in: Konnektive books the order
+/// in the campaign's currency whatever the amounts were, so a USD order in an EUR campaign
+/// would be booked as the same number of euros. A mismatch is permanent (the job ends dead
+/// at once, with the usual alert); nothing is sent. An order without a currency, or a
+/// campaign whose currency Konnektive does not name, is sent unchecked.
+async fn check_currency(w: &TargetWorker, order: &Order) -> Result<(), AttemptReport> {
+    let booked = campaign_currency(w, order.campaign_id).await?;
+    let Some(reason) = currency_mismatch(&order.currency, order.campaign_id, booked.as_deref())
+    else {
+        return Ok(());
+    };
+    Err(AttemptReport {
+        outcome: Outcome::Permanent {
+            reason: reason.clone(),
+        },
+        endpoint: IMPORT_ENDPOINT.into(),
+        http_status: None,
+        request: format!("not sent: {reason}"),
+        response: format!(
+            "{CAMPAIGN_QUERY_ENDPOINT}: campaign {} books {}",
+            order.campaign_id,
+            booked.as_deref().unwrap_or("?")
+        ),
+        maybe_applied: false,
+    })
+}
+
+/// Why an order in `ordered` must not go into `campaign`, which books `booked`; `None` when
+/// it may (same currency, case aside, or either is unknown).
+fn currency_mismatch(ordered: &str, campaign: u64, booked: Option<&str>) -> Option<String> {
+    let ordered = ordered.trim().to_ascii_uppercase();
+    let booked = booked?.trim().to_ascii_uppercase();
+    if ordered.is_empty() || booked.is_empty() || ordered == booked {
+        return None;
+    }
+    Some(format!(
+        "order is {ordered}, campaign {campaign} books {booked}; not imported, so nothing is \
+         booked in the wrong currency (map the product to a campaign that books {ordered})"
+    ))
+}
+
+/// The import an action works on, and how it was found (recorded on the attempt).
+type Resolved = (Receipt, String);
+
 /// The CRM order an action refers to: the ledger first, else Konnektive's `order/query`.
+///
+/// A refund or chargeback names the reversed payment (`parent_transaction_id`); the ledger
+/// entry whose `transaction_id` or `parent_transaction_id` is that id wins (see
+/// [`choose_import`]). When neither matches, the only import of the order item is taken, but
+/// only while the store knows nothing of that payment: a payment this integration skipped (a
+/// follow-up payment with `followup_payments = false`) was never imported, and the job ends
+/// dead at once saying so; a payment with a job of its own waits for that import. Two or more
+/// imports and no exact match: no guess, retryable with that reason (dead after
+/// `give_up_after`).
+///
 /// No import anywhere is a retryable failure with that reason: the payment IPN may still
 /// arrive (Digistore24 does not guarantee the order of IPNs), and if it never does, the job
 /// is dead-lettered with the reason once `give_up_after` has passed.
@@ -636,7 +816,7 @@ async fn resolve_import(
     w: &TargetWorker,
     job: &LeasedJob,
     import: &ImportRef,
-) -> Result<Receipt, AttemptReport> {
+) -> Result<Resolved, AttemptReport> {
     let describe = || {
         format!(
             "the import of Digistore24 order {} item {} ({})",
@@ -648,21 +828,67 @@ async fn resolve_import(
                 .map_or("latest payment".to_owned(), |t| format!("payment {t}"))
         )
     };
-    match w.store.ledger_import(&job.integration, import).await {
-        Ok(Some(receipt)) if receipt.order_id.is_some() => return Ok(receipt),
-        Ok(_) => {}
-        Err(e) => {
-            return Err(AttemptReport {
-                outcome: Outcome::Retryable {
-                    reason: format!("cannot read the ledger: {e}"),
-                    retry_after: None,
-                },
-                endpoint: "ledger".into(),
-                http_status: None,
-                request: describe(),
-                response: e.to_string(),
-                maybe_applied: false,
-            });
+    let unreadable = |e: StoreError| AttemptReport {
+        outcome: Outcome::Retryable {
+            reason: format!("cannot read the ledger: {e}"),
+            retry_after: None,
+        },
+        endpoint: "ledger".into(),
+        http_status: None,
+        request: describe(),
+        response: e.to_string(),
+        maybe_applied: false,
+    };
+    let mut skipped = None;
+    match import.payment_transaction.as_deref() {
+        None => match w.store.ledger_import(&job.integration, import).await {
+            Ok(Some(receipt)) if receipt.order_id.is_some() => {
+                let how = format!(
+                    "the latest import of Digistore24 order {} item {} in the ledger (Konnektive \
+                     order {})",
+                    import.ds24_order_id,
+                    import.ds24_item,
+                    receipt.order_id.as_deref().unwrap_or("")
+                );
+                return Ok((receipt, how));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(unreadable(e)),
+        },
+        Some(payment) => {
+            let rows = w
+                .store
+                .ledger_imports(&job.integration, &import.ds24_order_id)
+                .await
+                .map_err(unreadable)?;
+            let route = w
+                .store
+                .payment_route(
+                    &job.integration,
+                    &import.ds24_order_id,
+                    &import.ds24_item,
+                    payment,
+                )
+                .await
+                .map_err(unreadable)?;
+            match choose_import(&rows, import, payment, route.is_none()) {
+                Choice::Found(receipt, how) => return Ok((receipt, how)),
+                Choice::Ambiguous(reason) => {
+                    return Err(AttemptReport {
+                        outcome: Outcome::Retryable {
+                            reason: reason.clone(),
+                            retry_after: None,
+                        },
+                        endpoint: "ledger".into(),
+                        http_status: None,
+                        request: describe(),
+                        response: reason,
+                        maybe_applied: false,
+                    });
+                }
+                Choice::NotFound => {}
+            }
+            skipped = route.filter(|r| r.skipped).map(|r| r.reason);
         }
     }
     let today = Day::from_unix_ms(w.clock.now_ms());
@@ -681,22 +907,122 @@ async fn resolve_import(
         )
         .await
     {
-        Ok(Some(receipt)) => Ok(receipt),
-        Ok(None) => Err(AttemptReport {
-            outcome: Outcome::Retryable {
-                reason: format!(
-                    "{} was not found (not in the ledger, not in Konnektive); waiting for it",
-                    describe()
-                ),
-                retry_after: None,
-            },
-            endpoint: "order/query".into(),
-            http_status: Some(200),
-            request: describe(),
-            response: "no matching order".into(),
-            maybe_applied: false,
-        }),
+        Ok(Some(receipt)) => {
+            let how = format!(
+                "Konnektive order {} carries its reference (order/query; not in the ledger)",
+                receipt.order_id.as_deref().unwrap_or("?")
+            );
+            Ok((receipt, how))
+        }
+        Ok(None) => {
+            let outcome = match (&skipped, import.payment_transaction.as_deref()) {
+                (Some(why), Some(payment)) => Outcome::Permanent {
+                    reason: format!(
+                        "payment {payment} was never imported by this integration: {why}"
+                    ),
+                },
+                _ => Outcome::Retryable {
+                    reason: format!(
+                        "{} was not found (not in the ledger, not in Konnektive); waiting for it",
+                        describe()
+                    ),
+                    retry_after: None,
+                },
+            };
+            Err(AttemptReport {
+                outcome,
+                endpoint: "order/query".into(),
+                http_status: Some(200),
+                request: describe(),
+                response: "no matching order".into(),
+                maybe_applied: false,
+            })
+        }
         Err(report) => Err(report),
+    }
+}
+
+/// Which ledger entry a refund or chargeback of `payment` belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Choice {
+    /// This import, and how it was chosen.
+    Found(Receipt, String),
+    /// Several imports of the order item, none of them exactly this payment.
+    Ambiguous(String),
+    NotFound,
+}
+
+/// Chooses among the ledger's imports of the order (`rows`, newest first) the one that
+/// `payment` reverses: of the order item, the newest whose `transaction_id` equals it, else
+/// whose `parent_transaction_id` equals it; else, when `fallback` allows, the only import of
+/// the order item. Pure.
+fn choose_import(rows: &[LedgerRow], import: &ImportRef, payment: &str, fallback: bool) -> Choice {
+    let bare = import_reference(&import.ds24_order_id, &import.ds24_item, None);
+    let exact = import_reference(&import.ds24_order_id, &import.ds24_item, Some(payment));
+    let of_item: Vec<&LedgerRow> = rows
+        .iter()
+        .filter(|r| r.target_order_id.as_deref().is_some_and(|o| !o.is_empty()))
+        .filter(|r| {
+            r.ds24_item.as_deref() == Some(import.ds24_item.as_str())
+                || r.reference == bare
+                || r.reference
+                    .strip_prefix(&bare)
+                    .is_some_and(|rest| rest.starts_with('-'))
+        })
+        .collect();
+    let found = |row: &LedgerRow, how: String| {
+        let how = format!(
+            "{how} (job {}, Konnektive order {})",
+            row.job_id,
+            row.target_order_id.as_deref().unwrap_or("")
+        );
+        Choice::Found(
+            Receipt {
+                order_id: row.target_order_id.clone(),
+                customer_id: row.target_customer_id.clone(),
+                purchase_ids: row.purchase_ids.clone(),
+                transaction_ids: row.transaction_ids.clone(),
+            },
+            how,
+        )
+    };
+    if let Some(row) = of_item
+        .iter()
+        .find(|r| r.ds24_transaction_id.as_deref() == Some(payment) || r.reference == exact)
+    {
+        return found(row, format!("matched by transaction_id {payment}"));
+    }
+    if let Some(row) = of_item
+        .iter()
+        .find(|r| r.ds24_parent_transaction_id.as_deref() == Some(payment))
+    {
+        return found(row, format!("matched by parent_transaction_id {payment}"));
+    }
+    if !fallback {
+        return Choice::NotFound;
+    }
+    match of_item.as_slice() {
+        [] => Choice::NotFound,
+        [only] => found(
+            only,
+            format!(
+                "the only import of order {} item {} (no import has transaction_id or \
+                 parent_transaction_id {payment})",
+                import.ds24_order_id, import.ds24_item
+            ),
+        ),
+        several => {
+            let jobs: Vec<String> = several.iter().map(|r| r.job_id.to_string()).collect();
+            Choice::Ambiguous(format!(
+                "{} imports of Digistore24 order {} item {} (jobs {}) and none has \
+                 transaction_id or parent_transaction_id {payment}; not guessing which one \
+                 this reverses",
+                several.len(),
+                import.ds24_order_id,
+                import.ds24_item,
+                jobs.join(", ")
+            ))
+        }
     }
 }
 
@@ -802,5 +1128,187 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_currency_mismatch_names_both_currencies() {
+        let table = [
+            (
+                "USD",
+                Some("EUR"),
+                Some("order is USD, campaign 15 books EUR"),
+            ),
+            ("usd", Some("USD"), None),
+            (" EUR ", Some("eur"), None),
+            ("", Some("EUR"), None),
+            ("USD", None, None),
+            ("USD", Some(""), None),
+        ];
+        for (ordered, booked, want) in table {
+            let got = currency_mismatch(ordered, 15, booked);
+            match want {
+                Some(prefix) => assert!(
+                    got.as_deref().is_some_and(|g| g.starts_with(prefix)),
+                    "{ordered:?} {booked:?}: {got:?}"
+                ),
+                None => assert_eq!(got, None, "{ordered:?} {booked:?}"),
+            }
+        }
+    }
+
+    fn row(job: i64, item: &str, txn: Option<&str>, parent: Option<&str>) -> LedgerRow {
+        LedgerRow {
+            job_id: job,
+            integration: "main".into(),
+            ds24_order_id: "O1".into(),
+            ds24_item: Some(item.into()),
+            ds24_transaction_id: txn.map(str::to_owned),
+            reference: import_reference("O1", item, txn),
+            target_order_id: Some(format!("K{job}")),
+            target_customer_id: None,
+            purchase_ids: Vec::new(),
+            transaction_ids: Vec::new(),
+            created_at: 0,
+            ds24_parent_transaction_id: parent.map(str::to_owned),
+        }
+    }
+
+    fn import(item: &str, payment: &str) -> ImportRef {
+        ImportRef {
+            ds24_order_id: "O1".into(),
+            ds24_item: item.into(),
+            payment_transaction: Some(payment.into()),
+            reference_field: "custom1".into(),
+            email: "max@example.com".into(),
+            campaign_id: 12,
+            since: "2026-03-02".into(),
+        }
+    }
+
+    /// `(Konnektive order, how)` of a found import, or `("ambiguous"|"none", text)`.
+    fn chosen(rows: &[LedgerRow], item: &str, payment: &str, fallback: bool) -> (String, String) {
+        match choose_import(rows, &import(item, payment), payment, fallback) {
+            Choice::Found(receipt, how) => (receipt.order_id.unwrap_or_default(), how),
+            Choice::Ambiguous(why) => ("ambiguous".into(), why),
+            Choice::NotFound => ("none".into(), String::new()),
+        }
+    }
+
+    #[test]
+    fn a_reversal_finds_its_import_by_either_id_then_as_the_only_one() {
+        // Newest first, as the store returns them.
+        let two_payments = [
+            row(3, "1", Some("4000108"), Some("4000107")),
+            row(1, "1", Some("3999938"), Some("3999937")),
+        ];
+        /// `(name, ledger rows, item, payment, fallback, chosen order, how)`.
+        type Case = (
+            &'static str,
+            Vec<LedgerRow>,
+            &'static str,
+            &'static str,
+            bool,
+            &'static str,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "by transaction_id",
+                two_payments.to_vec(),
+                "1",
+                "3999938",
+                true,
+                "K1",
+                "matched by transaction_id 3999938 (job 1, Konnektive order K1)",
+            ),
+            (
+                "by parent_transaction_id",
+                two_payments.to_vec(),
+                "1",
+                "4000107",
+                true,
+                "K3",
+                "matched by parent_transaction_id 4000107",
+            ),
+            (
+                "transaction_id wins over another import's parent",
+                vec![
+                    row(3, "1", Some("7"), Some("5")),
+                    row(1, "1", Some("5"), Some("4")),
+                ],
+                "1",
+                "5",
+                true,
+                "K1",
+                "matched by transaction_id 5",
+            ),
+            (
+                "another item's import with the same payment is not it",
+                vec![row(2, "2", Some("3999938"), Some("3999937"))],
+                "1",
+                "3999938",
+                true,
+                "none",
+                "",
+            ),
+            (
+                "an add-on and its main item share the payment",
+                vec![
+                    row(2, "2", Some("51840233"), Some("51840232")),
+                    row(1, "1", Some("51840233"), Some("51840232")),
+                ],
+                "2",
+                "51840233",
+                true,
+                "K2",
+                "matched by transaction_id",
+            ),
+            (
+                "the only import of the item",
+                vec![row(1, "1", Some("100"), None)],
+                "1",
+                "999",
+                true,
+                "K1",
+                "the only import of order O1 item 1",
+            ),
+            (
+                "no fallback when the store knows the payment",
+                vec![row(1, "1", Some("100"), None)],
+                "1",
+                "999",
+                false,
+                "none",
+                "",
+            ),
+            (
+                "several and no exact match: no guess",
+                two_payments.to_vec(),
+                "1",
+                "999",
+                true,
+                "ambiguous",
+                "2 imports of Digistore24 order O1 item 1 (jobs 3, 1) and none has \
+                 transaction_id or parent_transaction_id 999; not guessing",
+            ),
+            ("nothing", Vec::new(), "1", "999", true, "none", ""),
+        ];
+        for (name, rows, item, payment, fallback, order, how) in cases {
+            let (got_order, got_how) = chosen(&rows, item, payment, fallback);
+            assert_eq!(got_order, order, "{name}: {got_how}");
+            assert!(got_how.contains(how), "{name}: {got_how}");
+        }
+    }
+
+    #[test]
+    fn an_import_without_a_konnektive_order_is_never_chosen() {
+        let mut r = row(1, "1", Some("100"), None);
+        r.target_order_id = None;
+        assert_eq!(chosen(&[r], "1", "100", true).0, "none");
     }
 }

@@ -423,7 +423,9 @@ pub enum Action {
         /// Digistore24's refund transaction id; kept with the CRM's refund so a refund with
         /// an unknown outcome can be found again.
         ds24_transaction_id: String,
-        /// Whether the refund covers the whole imported amount.
+        /// Whether the refund covers the whole imported amount, as far as the IPN tells.
+        /// Informational: the connector sends `fullRefund` only when the amount is all that
+        /// remains refundable in the CRM.
         full: bool,
     },
     /// Mark the import's transaction as charged back.

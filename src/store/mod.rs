@@ -173,6 +173,9 @@ pub struct NewIpn {
     /// as the IPN, so a crash cannot keep one without the other; a duplicate writes neither.
     /// [`alerts::EVENT_ID_SLOT`] in an alert's message or retry command becomes the IPN's id.
     pub alerts: Vec<NewAlert>,
+    /// The IPN's `parent_transaction_id`; a payment's is kept in the ledger with its import,
+    /// because a refund may name either id of the payment it reverses.
+    pub parent_transaction_id: Option<String>,
 }
 
 /// One integration's routing decision for an IPN.
@@ -314,6 +317,19 @@ pub struct LedgerRow {
     pub purchase_ids: Vec<String>,
     pub transaction_ids: Vec<String>,
     pub created_at: i64,
+    /// The `parent_transaction_id` of the IPN the entry came from (none before schema 5).
+    pub ds24_parent_transaction_id: Option<String>,
+}
+
+/// How an integration last routed a payment IPN (see [`Store::payment_route`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRoute {
+    pub ipn_id: EventId,
+    /// True when the integration skipped it (no job, so never imported).
+    pub skipped: bool,
+    /// The routing reason (for a skip: why it was not imported).
+    pub reason: String,
+    pub job_id: Option<JobId>,
 }
 
 /// A stored IPN, for review.
@@ -756,6 +772,66 @@ impl Store {
         .await
     }
 
+    /// Every delivered import of Digistore24 order `ds24_order_id` in `integration`, newest
+    /// first: the candidates a refund or chargeback of the order chooses from.
+    pub async fn ledger_imports(
+        &self,
+        integration: &str,
+        ds24_order_id: &str,
+    ) -> Result<Vec<LedgerRow>, StoreError> {
+        let (integration, order) = (integration.to_owned(), ds24_order_id.to_owned());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {LEDGER_COLUMNS} FROM ledger
+                 WHERE integration = ?1 AND ds24_order_id = ?2 AND action = 'import_order'
+                 ORDER BY job_id DESC"
+            ))?;
+            let rows = stmt.query_map(params![integration, order], ledger_row)?;
+            rows.map(|row| decode_ledger_row(row?)).collect()
+        })
+        .await
+    }
+
+    /// How `integration` last routed the payment IPN of Digistore24 order `ds24_order_id`,
+    /// item `item` (its `order_item_id`, else its product id) whose `transaction_id` or
+    /// `parent_transaction_id` is `payment`; `None` when no such payment IPN was received.
+    pub async fn payment_route(
+        &self,
+        integration: &str,
+        ds24_order_id: &str,
+        item: &str,
+        payment: &str,
+    ) -> Result<Option<PaymentRoute>, StoreError> {
+        let args = (
+            integration.to_owned(),
+            ds24_order_id.to_owned(),
+            item.to_owned(),
+            payment.to_owned(),
+        );
+        self.read(move |c| {
+            let (integration, order, item, payment) = args;
+            Ok(c.prepare_cached(
+                "SELECT i.id, r.decision, r.reason, r.job_id
+                 FROM ipns i JOIN routes r ON r.ipn_id = i.id
+                 WHERE i.order_id = ?2 AND i.event = 'on_payment'
+                   AND COALESCE(i.order_item_id, i.product_id) = ?3
+                   AND (i.transaction_id = ?4 OR i.parent_transaction_id = ?4)
+                   AND r.integration = ?1
+                 ORDER BY i.id DESC, r.id DESC LIMIT 1",
+            )?
+            .query_row(params![integration, order, item, payment], |r| {
+                Ok(PaymentRoute {
+                    ipn_id: EventId(r.get(0)?),
+                    skipped: r.get::<_, String>(1)? == "skipped",
+                    reason: r.get(2)?,
+                    job_id: r.get::<_, Option<i64>>(3)?.map(JobId),
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
     /// A stored IPN by id.
     pub async fn ipn(&self, id: EventId) -> Result<StoredIpn, StoreError> {
         self.read(move |c| {
@@ -885,7 +961,7 @@ impl Store {
 /// The columns [`ledger_row`] reads, in its order.
 const LEDGER_COLUMNS: &str = "job_id, integration, ds24_order_id, ds24_item, \
      ds24_transaction_id, reference, target_order_id, target_customer_id, purchase_ids, \
-     transaction_ids, created_at";
+     transaction_ids, created_at, ds24_parent_transaction_id";
 
 /// A ledger row with its two JSON lists still encoded (rusqlite's row closures cannot
 /// return a JSON error; [`decode_ledger_row`] finishes the job).
@@ -903,6 +979,7 @@ fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(LedgerRow, String, Str
             purchase_ids: Vec::new(),
             transaction_ids: Vec::new(),
             created_at: r.get(10)?,
+            ds24_parent_transaction_id: r.get(11)?,
         },
         r.get(8)?,
         r.get(9)?,
@@ -977,8 +1054,9 @@ fn ingest(c: &Connection, ipn: &NewIpn) -> Result<Ingested, StoreError> {
     let inserted: Option<i64> = c
         .prepare_cached(
             "INSERT INTO ipns (source, business_key, event, order_id, order_item_id, product_id,
-                               transaction_id, buyer_email, amount, currency, received_at, raw_body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                               transaction_id, buyer_email, amount, currency, received_at, raw_body,
+                               parent_transaction_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT (source, business_key) DO NOTHING
              RETURNING id",
         )?
@@ -995,7 +1073,8 @@ fn ingest(c: &Connection, ipn: &NewIpn) -> Result<Ingested, StoreError> {
                 ipn.amount,
                 ipn.currency,
                 ipn.received_at,
-                ipn.raw_body
+                ipn.raw_body,
+                ipn.parent_transaction_id
             ],
             |r| r.get(0),
         )
@@ -1317,17 +1396,21 @@ fn finish_attempt(
 }
 
 fn write_ledger(c: &Connection, job: JobId, receipt: &Receipt, now: i64) -> Result<(), StoreError> {
-    let (integration, payload, order_id, item, product, txn): (
+    /// `(integration, payload, order_id, order_item_id, product_id, transaction_id,
+    /// parent_transaction_id)` of the job and its IPN.
+    type Source = (
         String,
         String,
         Option<String>,
         Option<String>,
         Option<String>,
         Option<String>,
-    ) = c
+        Option<String>,
+    );
+    let (integration, payload, order_id, item, product, txn, parent): Source = c
         .prepare_cached(
             "SELECT j.integration, j.payload, i.order_id, i.order_item_id, i.product_id,
-                    i.transaction_id
+                    i.transaction_id, i.parent_transaction_id
              FROM jobs j JOIN ipns i ON i.id = j.ipn_id WHERE j.id = ?1",
         )?
         .query_row(params![job.0], |r| <_>::try_from(r))?;
@@ -1339,8 +1422,8 @@ fn write_ledger(c: &Connection, job: JobId, receipt: &Receipt, now: i64) -> Resu
     c.prepare_cached(
         "INSERT OR REPLACE INTO ledger (job_id, integration, ds24_order_id, ds24_item,
                 ds24_transaction_id, reference, target_order_id, target_customer_id,
-                purchase_ids, transaction_ids, created_at, action)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                purchase_ids, transaction_ids, created_at, action, ds24_parent_transaction_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         job.0,
@@ -1354,7 +1437,8 @@ fn write_ledger(c: &Connection, job: JobId, receipt: &Receipt, now: i64) -> Resu
         serde_json::to_string(&receipt.purchase_ids)?,
         serde_json::to_string(&receipt.transaction_ids)?,
         now,
-        action.kind().config_name()
+        action.kind().config_name(),
+        parent
     ])?;
     Ok(())
 }

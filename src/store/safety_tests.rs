@@ -19,6 +19,7 @@ fn ipn(key: &str) -> NewIpn {
         raw_body: format!("event=on_payment&key={key}").into_bytes(),
         routes: Vec::new(),
         alerts: Vec::new(),
+        parent_transaction_id: None,
     }
 }
 

@@ -151,6 +151,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE jobs ADD COLUMN retry_base INTEGER;
     "#,
+    // 5: which payment an import carried, both ids (a refund may name either), so a refund
+    // or chargeback finds its import. Rows written before stay NULL and are matched by
+    // transaction id or as the only import of their order item.
+    r#"
+    ALTER TABLE ipns ADD COLUMN parent_transaction_id TEXT;
+    ALTER TABLE ledger ADD COLUMN ds24_parent_transaction_id TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -68,6 +68,7 @@ fn ipn(key: &str, order_id: &str, with_job: bool) -> NewIpn {
         raw_body: b"event=on_payment".to_vec(),
         routes,
         alerts: Vec::new(),
+        parent_transaction_id: None,
     }
 }
 
@@ -872,4 +873,128 @@ async fn an_ipn_and_its_needs_attention_alert_are_written_atomically() {
         store.alert_outbox_due(i64::MAX, 10).await.expect("outbox")[0].unsent_total,
         1
     );
+}
+
+#[tokio::test]
+async fn the_ledger_keeps_both_ids_of_an_imported_payment_and_rows_from_before_keep_working() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("t.db");
+    // A database of schema 4 with an import in its ledger, written before the parent id
+    // was kept.
+    let store = Store::open(&path).expect("open");
+    store.close().await;
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch(
+        "ALTER TABLE ledger DROP COLUMN ds24_parent_transaction_id;
+         ALTER TABLE ipns DROP COLUMN parent_transaction_id;
+         PRAGMA user_version = 4;
+         INSERT INTO ipns (id, source, business_key, event, order_id, order_item_id,
+                           transaction_id, received_at, raw_body)
+         VALUES (1, 'ds24', 'old', 'on_payment', 'A', '1', '100', 1000, x'00');
+         INSERT INTO jobs (id, ipn_id, integration, target, action, payload, order_key, state,
+                           next_attempt_at, created_at, updated_at)
+         VALUES (1, 1, 'main', 'crm', 'import_order', '{}', 'A', 'delivered', 0, 0, 0);
+         INSERT INTO ledger (job_id, integration, ds24_order_id, ds24_item,
+                             ds24_transaction_id, reference, target_order_id, purchase_ids,
+                             transaction_ids, created_at)
+         VALUES (1, 'main', 'A', '1', '100', 'DS24-A-1-100', 'K-OLD', '[]', '[]', 1000);",
+    )
+    .expect("schema 4");
+    drop(conn);
+
+    let store = Store::open(&path).expect("migrates");
+    // A new import of the same order item, whose IPN names its parent payment.
+    let new = NewIpn {
+        parent_transaction_id: Some("199".into()),
+        ..ipn("A-1-200", "A", true)
+    };
+    store.ingest(new).await.expect("ingest");
+    let leased = store.lease_due("crm", 1_000, 10).await.expect("lease");
+    let receipt = Receipt {
+        order_id: Some("K-NEW".into()),
+        ..Receipt::default()
+    };
+    store
+        .finish_attempt(
+            leased[0].id,
+            leased[0].attempt_id,
+            report(Outcome::Delivered(receipt.clone())),
+            Disposition::Delivered(receipt),
+            None,
+            1_100,
+        )
+        .await
+        .expect("finish");
+
+    let rows = store.ledger_imports("main", "A").await.expect("ledger");
+    let ids: Vec<(Option<&str>, Option<&str>, Option<&str>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.target_order_id.as_deref(),
+                r.ds24_transaction_id.as_deref(),
+                r.ds24_parent_transaction_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            (Some("K-NEW"), Some("t-A-1-200"), Some("199")),
+            (Some("K-OLD"), Some("100"), None),
+        ],
+        "newest first; the old row has no parent id and is still found"
+    );
+    assert!(
+        store
+            .ledger_imports("other", "A")
+            .await
+            .expect("q")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn how_a_payment_was_routed_is_found_by_either_of_its_ids() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    let skipped = NewIpn {
+        parent_transaction_id: Some("P-3".into()),
+        ..ipn("k3", "B", false)
+    };
+    store.ingest(skipped).await.expect("ingest");
+    let found = |r: Result<Option<PaymentRoute>, StoreError>| {
+        r.expect("query").map(|p| (p.skipped, p.reason))
+    };
+    let skip = Some((true, "language fr not in [de, en]".to_owned()));
+    assert_eq!(
+        found(store.payment_route("main", "B", "1", "t-k3").await),
+        skip
+    );
+    assert_eq!(
+        found(store.payment_route("main", "B", "1", "P-3").await),
+        skip
+    );
+    assert_eq!(
+        found(store.payment_route("main", "B", "2", "P-3").await),
+        None,
+        "other item"
+    );
+    assert_eq!(
+        found(store.payment_route("other", "B", "1", "P-3").await),
+        None
+    );
+    assert_eq!(
+        found(store.payment_route("main", "C", "1", "P-3").await),
+        None
+    );
+
+    store.ingest(ipn("k4", "B", true)).await.expect("ingest");
+    let routed = store
+        .payment_route("main", "B", "1", "t-k4")
+        .await
+        .expect("query")
+        .expect("routed");
+    assert!(!routed.skipped);
+    assert!(routed.job_id.is_some());
 }

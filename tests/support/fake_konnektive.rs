@@ -37,14 +37,23 @@
 //!   `resultsPerPage` (default 25, max 200), `page`. Rows as E8 (`items` an object keyed by
 //!   campaign product id, `custom1..5`, `sourceValue1..5`). No hits:
 //!   `No orders matching those parameters could be found`.
+//! * Currencies: every campaign books in one currency, [`DEFAULT_CURRENCY`] (EUR) unless
+//!   [`FakeConfig::currencies`] / [`FakeKonnektive::set_campaign_currency`] say otherwise;
+//!   `campaign/query` names it as the campaign's `currency` (E7; can be left out, the name is
+//!   a GUESS), and `order/import` books every order in it, whatever was sent
+//!   (`currencyCode` / `baseCurrencyCode` of the import answer and of `order/query` rows).
 //! * `campaign/query` (E7), `order/qa` (E2), `transactions/query` (E9; filters `orderId`,
 //!   `purchaseId`, `customerId`, `txnType`, `isChargedback`, `merchantTxnId`; paging; no
 //!   hits: `No transactions matching those parameters could be found`).
 //! * `transactions/refund` (E9) on a SALE or CAPTURE: refuses without `externalRefund=1`
 //!   (GUESS text); creates a REFUND transaction recording `refundMerchantTxnId` as its
 //!   `merchantTxnId` and whether it was external; sets the order `REFUNDED`, lowers
-//!   `refundRemaining`; `cancelPurchase=1` cancels the purchases. A refund of an order with
-//!   nothing remaining answers `Transaction has already been fully refunded` (GUESS).
+//!   `refundRemaining`; `cancelPurchase=1` cancels the purchases. `fullRefund=1` refunds all
+//!   that remains. A `refundAmount` above what remains is refused, with or without
+//!   `fullRefund`, validation-style (`{"refundAmount": "Refund amount … exceeds the amount
+//!   remaining to be refunded (…)"}`, GUESS text), so a too-large refund cannot pass
+//!   unnoticed. A refund of an order with nothing remaining answers `Transaction has already
+//!   been fully refunded` (GUESS).
 //! * `transactions/update` (E10, `markChargeback`/`revertChargeback`); marking a transaction
 //!   that is already charged back answers `Transaction is already marked as a chargeback`
 //!   (GUESS).
@@ -82,6 +91,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The currency a campaign books in unless [`FakeConfig::currencies`] says otherwise (the
+/// reference's examples are in EUR).
+pub const DEFAULT_CURRENCY: &str = "EUR";
+
 /// How the fake is set up at start.
 #[derive(Debug, Clone)]
 pub struct FakeConfig {
@@ -91,6 +104,10 @@ pub struct FakeConfig {
     pub allowed: bool,
     /// Campaign id → its campaign product ids.
     pub campaigns: BTreeMap<u64, Vec<u64>>,
+    /// Campaign id → the currency it books in, as `campaign/query` reports it; `None` books
+    /// [`DEFAULT_CURRENCY`] but leaves the currency out of `campaign/query` (the field is a
+    /// GUESS, reference E7). A campaign not listed books [`DEFAULT_CURRENCY`] and says so.
+    pub currencies: BTreeMap<u64, Option<String>>,
     /// Imports land in QA (`orderStatus` PENDING) until `order/qa` approves them.
     pub qa_hold: bool,
     /// Endpoints (e.g. `order/qa`) the API user has no permission for.
@@ -109,6 +126,7 @@ impl Default for FakeConfig {
             password: "secret".to_owned(),
             allowed: true,
             campaigns: BTreeMap::from([(12, vec![31, 32])]),
+            currencies: BTreeMap::new(),
             qa_hold: false,
             denied_endpoints: Vec::new(),
             object_messages: false,
@@ -199,6 +217,8 @@ pub struct FakeOrder {
     pub total_cents: i64,
     pub refund_remaining_cents: i64,
     pub cancel_reason: Option<String>,
+    /// The campaign's currency: an order is booked in it whatever the import says.
+    pub currency: String,
     pub items: Vec<FakeItem>,
     /// Every parameter the import carried (credentials included).
     pub params: Vec<(String, String)>,
@@ -234,7 +254,10 @@ pub struct FakeTransaction {
 }
 
 /// Random faults for chaos tests: for every request whose endpoint has no queued behaviour,
-/// draw r in [0, 1) and pick the first fault whose cumulative probability exceeds r.
+/// draw r in [0, 1) and pick the first fault whose cumulative probability exceeds r. A drawn
+/// `ValidationError` is served to `order/import` only (a validation object names the fields
+/// of what was sent; a query with fixed parameters is not refused at random): elsewhere the
+/// draw is served normally.
 #[derive(Debug, Clone)]
 struct Chaos {
     rng: SplitMix64,
@@ -404,6 +427,15 @@ impl FakeKonnektive {
         self.state().cfg.campaigns.insert(campaign_id, products);
     }
 
+    /// Sets the currency `campaign_id` books in; `None` keeps [`DEFAULT_CURRENCY`] but leaves
+    /// the currency out of `campaign/query`.
+    pub fn set_campaign_currency(&self, campaign_id: u64, currency: Option<&str>) {
+        self.state()
+            .cfg
+            .currencies
+            .insert(campaign_id, currency.map(str::to_owned));
+    }
+
     /// Adds a transaction to an existing order (created "now"): e.g. a declined `SALE` or a
     /// later upsale. Returns its id, or `None` when the order does not exist.
     pub fn push_transaction(
@@ -524,6 +556,10 @@ async fn handle(
                             r < acc
                         })
                         .map(|(_, b)| b.clone())
+                        .filter(|b| {
+                            !matches!(b, Behaviour::ValidationError(_))
+                                || request.endpoint == "order/import"
+                        })
                         .unwrap_or(Behaviour::Normal)
                 }
                 None => Behaviour::Normal,
@@ -736,6 +772,16 @@ impl FakeState {
         }
     }
 
+    /// The currency `campaign_id` books in.
+    fn currency_of(&self, campaign_id: u64) -> String {
+        self.cfg
+            .currencies
+            .get(&campaign_id)
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| DEFAULT_CURRENCY.to_owned())
+    }
+
     fn order_mut(&mut self, order_id: &str) -> Option<&mut FakeOrder> {
         self.orders.iter_mut().find(|o| o.order_id == order_id)
     }
@@ -872,6 +918,7 @@ fn order_import(st: &mut FakeState, p: &[(String, String)]) -> Value {
         total_cents,
         refund_remaining_cents: total_cents,
         cancel_reason: None,
+        currency: st.currency_of(campaign_id),
         items,
         params: p.to_vec(),
     };
@@ -961,10 +1008,13 @@ fn import_message(o: &FakeOrder) -> Value {
             m.insert(field.into(), v.into());
         }
     }
-    m.insert("currencyCode".into(), "EUR".into());
-    m.insert("currencySymbol".into(), "€".into());
-    m.insert("baseCurrencyCode".into(), "EUR".into());
-    m.insert("baseCurrencySymbol".into(), "€".into());
+    m.insert("currencyCode".into(), o.currency.clone().into());
+    m.insert("currencySymbol".into(), currency_symbol(&o.currency).into());
+    m.insert("baseCurrencyCode".into(), o.currency.clone().into());
+    m.insert(
+        "baseCurrencySymbol".into(),
+        currency_symbol(&o.currency).into(),
+    );
     m.insert("subTotal".into(), money(subtotal).into());
     m.insert("shipTotal".into(), money(shipping).into());
     m.insert(
@@ -1042,7 +1092,7 @@ fn query_row(o: &FakeOrder) -> Value {
         "refundRemaining".into(),
         money(o.refund_remaining_cents).into(),
     );
-    m.insert("currencyCode".into(), "EUR".into());
+    m.insert("currencyCode".into(), o.currency.clone().into());
     for n in 1..=5 {
         for prefix in ["custom", "sourceValue"] {
             let field = format!("{prefix}{n}");
@@ -1204,17 +1254,23 @@ fn campaign_query(st: &FakeState, p: &[(String, String)]) -> Value {
                 })
             })
             .collect();
-        data.insert(
-            id.to_string(),
-            json!({
-                "campaignId": id,
-                "campaignName": format!("Campaign {id}"),
-                "campaignType": "LANDER",
-                "currency": "EUR",
-                "products": products,
-                "coupons": [],
-            }),
-        );
+        let mut campaign = json!({
+            "campaignId": id,
+            "campaignName": format!("Campaign {id}"),
+            "campaignType": "LANDER",
+            "products": products,
+            "coupons": [],
+        });
+        let named = st
+            .cfg
+            .currencies
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| Some(DEFAULT_CURRENCY.to_owned()));
+        if let (Some(currency), Some(obj)) = (named, campaign.as_object_mut()) {
+            obj.insert("currency".into(), currency.into());
+        }
+        data.insert(id.to_string(), campaign);
     }
     if data.is_empty() {
         return error_text("No campaigns matching those parameters could be found");
@@ -1352,17 +1408,34 @@ fn transactions_refund(st: &mut FakeState, p: &[(String, String)]) -> Value {
     if order.refund_remaining_cents <= 0 {
         return error_text("Transaction has already been fully refunded");
     }
+    let requested = match param(p, "refundAmount").map(parse_cents) {
+        None => None,
+        Some(None) => return envelope_error(json!({"refundAmount": "Not a valid decimal"})),
+        Some(Some(a)) => Some(a),
+    };
+    if let Some(a) = requested
+        && a > order.refund_remaining_cents
+    {
+        // GUESS text, validation-style: a refund larger than what remains is refused
+        // whether or not fullRefund=1 comes with it, so it cannot pass unnoticed.
+        return envelope_error(json!({
+            "refundAmount": format!(
+                "Refund amount {} exceeds the amount remaining to be refunded ({})",
+                money(a),
+                money(order.refund_remaining_cents)
+            )
+        }));
+    }
     let amount = if param(p, "fullRefund") == Some("1") {
         order.refund_remaining_cents
     } else {
-        match param(p, "refundAmount").map(parse_cents) {
+        match requested {
             None => return envelope_error(json!({"refundAmount": "is a required field"})),
-            Some(None) => return envelope_error(json!({"refundAmount": "Not a valid decimal"})),
-            Some(Some(a)) => a,
+            Some(a) => a,
         }
     };
-    if amount <= 0 || amount > order.refund_remaining_cents {
-        return error_text("Refund amount exceeds the amount remaining");
+    if amount <= 0 {
+        return envelope_error(json!({"refundAmount": "Must be greater than 0"}));
     }
     let cancel = param(p, "cancelPurchase") == Some("1");
     let refund_id = st.next_transaction_id;
@@ -1549,6 +1622,17 @@ fn parse_cents(s: &str) -> Option<i64> {
     };
     let cents = whole.parse::<i64>().ok()?.checked_mul(100)? + frac_cents;
     Some(if neg { -cents } else { cents })
+}
+
+/// The symbol Konnektive shows beside a currency code (`currencySymbol`).
+fn currency_symbol(code: &str) -> &'static str {
+    match code {
+        "EUR" => "€",
+        "USD" => "$",
+        "GBP" => "£",
+        "CHF" => "CHF",
+        _ => "",
+    }
 }
 
 fn money(cents: i64) -> String {

@@ -39,6 +39,20 @@
 //!   earlier write of the same attempt succeeded but a later one did not (some purchases are
 //!   cancelled): something happened, and the report says so. Repeating is harmless there:
 //!   the cancelled ones answer "already cancelled", which counts as delivered.
+//! * **Refund amount** ([`refund_plan`]): the action's amount (the reversed item's share),
+//!   capped at what remains refundable on the payment transaction (its amount minus the
+//!   order's REFUND transactions, read from the same `transactions/query`, see
+//!   [`response::refundable_remainder`]; `order/query`'s `refundRemaining` would cost another
+//!   call and is per order, not per transaction). `fullRefund=1` only when the amount sent is
+//!   exactly that remainder, whatever the action calls itself, so one item's share never
+//!   empties an order that holds more. Nothing remains: nothing is sent, and the attempt is
+//!   delivered ("already refunded"), as Konnektive's own "already refunded" answer is. The
+//!   remainder unknown (no amounts on the rows): the amount is sent as is, never with
+//!   `fullRefund`. A cap or an unknown remainder is noted at the top of the attempt's request.
+//! * **Campaign currency**: [`KonnektiveClient::check_campaign`] returns the campaign's
+//!   products and, when the answer names it, its currency (field names in
+//!   [`response::CAMPAIGN_CURRENCY_FIELDS`], a guess); the dispatcher compares it with the
+//!   order's before an import.
 //! * **No transaction is permanent.** An order without transactions, or without a
 //!   successful SALE/CAPTURE, cannot take a refund or chargeback however often we try (it is
 //!   typically still held in QA): a person must look.
@@ -51,7 +65,7 @@ pub mod request;
 pub mod response;
 
 pub use request::import_params;
-pub use response::{Classified, classify};
+pub use response::{Campaign, Classified, classify};
 
 use crate::config::Target;
 use crate::domain::{
@@ -72,7 +86,7 @@ const RECONCILE_MAX_PAGES: u32 = 20;
 pub const IMPORT_ENDPOINT: &str = "order/import";
 pub const QA_ENDPOINT: &str = "order/qa";
 pub const ORDER_QUERY_ENDPOINT: &str = "order/query";
-const CAMPAIGN_QUERY_ENDPOINT: &str = "campaign/query";
+pub const CAMPAIGN_QUERY_ENDPOINT: &str = "campaign/query";
 pub const TRANSACTIONS_QUERY_ENDPOINT: &str = "transactions/query";
 pub const REFUND_ENDPOINT: &str = "transactions/refund";
 pub const TRANSACTION_UPDATE_ENDPOINT: &str = "transactions/update";
@@ -177,12 +191,8 @@ impl KonnektiveClient {
             Action::Refund {
                 amount,
                 ds24_transaction_id,
-                full,
                 ..
-            } => {
-                self.refund(order_id, *amount, *full, ds24_transaction_id)
-                    .await
-            }
+            } => self.refund(order_id, *amount, ds24_transaction_id).await,
             Action::Chargeback {
                 import: import_ref,
                 amount,
@@ -214,20 +224,42 @@ impl KonnektiveClient {
         }
     }
 
-    /// `transactions/query`, then `transactions/refund` on the payment transaction.
+    /// `transactions/query`, then `transactions/refund` on the payment transaction, for the
+    /// action's amount capped at what remains refundable (see [`refund_plan`]); nothing is
+    /// sent when nothing remains.
     async fn refund(
         &self,
         order_id: &str,
         amount: Money,
-        full: bool,
         ds24_transaction_id: &str,
     ) -> AttemptReport {
         let mut trail = Vec::new();
-        let txn = match self.payment_transaction_of(order_id, &mut trail).await {
-            Ok(txn) => txn,
+        let (txn, rows) = match self
+            .payment_transaction_with_rows(order_id, &mut trail)
+            .await
+        {
+            Ok(found) => found,
             Err(report) => return report,
         };
-        let params = request::refund_params(&txn, amount, full, ds24_transaction_id);
+        let remaining = response::refundable_remainder(&rows, &txn);
+        let plan = refund_plan(amount, remaining);
+        let note = plan.note(&txn, amount, remaining);
+        let Some((send, full)) = plan.send() else {
+            // Nothing remains: Digistore24's refund is already recorded (by an earlier
+            // attempt, or by a person), which counts as delivered, as "already refunded" does.
+            let mut report = self.combine(
+                trail,
+                Outcome::Delivered(Receipt {
+                    order_id: Some(order_id.to_owned()),
+                    ..Receipt::default()
+                }),
+                false,
+            );
+            report.request = format!("{note}\n{}", report.request);
+            report.response = format!("{}\n{note}", report.response);
+            return report;
+        };
+        let params = request::refund_params(&txn, send, full, ds24_transaction_id);
         let (report, body) = self.call(REFUND_ENDPOINT, params, false).await;
         trail.push(report.clone());
         let outcome = match report.outcome {
@@ -242,7 +274,11 @@ impl KonnektiveClient {
             }),
             other => other,
         };
-        self.combine(trail, outcome, report.maybe_applied)
+        let mut combined = self.combine(trail, outcome, report.maybe_applied);
+        if !note.is_empty() {
+            combined.request = format!("{note}\n{}", combined.request);
+        }
+        combined
     }
 
     /// `transactions/query`, then `transactions/update` marking the payment transaction.
@@ -328,12 +364,24 @@ impl KonnektiveClient {
         order_id: &str,
         trail: &mut Vec<AttemptReport>,
     ) -> Result<String, AttemptReport> {
+        self.payment_transaction_with_rows(order_id, trail)
+            .await
+            .map(|(txn, _)| txn)
+    }
+
+    /// Like [`Self::payment_transaction_of`], also returning every transaction row of the
+    /// order (for what remains refundable).
+    async fn payment_transaction_with_rows(
+        &self,
+        order_id: &str,
+        trail: &mut Vec<AttemptReport>,
+    ) -> Result<(String, Vec<serde_json::Value>), AttemptReport> {
         let rows = match self.order_transactions(order_id, trail).await {
             Ok(rows) => rows,
             Err(report) => return Err(self.combine(trail.clone(), report.outcome, false)),
         };
         if let Some(txn) = response::payment_transaction(&rows) {
-            return Ok(txn);
+            return Ok((txn, rows));
         }
         let reason = if rows.is_empty() {
             format!("Konnektive has no transaction for order {order_id} (is it still held in QA?)")
@@ -664,15 +712,16 @@ impl KonnektiveClient {
 
     /// `campaign/query` for `campaign_id` (the `test-connection` recipe, reference §3.6):
     /// success proves credentials, allow-list, permission and campaign; returns the
-    /// campaign product ids.
-    pub async fn check_campaign(&self, campaign_id: u64) -> Result<Vec<u64>, AttemptReport> {
+    /// campaign's product ids and the currency it books in (when the answer names one, see
+    /// [`response::CAMPAIGN_CURRENCY_FIELDS`]).
+    pub async fn check_campaign(&self, campaign_id: u64) -> Result<Campaign, AttemptReport> {
         let params = vec![("campaignId".to_owned(), campaign_id.to_string())];
         let (report, body) = self.call(CAMPAIGN_QUERY_ENDPOINT, params, true).await;
         if !matches!(report.outcome, Outcome::Delivered(_)) {
             return Err(report);
         }
-        match body.and_then(|b| response::campaign_products(&b, campaign_id)) {
-            Some(products) => Ok(products),
+        match body.and_then(|b| response::campaign(&b, campaign_id)) {
+            Some(campaign) => Ok(campaign),
             None => Err(with_outcome(
                 report,
                 Outcome::Permanent {
@@ -823,6 +872,68 @@ impl KonnektiveClient {
             delivered @ Outcome::Delivered(_) => delivered,
         };
         report
+    }
+}
+
+/// What a refund sends, from the action's amount and what remains refundable on the payment
+/// transaction (`None`: unknown, see [`response::refundable_remainder`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundPlan {
+    /// Nothing remains: send nothing, the refund is already recorded.
+    NothingLeft,
+    /// Send `amount`; `full` (`fullRefund=1`) exactly when it is all that remains.
+    Send { amount: Money, full: bool },
+    /// The action asks for more than remains: send the remainder, with `fullRefund=1`.
+    Capped { amount: Money },
+}
+
+/// The refund to send for `wanted` when `remaining` is what Konnektive can still refund.
+/// `fullRefund=1` goes out only when the amount sent equals the remainder, so a share of
+/// the payment (one item of several, a partial refund) never empties the transaction.
+pub fn refund_plan(wanted: Money, remaining: Option<Money>) -> RefundPlan {
+    let wanted = wanted.abs();
+    match remaining {
+        None => RefundPlan::Send {
+            amount: wanted,
+            full: false,
+        },
+        Some(left) if left.minor() <= 0 => RefundPlan::NothingLeft,
+        Some(left) if wanted > left => RefundPlan::Capped { amount: left },
+        Some(left) => RefundPlan::Send {
+            amount: wanted,
+            full: wanted == left,
+        },
+    }
+}
+
+impl RefundPlan {
+    /// `(amount, fullRefund)` to send, `None` for [`RefundPlan::NothingLeft`].
+    fn send(self) -> Option<(Money, bool)> {
+        match self {
+            RefundPlan::NothingLeft => None,
+            RefundPlan::Send { amount, full } => Some((amount, full)),
+            RefundPlan::Capped { amount } => Some((amount, true)),
+        }
+    }
+
+    /// The line recorded on the attempt when the plan is not simply the action's amount.
+    fn note(self, txn: &str, wanted: Money, remaining: Option<Money>) -> String {
+        let wanted = wanted.abs();
+        match (self, remaining) {
+            (RefundPlan::NothingLeft, _) => format!(
+                "nothing remains refundable on transaction {txn} (already refunded); \
+                 {wanted} not sent"
+            ),
+            (RefundPlan::Capped { amount }, _) => format!(
+                "refund of {wanted} capped at {amount}: only {amount} remains refundable on \
+                 transaction {txn}"
+            ),
+            (RefundPlan::Send { .. }, None) => format!(
+                "what remains refundable on transaction {txn} is unknown (no amounts in \
+                 transactions/query); {wanted} sent without fullRefund"
+            ),
+            (RefundPlan::Send { .. }, Some(_)) => String::new(),
+        }
     }
 }
 

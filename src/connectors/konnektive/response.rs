@@ -36,11 +36,17 @@
 //!   same order (upsales) are not ours. Declined, AUTHORIZE, VOID and REFUND rows never
 //!   qualify; a row without `responseType` is taken as successful (the reference's rows carry
 //!   it, but not every source does).
+//! * **What remains refundable** ([`refundable_remainder`]): the payment transaction's amount
+//!   ([`TXN_AMOUNT_FIELD`]) minus every successful REFUND of the order, never below zero;
+//!   unknown when an amount is missing. A bridge import has one SALE, so the order's refunds
+//!   are the payment's (counting a hand-made upsale's refunds too only makes the cap smaller).
+//! * **Campaign currency** ([`campaign_currency`]): the first non-empty of
+//!   [`CAMPAIGN_CURRENCY_FIELDS`] on the campaign row, upper case; a guess (reference E7).
 //! * **The latest import** ([`order_recency`]): when several orders carry matching
 //!   references, the latest by `dateCreated` (`YYYY-MM-DD HH:MM:SS` compares as text), then by
 //!   `actualOrderId`, wins.
 
-use crate::domain::{Outcome, Receipt};
+use crate::domain::{Money, Outcome, Receipt};
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -484,6 +490,45 @@ pub fn payment_transaction(rows: &[Value]) -> Option<String> {
         .and_then(|row| id_string(row.get("transactionId")))
 }
 
+/// The field of a `transactions/query` row that holds its amount. GUESS: reference §7 E9
+/// shows `totalAmount` (a two-decimal string) on transaction rows; query rows may hold JSON
+/// numbers instead (§5), which are read too.
+pub const TXN_AMOUNT_FIELD: &str = "totalAmount";
+
+/// The amount of a transaction row ([`TXN_AMOUNT_FIELD`]), always positive; `None` when
+/// absent or not an amount.
+fn txn_amount(row: &Value) -> Option<Money> {
+    let text = match row.get(TXN_AMOUNT_FIELD)? {
+        Value::String(s) => s.trim().to_owned(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    Money::parse_decimal(&text).ok().map(Money::abs)
+}
+
+/// What remains refundable on the payment transaction `payment` (see
+/// [`payment_transaction`]) of an order, from the order's `transactions/query` rows: the
+/// payment's amount minus every successful `REFUND` row of the order, never below zero.
+///
+/// Every REFUND of the order counts against the payment: an order the bridge imported has
+/// one SALE (an upsale added in the CRM by hand is not ours to refund, and is refunded rarely
+/// enough that over-counting its refunds errs on the safe side: the cap gets smaller, never
+/// larger). `None` when an amount cannot be read (a row without [`TXN_AMOUNT_FIELD`]): the
+/// caller then sends the action's amount without `fullRefund` and lets Konnektive judge.
+pub fn refundable_remainder(rows: &[Value], payment: &str) -> Option<Money> {
+    let sale = rows
+        .iter()
+        .find(|row| id_string(row.get("transactionId")).as_deref() == Some(payment))?;
+    let mut remaining = txn_amount(sale)?.minor();
+    for refund in rows.iter().filter(|row| {
+        text_is(row, "txnType", "REFUND")
+            && (row.get("responseType").is_none() || text_is(row, "responseType", "SUCCESS"))
+    }) {
+        remaining -= txn_amount(refund)?.minor();
+    }
+    Some(Money::from_minor(remaining.max(0)))
+}
+
 /// The `transactionId` of a REFUND row whose `merchantTxnId` is `merchant_txn_id` (the
 /// `refundMerchantTxnId` we sent), if any.
 pub fn refund_with_merchant_txn(rows: &[Value], merchant_txn_id: &str) -> Option<String> {
@@ -503,17 +548,61 @@ pub fn refund_transaction_id(body: &[u8]) -> Option<String> {
     id_string(env.message.get("transactionId"))
 }
 
+/// What `campaign/query` tells about one campaign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Campaign {
+    /// Its campaign product ids (`products[].campaignProductId`).
+    pub products: Vec<u64>,
+    /// The currency it books in, upper case, by [`campaign_currency`]; `None` when the answer
+    /// carries none of [`CAMPAIGN_CURRENCY_FIELDS`].
+    pub currency: Option<String>,
+}
+
+/// Where a `campaign/query` row may name the campaign's currency, in the order tried.
+///
+/// GUESS: reference §7 E7 shows `"currency":"EUR"` on the campaign, but marks every inner
+/// campaign field as a guess; order objects carry `currencyCode` and `baseCurrencyCode`
+/// (recorded, §5), so those names are accepted too. The first non-empty one wins. When none
+/// is present the dispatcher warns once and imports unchecked (README, "What rests on a
+/// guess").
+pub const CAMPAIGN_CURRENCY_FIELDS: &[&str] = &["currency", "currencyCode", "baseCurrencyCode"];
+
+/// The currency a `campaign/query` row books in (see [`CAMPAIGN_CURRENCY_FIELDS`]), trimmed
+/// and upper case.
+pub fn campaign_currency(row: &Value) -> Option<String> {
+    CAMPAIGN_CURRENCY_FIELDS.iter().find_map(|field| {
+        row.get(*field)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_ascii_uppercase)
+    })
+}
+
+/// `campaign_id` in a `campaign/query` answer (reference §3.6, E7: `data` keyed by campaign
+/// id). `None` when the campaign is not in the answer.
+pub fn campaign(body: &[u8], campaign_id: u64) -> Option<Campaign> {
+    let page = query_page(body)?;
+    let wanted = campaign_id.to_string();
+    let row = page
+        .rows
+        .iter()
+        .find(|row| id_string(row.get("campaignId")).as_deref() == Some(wanted.as_str()))?;
+    Some(Campaign {
+        products: products_of_campaign(row),
+        currency: campaign_currency(row),
+    })
+}
+
 /// The campaign product ids of `campaign_id` in a `campaign/query` answer (reference §3.6,
 /// E7: `data` keyed by campaign id, `products[].campaignProductId`). `None` when the campaign
 /// is not in the answer.
 pub fn campaign_products(body: &[u8], campaign_id: u64) -> Option<Vec<u64>> {
-    let page = query_page(body)?;
-    let wanted = campaign_id.to_string();
-    let campaign = page
-        .rows
-        .iter()
-        .find(|row| id_string(row.get("campaignId")).as_deref() == Some(wanted.as_str()))?;
-    let products = campaign
+    campaign(body, campaign_id).map(|c| c.products)
+}
+
+fn products_of_campaign(campaign: &Value) -> Vec<u64> {
+    campaign
         .get("products")
         .and_then(Value::as_array)
         .map(|products| {
@@ -523,8 +612,7 @@ pub fn campaign_products(body: &[u8], campaign_id: u64) -> Option<Vec<u64>> {
                 .filter_map(|id| id.parse().ok())
                 .collect()
         })
-        .unwrap_or_default();
-    Some(products)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -946,6 +1034,37 @@ mod tests {
      "shippingPrice":"0.00","billingCycleType":"ONE_TIME"}],"coupons":[]}}}}"#;
         assert_eq!(campaign_products(e7, 12), Some(vec![31]));
         assert_eq!(campaign_products(e7, 13), None);
+        assert_eq!(
+            campaign(e7, 12),
+            Some(Campaign {
+                products: vec![31],
+                currency: Some("EUR".to_owned())
+            })
+        );
+    }
+
+    #[test]
+    fn campaign_currency_accepts_the_likely_names_in_order() {
+        let table = [
+            (r#"{"currency":"eur"}"#, Some("EUR")),
+            (r#"{"currencyCode":"USD"}"#, Some("USD")),
+            (r#"{"baseCurrencyCode":" CHF "}"#, Some("CHF")),
+            (
+                r#"{"currency":"","currencyCode":"GBP","baseCurrencyCode":"EUR"}"#,
+                Some("GBP"),
+            ),
+            (
+                r#"{"currency":"EUR","baseCurrencyCode":"USD"}"#,
+                Some("EUR"),
+            ),
+            (r#"{"currency":null,"campaignName":"x"}"#, None),
+            (r#"{"currency":978}"#, None),
+            (r#"{}"#, None),
+        ];
+        for (row, want) in table {
+            let row: Value = serde_json::from_str(row).expect("json");
+            assert_eq!(campaign_currency(&row).as_deref(), want, "{row}");
+        }
     }
 
     #[test]
@@ -1066,6 +1185,77 @@ mod tests {
         ];
         for (name, rows, want) in cases {
             assert_eq!(payment_transaction(&rows).as_deref(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn refundable_remainder_is_the_sale_minus_its_refunds() {
+        let sale = txn(88001, "SALE", Some("SUCCESS"), "2026-03-02 10:00:00");
+        let with_amount = |mut row: Value, amount: Value| {
+            if let Some(obj) = row.as_object_mut() {
+                obj.insert(TXN_AMOUNT_FIELD.to_owned(), amount);
+            }
+            row
+        };
+        let refund = |id: u64, amount: &str, response: &str| {
+            with_amount(
+                txn(id, "REFUND", Some(response), "2026-03-05 10:00:00"),
+                amount.into(),
+            )
+        };
+        let m = |minor: i64| Some(Money::from_minor(minor));
+        let cases: Vec<(&str, Vec<Value>, Option<Money>)> = vec![
+            ("untouched sale", vec![sale.clone()], m(4900)),
+            (
+                "one partial refund (written negative)",
+                vec![sale.clone(), refund(88002, "-10.50", "SUCCESS")],
+                m(3850),
+            ),
+            (
+                "two refunds empty it",
+                vec![
+                    sale.clone(),
+                    refund(88002, "10.50", "SUCCESS"),
+                    refund(88003, "38.50", "SUCCESS"),
+                ],
+                m(0),
+            ),
+            (
+                "a declined refund does not count",
+                vec![sale.clone(), refund(88002, "10.00", "HARD_DECLINE")],
+                m(4900),
+            ),
+            (
+                "never below zero",
+                vec![sale.clone(), refund(88002, "60.00", "SUCCESS")],
+                m(0),
+            ),
+            (
+                "amounts as JSON numbers",
+                vec![
+                    with_amount(sale.clone(), serde_json::json!(49.0)),
+                    with_amount(
+                        txn(88002, "REFUND", None, "2026-03-05 10:00:00"),
+                        serde_json::json!(0.5),
+                    ),
+                ],
+                m(4850),
+            ),
+            (
+                "a refund without an amount: unknown",
+                vec![
+                    sale.clone(),
+                    with_amount(
+                        txn(88002, "REFUND", Some("SUCCESS"), "2026-03-05 10:00:00"),
+                        Value::Null,
+                    ),
+                ],
+                None,
+            ),
+            ("the payment is not among the rows", vec![], None),
+        ];
+        for (name, rows, want) in cases {
+            assert_eq!(refundable_remainder(&rows, "88001"), want, "{name}");
         }
     }
 
