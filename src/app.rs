@@ -240,6 +240,10 @@ pub async fn start(
     let server_task = tokio::spawn(server::serve(
         listener,
         server::router(state),
+        server::Limits {
+            max_connections: config.server.max_connections,
+        },
+        handles.metrics.clone(),
         shutdown.clone(),
     ));
     let drain_live = live.clone();
