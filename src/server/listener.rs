@@ -53,8 +53,11 @@ pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
 pub const SHUTDOWN_GRACE_SECS: u64 = 10;
 
 /// Request line and headers together may be this large; beyond it the answer is `431`.
-/// Digistore24 sends a few hundred bytes of headers; 16 KiB leaves room for proxies'
-/// forwarding headers and cookies while bounding what one connection can make us hold.
+///
+/// A guess (README, "What rests on a guess"): `shared/reference/digistore24-ipn.md` does not
+/// record the size of Digistore24's request headers; an IPN is a form POST whose data is in
+/// the body, so its headers should be a few hundred bytes. 16 KiB leaves room for a proxy's
+/// forwarding headers while bounding what one connection can make us hold.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// hyper's read buffer per connection grows at most to this (hyper's minimum is 8 KiB).
@@ -183,6 +186,11 @@ pub async fn serve(
 }
 
 /// The whole answer to a connection beyond the cap.
+///
+/// Rests on a guess (README, "What rests on a guess"): `shared/reference/digistore24-ipn.md`
+/// records that a failed call is retried at least 20 times over 10 days, and that the body
+/// of a failed call is shown as "Message by server"; that a 503 (or a reset before the
+/// answer) counts as such a failed call is assumed, not documented.
 fn refusal_response() -> Vec<u8> {
     let body = "too many open connections (server.max_connections); retry later";
     format!(
