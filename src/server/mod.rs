@@ -13,11 +13,13 @@
 //! Serving goes through hyper directly (not `axum::serve`), in [`listener`], so the
 //! connection cap, the header-read timeout and hyper's buffer limits can be set: a client
 //! that opens a connection and trickles headers is dropped. The body has its own deadline
-//! ([`BODY_READ_TIMEOUT_SECS`], answered 408) besides its size limit.
+//! ([`BODY_READ_TIMEOUT_SECS`], answered 408) besides its size limit, and is copied out of
+//! hyper's read buffers frame by frame (`body`), so a trickled body cannot pin them.
 //!
 //! An unknown source is answered `404` with a fixed text that does not repeat the requested
 //! name: whatever a client puts in the URL is never reflected back.
 
+mod body;
 mod listener;
 
 pub use listener::{
@@ -117,7 +119,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
     let read = tokio::time::timeout(
         Duration::from_secs(BODY_READ_TIMEOUT_SECS),
-        axum::body::to_bytes(body, limit),
+        body::collect_limited(body, limit),
     );
     match read.await {
         Err(_) => Err(text(
@@ -125,17 +127,11 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
             format!("body not received within {BODY_READ_TIMEOUT_SECS} s"),
         )),
         Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) => {
-            let source = std::error::Error::source(&e);
-            if source.is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-                Err(too_large())
-            } else {
-                Err(text(
-                    StatusCode::BAD_REQUEST,
-                    "could not read the request body",
-                ))
-            }
-        }
+        Ok(Err(body::BodyError::TooLarge)) => Err(too_large()),
+        Ok(Err(body::BodyError::Unreadable)) => Err(text(
+            StatusCode::BAD_REQUEST,
+            "could not read the request body",
+        )),
     }
 }
 
