@@ -17,8 +17,10 @@
 //! HTTP server (each request routes with one snapshot) and for the dispatcher, which runs in
 //! *generations*: the new generation's loops start with the new targets and rules, the old
 //! ones stop leasing, and calls already in flight finish and are recorded as usual. The
-//! listening address, the database and `[alerts]` change only with a restart (a reload
-//! that changes them says so). Rate-limiter buckets start full again after a reload.
+//! listening address, `max_connections`, the database and `[alerts]` change only with a
+//! restart (a reload that changes them says so, naming each changed `[alerts]` key, the
+//! password included, without its value). Rate-limiter buckets start full again after a
+//! reload.
 //!
 //! Shutdown order: stop accepting HTTP (open requests finish, so an IPN being stored is
 //! either answered `OK` after its commit or not at all), stop leasing jobs, give in-flight
@@ -39,8 +41,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::alert::Alerter;
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::Config;
 use crate::config::LiveConfig;
+use crate::config::{Alerts, Config};
 use crate::delivery::{self, Heartbeat, TargetBoard, Wake};
 use crate::metrics::Metrics;
 use crate::server::{self, AppState};
@@ -138,9 +140,18 @@ fn keep_restart_only_settings(old: &Config, mut new: Config) -> Config {
         );
         new.store.path = old.store.path.clone();
     }
-    if format!("{:?}", new.alerts) != format!("{:?}", old.alerts) {
-        tracing::warn!("[alerts] changes only with a restart");
+    if new.server.max_connections != old.server.max_connections {
+        tracing::warn!(
+            running = old.server.max_connections,
+            configured = new.server.max_connections,
+            "server.max_connections changes only with a restart"
+        );
+        new.server.max_connections = old.server.max_connections;
     }
+    for change in alerts_changes(old.alerts.as_ref(), new.alerts.as_ref()) {
+        tracing::warn!("{change}");
+    }
+    new.alerts = old.alerts.clone();
     new
 }
 
@@ -150,6 +161,44 @@ fn keep_restart_only_settings(old: &Config, mut new: Config) -> Config {
 pub fn open_store(config: &Config, empty: EmptyFile) -> anyhow::Result<Store> {
     Store::open_exclusive(&config.store.path, empty)
         .with_context(|| format!("cannot open the store {}", config.store.path.display()))
+}
+
+/// What differs in `[alerts]` between the running and the reloaded file, one message per key
+/// (`[alerts] smtp_password changed; restart to apply`), naming keys, never values.
+///
+/// The comparison is on the resolved values: `Alerts`' `Debug` shows every password as the
+/// same `[REDACTED]`, so comparing that form missed a changed password. The password is
+/// exposed here only to compare it (in constant time), and goes nowhere else.
+fn alerts_changes(old: Option<&Alerts>, new: Option<&Alerts>) -> Vec<String> {
+    use secrecy::ExposeSecret;
+    use subtle::ConstantTimeEq;
+    let (old, new) = match (old, new) {
+        (None, None) => return Vec::new(),
+        (None, Some(_)) => return vec!["[alerts] added; restart to apply".to_owned()],
+        (Some(_), None) => return vec!["[alerts] removed; restart to apply".to_owned()],
+        (Some(old), Some(new)) => (old, new),
+    };
+    let same_password = match (&old.smtp_password, &new.smtp_password) {
+        (None, None) => true,
+        (Some(a), Some(b)) => bool::from(
+            a.expose_secret()
+                .as_bytes()
+                .ct_eq(b.expose_secret().as_bytes()),
+        ),
+        _ => false,
+    };
+    [
+        ("smtp_url", old.smtp_url == new.smtp_url),
+        ("smtp_username", old.smtp_username == new.smtp_username),
+        ("smtp_password", same_password),
+        ("from", old.from == new.from),
+        ("to", old.to == new.to),
+        ("digest_window", old.digest_window == new.digest_window),
+    ]
+    .into_iter()
+    .filter(|(_, same)| !same)
+    .map(|(key, _)| format!("[alerts] {key} changed; restart to apply"))
+    .collect()
 }
 
 /// Starts the daemon on `listener`.
@@ -214,6 +263,10 @@ pub async fn start_with_store(
     let server_task = tokio::spawn(server::serve(
         listener,
         server::router(state),
+        server::Limits {
+            max_connections: config.server.max_connections,
+        },
+        handles.metrics.clone(),
         shutdown.clone(),
     ));
     let drain_live = live.clone();
@@ -321,4 +374,147 @@ pub async fn run(config_path: &Path, empty: EmptyFile) -> anyhow::Result<()> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     running.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    const BASE: &str = r#"
+[source.ds24]
+passphrase = "p"
+
+[target.k]
+kind = "konnektive"
+login_id = "u"
+password = "pw"
+
+[integration.main]
+campaign_id = 1
+
+[integration.main.product_map]
+"*" = 5
+
+[integration.main.on]
+payment = "import_order"
+
+[alerts]
+smtp_url = "smtp://127.0.0.1:2525"
+smtp_username = "alerts@example.com"
+from = "a@example.com"
+to = ["ops@example.com"]
+"#;
+
+    fn config(extra: &str) -> Config {
+        let text = format!("{BASE}{extra}");
+        match crate::config::parse(
+            &text,
+            Path::new("connectors.toml"),
+            &crate::config::SystemEnvironment,
+        ) {
+            Ok(loaded) => loaded.config,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A log sink for one test (the subscriber is the thread's default only inside `f`).
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logs_of<T>(f: impl FnOnce() -> T) -> (T, String) {
+        let sink = Captured::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let value = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        (value, text)
+    }
+
+    #[test]
+    fn a_changed_smtp_password_alone_is_reported_by_name_and_never_printed() {
+        let old = config("smtp_password = \"old-Smtp-Secret-1\"\n");
+        let new = config("smtp_password = \"new-Smtp-Secret-2\"\n");
+        let (kept, logs) = logs_of(|| keep_restart_only_settings(&old, new));
+        assert!(
+            logs.contains("[alerts] smtp_password changed; restart to apply"),
+            "{logs}"
+        );
+        assert_eq!(logs.lines().count(), 1, "{logs}");
+        assert!(
+            !logs.contains("Smtp-Secret"),
+            "a password value was logged:\n{logs}"
+        );
+        // The running alerter keeps the running password, and the live configuration says so.
+        let kept = kept.alerts.unwrap().smtp_password.unwrap();
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&kept),
+            "old-Smtp-Secret-1"
+        );
+    }
+
+    #[test]
+    fn alerts_changes_names_each_changed_key_and_nothing_when_equal() {
+        let old = config("smtp_password = \"s1\"\n");
+        assert!(alerts_changes(old.alerts.as_ref(), old.alerts.as_ref()).is_empty());
+        let same = config("smtp_password = \"s1\"\n");
+        assert!(alerts_changes(old.alerts.as_ref(), same.alerts.as_ref()).is_empty());
+
+        let text = BASE.replace("127.0.0.1:2525", "127.0.0.1:2526").replace(
+            "to = [\"ops@example.com\"]",
+            "to = [\"ops@example.com\", \"b@example.com\"]\ndigest_window = \"1m\"",
+        );
+        let other = match crate::config::parse(
+            &format!("{text}smtp_password = \"s2\"\n"),
+            Path::new("connectors.toml"),
+            &crate::config::SystemEnvironment,
+        ) {
+            Ok(loaded) => loaded.config,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(
+            alerts_changes(old.alerts.as_ref(), other.alerts.as_ref()),
+            [
+                "[alerts] smtp_url changed; restart to apply",
+                "[alerts] smtp_password changed; restart to apply",
+                "[alerts] to changed; restart to apply",
+                "[alerts] digest_window changed; restart to apply",
+            ]
+        );
+        assert_eq!(
+            alerts_changes(None, old.alerts.as_ref()),
+            ["[alerts] added; restart to apply"]
+        );
+        assert_eq!(
+            alerts_changes(old.alerts.as_ref(), None),
+            ["[alerts] removed; restart to apply"]
+        );
+    }
+
+    #[test]
+    fn max_connections_keeps_its_running_value_on_reload() {
+        let old = config("smtp_password = \"s1\"\n");
+        let mut new = old.clone();
+        new.server.max_connections = 7;
+        let (kept, logs) = logs_of(|| keep_restart_only_settings(&old, new));
+        assert_eq!(kept.server.max_connections, 512);
+        assert!(
+            logs.contains("server.max_connections changes only with a restart"),
+            "{logs}"
+        );
+    }
 }

@@ -16,6 +16,9 @@
 //! | `ipn_bridge_ingest_duration_seconds` | histogram | |
 //! | `ipn_bridge_targets_paused` | gauge | `target` |
 //! | `ipn_bridge_store_errors_total` | counter | |
+//! | `ipn_bridge_connections_open` | gauge | |
+//! | `ipn_bridge_connections_refused_total` | counter | |
+//! | `ipn_bridge_accept_errors_total` | counter | |
 //!
 //! Decisions:
 //! * **Format**: `prometheus-client` writes the OpenMetrics text format (counters are typed as
@@ -105,6 +108,9 @@ struct Inner {
     store_errors: Counter,
     /// The store's running total that `store_errors` has caught up with.
     store_errors_seen: AtomicU64,
+    connections_open: Gauge,
+    connections_refused: Counter,
+    accept_errors: Counter,
 }
 
 /// Every metric of the daemon. Clones share the same values.
@@ -175,6 +181,24 @@ impl Metrics {
             "Store operations that failed for a reason of the database (I/O, disk full, read-only, locked, damaged, deleted or replaced file)",
             store_errors.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now (each holds one of server.max_connections)",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Client connections refused because server.max_connections were open",
+            connections_refused.clone(),
+        );
+        let accept_errors = Counter::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts of a client connection (e.g. EMFILE: out of file descriptors)",
+            accept_errors.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -187,6 +211,9 @@ impl Metrics {
                 targets_paused,
                 store_errors,
                 store_errors_seen: AtomicU64::new(0),
+                connections_open,
+                connections_refused,
+                accept_errors,
             }),
         }
     }
@@ -264,6 +291,23 @@ impl Metrics {
         }
     }
 
+    /// A client connection was admitted; it counts as open until the returned value is
+    /// dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.inner.connections_open.inc();
+        OpenConnection(self.inner.connections_open.clone())
+    }
+
+    /// A client connection was refused (the connection cap was reached).
+    pub fn connection_refused(&self) {
+        self.inner.connections_refused.inc();
+    }
+
+    /// Accepting a client connection failed.
+    pub fn accept_error(&self) {
+        self.inner.accept_errors.inc();
+    }
+
     /// The exposition in the OpenMetrics text format (see [`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -272,6 +316,16 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode the metrics");
         }
         out
+    }
+}
+
+/// One open connection in `ipn_bridge_connections_open`, until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -318,6 +372,9 @@ mod tests {
             ("ipn_bridge_ingest_duration_seconds", "histogram"),
             ("ipn_bridge_targets_paused", "gauge"),
             ("ipn_bridge_store_errors", "counter"),
+            ("ipn_bridge_connections_open", "gauge"),
+            ("ipn_bridge_connections_refused", "counter"),
+            ("ipn_bridge_accept_errors", "counter"),
         ] {
             let type_line = format!("# TYPE {name} {kind}");
             assert!(
@@ -475,6 +532,39 @@ mod tests {
         let text = m.render();
         assert!(
             lines(&text).contains(&"ipn_bridge_store_errors_total 10"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn open_connections_count_until_dropped_and_refusals_add_up() {
+        let m = Metrics::new();
+        let text = m.render();
+        assert!(
+            lines(&text).contains(&"ipn_bridge_connections_open 0"),
+            "{text}"
+        );
+        assert!(
+            lines(&text).contains(&"ipn_bridge_connections_refused_total 0"),
+            "{text}"
+        );
+        let a = m.connection_opened();
+        let b = m.connection_opened();
+        m.connection_refused();
+        m.connection_refused();
+        m.accept_error();
+        let text = m.render();
+        let l = lines(&text);
+        assert!(l.contains(&"ipn_bridge_connections_open 2"), "{text}");
+        assert!(
+            l.contains(&"ipn_bridge_connections_refused_total 2"),
+            "{text}"
+        );
+        assert!(l.contains(&"ipn_bridge_accept_errors_total 1"), "{text}");
+        drop(a);
+        drop(b);
+        assert!(
+            lines(&m.render()).contains(&"ipn_bridge_connections_open 0"),
             "{text}"
         );
     }

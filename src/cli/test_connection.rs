@@ -1122,6 +1122,7 @@ payment = "import_order"
             listen: listen.parse().expect("addr"),
             max_body_bytes: 65536,
             public_url: public.map(str::to_owned),
+            max_connections: 512,
         };
         let cases = [
             ("127.0.0.1:8080", None, "http://127.0.0.1:8080/ipn/ds24"),

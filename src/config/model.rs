@@ -31,6 +31,8 @@ pub struct Server {
     pub max_body_bytes: usize,
     /// Optional, e.g. `https://ipn.example.com` (no trailing slash).
     pub public_url: Option<String>,
+    /// Default 512; >= 1. Open client connections beyond it are refused.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]

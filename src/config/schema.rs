@@ -25,7 +25,9 @@
 //!   longer: a fallback is written once and should arrive as written.
 //! - Warnings: no integration at all; a listed product without a `product_map` entry and
 //!   without `"*"`; a plain-`http` `base_url` to a non-loopback host (the password would
-//!   travel unencrypted). (Plain-text secrets in a readable file are `load`'s warning.)
+//!   travel unencrypted); likewise an `smtp_password` with a plain `smtp://` `smtp_url` to a
+//!   non-loopback host that does not require STARTTLS (`?tls=required`). (Plain-text secrets
+//!   in a readable file are `load`'s warning.)
 
 use super::diagnostic::{Findings, closest, suggestion};
 use super::model::*;
@@ -46,6 +48,9 @@ use toml::de::{DeTable, DeValue};
 
 const DEFAULT_MAX_BODY_BYTES: usize = 65_536;
 const MIN_BODY_BYTES: usize = 1024;
+/// `[server] max_connections` default (SPEC §4): a few hundred, well below the service's
+/// `LimitNOFILE=` (see `systemd/ipn-bridge.service`).
+const DEFAULT_MAX_CONNECTIONS: usize = 512;
 const DEFAULT_STORE_PATH: &str = "ipn-bridge.db";
 const DEFAULT_TIMEOUT_SECS: u64 = 30;
 const DEFAULT_RETRY_INITIAL_SECS: u64 = 30;
@@ -67,7 +72,7 @@ const ROOT_KEYS: [&str; 7] = [
     "target",
     "integration",
 ];
-const SERVER_KEYS: [&str; 3] = ["listen", "max_body_bytes", "public_url"];
+const SERVER_KEYS: [&str; 4] = ["listen", "max_body_bytes", "public_url", "max_connections"];
 const STORE_KEYS: [&str; 1] = ["path"];
 const DELIVERY_KEYS: [&str; 4] = ["timeout", "retry_initial", "retry_max", "give_up_after"];
 const ALERTS_KEYS: [&str; 6] = [
@@ -169,6 +174,7 @@ fn default_server() -> Server {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         public_url: None,
+        max_connections: DEFAULT_MAX_CONNECTIONS,
     }
 }
 
@@ -367,6 +373,12 @@ impl Walker<'_, '_> {
         if let Some(f) = s.get("public_url") {
             server.public_url = self.http_url(&f);
         }
+        if let Some(f) = s.get("max_connections")
+            && let Some(n) = f.int_in(1, i128::from(u32::MAX), &mut self.out)
+            && let Ok(n) = usize::try_from(n)
+        {
+            server.max_connections = n;
+        }
         server
     }
 
@@ -438,6 +450,18 @@ impl Walker<'_, '_> {
             (Some(f), None) => f.error(&mut self.out, "needs `smtp_password` as well"),
             (None, Some(f)) => f.error(&mut self.out, "needs `smtp_username` as well"),
             _ => {}
+        }
+        if let (Some(url_field), Some(_)) = (s.get("smtp_url"), &password_field)
+            && sends_password_in_clear(&smtp_url)
+        {
+            self.out.warning(
+                url_field.span(),
+                format!(
+                    "{}: plain smtp:// without `?tls=required` to a remote host can send the SMTP password unencrypted",
+                    url_field.what()
+                ),
+                Some("add `?tls=required` (STARTTLS) or use smtps://".into()),
+            );
         }
         let from = match s.get("from") {
             Some(f) => email(&f, &mut self.out).unwrap_or_default(),
@@ -1169,6 +1193,23 @@ fn example_name(kind: &str) -> &'static str {
         "target" => "konnektive",
         _ => "main",
     }
+}
+
+/// Whether an (already validated) `smtp_url` lets the password travel in clear text: plain
+/// `smtp://` to a non-loopback host without STARTTLS required. lettre reads the `tls` query
+/// parameter: absent means no TLS at all, `opportunistic` lets a man in the middle strip
+/// STARTTLS, only `required` refuses to authenticate without it (`smtps://` is TLS from the
+/// first byte).
+fn sends_password_in_clear(smtp_url: &str) -> bool {
+    let Some(rest) = smtp_url.strip_prefix("smtp://") else {
+        return false;
+    };
+    let (authority, query) = match rest.split_once('?') {
+        Some((before, query)) => (before.split('/').next().unwrap_or(""), query),
+        None => (rest.split('/').next().unwrap_or(""), ""),
+    };
+    let tls_required = query.split('&').any(|pair| pair == "tls=required");
+    !tls_required && !is_loopback_authority(authority)
 }
 
 /// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.

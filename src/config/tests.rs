@@ -77,6 +77,7 @@ const SPEC_EXAMPLE: &str = r##"
 listen = "127.0.0.1:8080"                 # default
 max_body_bytes = 65536                    # default
 public_url = "https://ipn.example.com"    # optional: lets test-connection send a signed test IPN through the real front door
+max_connections = 512                     # concurrent client connections; beyond it new ones are refused (a metric counts them)
 
 [store]
 path = "ipn-bridge.db"                    # default; SQLite file (WAL). Under systemd: /var/lib/ipn-bridge/ipn-bridge.db
@@ -163,6 +164,7 @@ fn the_spec_example_parses_to_the_expected_values() {
         "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
     );
     assert_eq!(c.server.max_body_bytes, 65536);
+    assert_eq!(c.server.max_connections, 512);
     assert_eq!(
         c.server.public_url.as_deref(),
         Some("https://ipn.example.com")
@@ -295,6 +297,7 @@ fn a_minimal_file_gets_every_default() {
     );
     assert_eq!(c.server.max_body_bytes, 65536);
     assert_eq!(c.server.public_url, None);
+    assert_eq!(c.server.max_connections, 512);
     assert_eq!(c.store.path, PathBuf::from("ipn-bridge.db"));
     let delivery = Delivery {
         timeout: Duration::from_secs(30),
@@ -540,6 +543,16 @@ fn each_constraint_is_reported() {
             "[server]",
             &["max_body_bytes = \"64k\""],
             "expected an integer, found a string",
+        ),
+        (
+            "[server]",
+            &["max_connections = 0"],
+            "`max_connections` in [server]: must be at least 1, found 0",
+        ),
+        (
+            "[server]",
+            &["max_connections = \"many\""],
+            "`max_connections` in [server]: expected an integer, found a string",
         ),
         (
             "[server]",
@@ -1363,6 +1376,69 @@ fn warnings_do_not_refuse_the_file() {
         "kind = \"konnektive\"\nbase_url = \"http://localhost:8081\"",
     );
     assert!(ok(&text).warnings.is_empty());
+}
+
+#[test]
+fn max_connections_is_read_and_a_zero_is_reported_at_its_line_and_column() {
+    let text = format!("[server]\nmax_connections = 3\n{MINIMAL}");
+    assert_eq!(ok(&text).config.server.max_connections, 3);
+
+    let text = format!("[server]\nlisten = \"127.0.0.1:9\"\nmax_connections = 0\n{MINIMAL}");
+    let e = errors(&text);
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert_eq!((e.errors[0].line, e.errors[0].column), (3, 19), "{e}");
+    assert!(
+        e.to_string()
+            .contains("connectors.toml:3:19: error: `max_connections` in [server]: must be at least 1, found 0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_password_over_cleartext_smtp_is_warned_about() {
+    let alerts = |url: &str, password: bool| {
+        let credentials = if password {
+            "smtp_username = \"u\"\nsmtp_password = \"smtp-Secret-1\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "{MINIMAL}\n[alerts]\nsmtp_url = \"{url}\"\n{credentials}from = \"a@b.c\"\nto = [\"o@b.c\"]\n"
+        )
+    };
+    for url in [
+        "smtp://mail.example.com:587",
+        "smtp://mail.example.com:587?tls=opportunistic",
+        "smtp://mail.example.com",
+    ] {
+        let loaded = ok(&alerts(url, true));
+        assert_eq!(loaded.warnings.len(), 1, "{url}: {:?}", loaded.warnings);
+        let shown = loaded.warnings[0].to_string();
+        assert!(
+            shown.contains("`smtp_url` in [alerts]: plain smtp:// without `?tls=required` to a remote host can send the SMTP password unencrypted"),
+            "{shown}"
+        );
+        assert!(shown.contains("tls=required"), "{shown}");
+        assert!(!shown.contains("smtp-Secret-1"), "{shown}");
+        let line = alerts(url, true)
+            .lines()
+            .position(|l| l.starts_with("smtp_url"))
+            .unwrap()
+            + 1;
+        assert_eq!(loaded.warnings[0].line, line, "{shown}");
+    }
+    // Encrypted, local, or nothing to protect: no warning.
+    for (url, password) in [
+        ("smtp://mail.example.com:587?tls=required", true),
+        ("smtps://mail.example.com", true),
+        ("smtp://127.0.0.1:25", true),
+        ("smtp://localhost:2525", true),
+        ("smtp://[::1]:25", true),
+        ("smtp://mail.example.com:25", false),
+    ] {
+        let loaded = ok(&alerts(url, password));
+        assert!(loaded.warnings.is_empty(), "{url}: {:?}", loaded.warnings);
+    }
 }
 
 #[test]

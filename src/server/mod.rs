@@ -15,11 +15,23 @@
 //! Answers are short `text/plain` reasons, because Digistore24 shows the body of a failed
 //! call to the vendor ("Message by server"). Refusals never echo the body or a secret.
 //!
-//! Serving goes through hyper-util directly (not `axum::serve`) so the header-read timeout
-//! can be set: a client that opens a connection and trickles headers is dropped. The body
-//! has its own deadline ([`BODY_READ_TIMEOUT_SECS`], answered 408) besides its size limit.
+//! Serving goes through hyper directly (not `axum::serve`), in [`listener`], so the
+//! connection cap, the header-read timeout and hyper's buffer limits can be set: a client
+//! that opens a connection and trickles headers is dropped. The body has its own deadline
+//! ([`BODY_READ_TIMEOUT_SECS`], answered 408) besides its size limit, and is copied out of
+//! hyper's read buffers frame by frame (`body`), so a trickled body cannot pin them.
+//!
+//! An unknown source is answered `404` with a fixed text that does not repeat the requested
+//! name: whatever a client puts in the URL is never reflected back.
 
-use std::net::SocketAddr;
+mod body;
+mod listener;
+
+pub use listener::{
+    HEADER_READ_TIMEOUT_SECS, Limits, MAX_HEADER_BYTES, MAX_READ_BUF_BYTES, SHUTDOWN_GRACE_SECS,
+    serve,
+};
+
 use std::time::Duration;
 
 use axum::Router;
@@ -28,11 +40,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::alert::{Alert, AlertKind, Alerter};
 use crate::clock::SharedClock;
@@ -46,14 +53,13 @@ use crate::rules;
 use crate::store::alerts::EVENT_ID_SLOT;
 use crate::store::{Ingested, Store};
 
-/// A client must send its request headers within this time.
-pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
-
 /// A client must send the whole body within this time after its headers.
 pub const BODY_READ_TIMEOUT_SECS: u64 = 30;
 
-/// Open connections get this long to finish after shutdown starts.
-pub const SHUTDOWN_GRACE_SECS: u64 = 10;
+/// The `404` text for a source that is not configured. It names no source: the requested
+/// name comes from the client and is not echoed.
+const UNKNOWN_SOURCE: &str =
+    "unknown source: the last part of the URL is not a [source.NAME] of the configuration";
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -87,7 +93,7 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
 
 async fn ipn_get(State(state): State<AppState>, Path(source): Path<String>) -> Response {
     if !state.config.current().sources.contains_key(&source) {
-        return text(StatusCode::NOT_FOUND, format!("unknown source {source:?}"));
+        return text(StatusCode::NOT_FOUND, UNKNOWN_SOURCE);
     }
     text(StatusCode::OK, "OK")
 }
@@ -119,7 +125,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
     let read = tokio::time::timeout(
         Duration::from_secs(BODY_READ_TIMEOUT_SECS),
-        axum::body::to_bytes(body, limit),
+        body::collect_limited(body, limit),
     );
     match read.await {
         Err(_) => Err(text(
@@ -127,17 +133,11 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
             format!("body not received within {BODY_READ_TIMEOUT_SECS} s"),
         )),
         Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) => {
-            let source = std::error::Error::source(&e);
-            if source.is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-                Err(too_large())
-            } else {
-                Err(text(
-                    StatusCode::BAD_REQUEST,
-                    "could not read the request body",
-                ))
-            }
-        }
+        Ok(Err(body::BodyError::TooLarge)) => Err(too_large()),
+        Ok(Err(body::BodyError::Unreadable)) => Err(text(
+            StatusCode::BAD_REQUEST,
+            "could not read the request body",
+        )),
     }
 }
 
@@ -164,7 +164,7 @@ async fn receive(state: &AppState, source_name: &str, headers: &HeaderMap, body:
         return reject(
             StatusCode::NOT_FOUND,
             "unknown_source",
-            format!("unknown source {source_name:?}"),
+            UNKNOWN_SOURCE.to_owned(),
         );
     };
     if !is_form(headers) {
@@ -355,50 +355,4 @@ async fn healthz(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(health)).into_response()
-}
-
-/// Serves `router` on `listener` until `shutdown`; then stops accepting and gives open
-/// connections [`SHUTDOWN_GRACE_SECS`] to finish.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
-    let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(HEADER_READ_TIMEOUT_SECS))
-        .keep_alive(true);
-    loop {
-        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Answers are tiny; without NODELAY a keep-alive client can wait for the peer's
-        // delayed ACK (tens of milliseconds) on every request.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
-        }
-        let service = TowerToHyperService::new(router.clone());
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(
-        Duration::from_secs(SHUTDOWN_GRACE_SECS),
-        graceful.shutdown(),
-    )
-    .await
-    .is_err()
-    {
-        tracing::warn!("open HTTP connections did not finish in time");
-    }
 }
