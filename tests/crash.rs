@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipn_bridge::domain::JobId;
@@ -163,31 +162,6 @@ from = \"ipn-bridge <alerts@example.com>\"
 to = [\"ops@example.com\"]
 "
         )
-    }
-}
-
-/// Posts every body not yet acknowledged (and, with `repeat`, the acknowledged ones again,
-/// as Digistore24 may); a connection error leaves it unacknowledged.
-async fn post_all(addr: SocketAddr, bodies: &[Vec<u8>], acked: &mut [bool], repeat: bool) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
-    for (i, body) in bodies.iter().enumerate() {
-        if acked[i] && !repeat {
-            continue;
-        }
-        let sent = client
-            .post(format!("http://{addr}/ipn/ds24"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body.clone())
-            .send()
-            .await;
-        if let Ok(resp) = sent
-            && resp.status().as_u16() == 200
-        {
-            acked[i] = true;
-        }
     }
 }
 

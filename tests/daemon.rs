@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::fake_konnektive::{Behaviour, FakeConfig, FakeKonnektive};
@@ -26,37 +25,6 @@ fn ipn(i: usize) -> (String, Vec<u8>) {
         ],
     );
     (format!("DS24-{order}-40118822-{txn}"), body)
-}
-
-/// Posts each body not yet acknowledged; returns how many got `OK` now. Connection errors
-/// (the daemon is down) leave the IPN unacknowledged, as Digistore24 would see it.
-async fn post_all(addr: SocketAddr, bodies: &[Vec<u8>], acked: &mut [bool], also_repeat: bool) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
-    for (i, body) in bodies.iter().enumerate() {
-        if acked[i] && !also_repeat {
-            continue;
-        }
-        let resp = client
-            .post(format!("http://{addr}/ipn/ds24"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body.clone())
-            .send()
-            .await;
-        if let Ok(resp) = resp {
-            let status = resp.status().as_u16();
-            let text = resp.text().await.unwrap_or_default();
-            assert!(
-                status == 200 && text == "OK" || status >= 500,
-                "unexpected answer {status} {text}"
-            );
-            if status == 200 {
-                acked[i] = true;
-            }
-        }
-    }
 }
 
 async fn wait_orders(fake: &FakeKonnektive, at_least: usize) {

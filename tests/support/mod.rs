@@ -341,3 +341,35 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Posts each body to `/ipn/ds24` that is not yet acknowledged (with `also_repeat`, the
+/// acknowledged ones again, as Digistore24 may). Connection errors (the daemon is down) leave
+/// the IPN unacknowledged, as Digistore24 would see it; any answer but `200 OK` or a 5xx fails.
+pub async fn post_all(addr: SocketAddr, bodies: &[Vec<u8>], acked: &mut [bool], also_repeat: bool) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    for (i, body) in bodies.iter().enumerate() {
+        if acked[i] && !also_repeat {
+            continue;
+        }
+        let resp = client
+            .post(format!("http://{addr}/ipn/ds24"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.clone())
+            .send()
+            .await;
+        if let Ok(resp) = resp {
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            assert!(
+                status == 200 && text == "OK" || status >= 500,
+                "unexpected answer {status} {text}"
+            );
+            if status == 200 {
+                acked[i] = true;
+            }
+        }
+    }
+}
