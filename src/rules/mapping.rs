@@ -311,8 +311,8 @@ pub fn amount_field(event: &IpnEvent, field: &str) -> Result<Option<Money>, Stri
         .transpose()
 }
 
-/// The fields a payment's price is read from, first present wins: the order of
-/// [`item_amount`], which the import uses.
+/// The fields a payment's price is read from, first present wins; [`payment_amount`] checks
+/// them and [`item_price`] prices the import from them.
 pub const PAYMENT_AMOUNT_FIELDS: [&str; 3] = ["product_txn_amount", "amount", "transaction_amount"];
 
 /// The amount of a payment, checked before anything is imported: every amount field present
@@ -429,7 +429,7 @@ pub struct ItemPrice {
 /// exactly, else the line is imported as one unit at the full amount (logged), so the total
 /// is right in every case. A negative amount (never seen on a payment) counts by its size.
 pub fn item_price(event: &IpnEvent) -> Result<ItemPrice, String> {
-    let amount_field = ["product_txn_amount", "amount", "transaction_amount"]
+    let amount_field = PAYMENT_AMOUNT_FIELDS
         .into_iter()
         .find(|f| event.get(f).is_some())
         .ok_or("the IPN has no amount")?;
