@@ -1144,6 +1144,9 @@ payment = "import_order"
         let source = Source {
             name: "ds24".into(),
             passphrases: vec![SecretString::from("new-pass"), SecretString::from("old")],
+            api_key: None,
+            api_url: String::new(),
+            audit_every: None,
         };
         let body = connection_test_body(&source).expect("body");
         assert_eq!(Some(body.clone()), connection_test_body(&source));
