@@ -158,6 +158,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE ipns ADD COLUMN parent_transaction_id TEXT;
     ALTER TABLE ledger ADD COLUMN ds24_parent_transaction_id TEXT;
     "#,
+    // 6: transactions the Digistore24 audit has alerted on (once each, across restarts).
+    r#"
+    CREATE TABLE audit_alerted (
+        source          TEXT    NOT NULL,
+        order_id        TEXT    NOT NULL,
+        transaction_id  TEXT    NOT NULL,
+        alerted_at      INTEGER NOT NULL,
+        PRIMARY KEY (source, order_id, transaction_id)
+    );
+    CREATE INDEX ipns_transaction ON ipns (transaction_id);
+    "#,
 ];
 
 /// The schema version this build writes.
