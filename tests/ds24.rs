@@ -5,6 +5,7 @@
 mod support;
 
 use std::process::Output;
+use std::time::Duration;
 
 use assert_cmd::Command;
 use support::fake_ds24::{API_KEY, FakeDs24, FakeTransaction};
@@ -517,5 +518,111 @@ async fn audit_lists_the_transaction_without_an_ipn_and_not_the_one_with() {
     assert!(
         !db.windows(needle.len()).any(|win| win == needle),
         "the API key is in the database"
+    );
+}
+
+/// Alert rows of the audit, read from the database beside the running daemon.
+fn audit_alerts(db: &std::path::Path) -> Vec<(String, String)> {
+    let conn = rusqlite::Connection::open(db).expect("open db");
+    let mut stmt = conn
+        .prepare("SELECT ds24_order_id, message FROM alerts WHERE kind = 'ipn_missing' ORDER BY id")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemons_periodic_audit_alerts_once_per_missing_transaction_after_the_grace_period() {
+    let w = world().await;
+    // [alerts] to a mail server that never answers: alerts stay rows in the outbox.
+    let smtp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let smtp_port = smtp.local_addr().expect("addr").port();
+    let path = w.config(API_KEY, |t| {
+        let t = t.replace(
+            &format!("api_url = \"{}\"", w.ds24.api_url),
+            &format!("api_url = \"{}\"\naudit_every = \"150ms\"", w.ds24.api_url),
+        );
+        format!(
+            "{t}\n[alerts]\nsmtp_url = \"smtp://127.0.0.1:{smtp_port}\"\nfrom = \"ipn-bridge <alerts@example.com>\"\nto = [\"ops@example.com\"]\n"
+        )
+    });
+    let daemon = start_daemon_at(&path).await;
+    let (status, _) = post_ipn(
+        daemon.addr,
+        "ds24",
+        fixture("20_capture_digital_no_address.txt"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let hours = 3600;
+    // Received, old enough: no alert.
+    w.ds24.push_transaction(transaction(
+        3999938,
+        "A1B2C3D4",
+        "payment",
+        "49.00",
+        7 * hours,
+    ));
+    // Missing for 7 h: alert.
+    w.ds24.push_transaction(transaction(
+        4000001,
+        "B2C3D4E5",
+        "chargeback",
+        "-49.00",
+        7 * hours,
+    ));
+    // Missing for 1 h: Digistore24 may still be retrying; no alert yet.
+    w.ds24
+        .push_transaction(transaction(4000002, "C3D4E5F6", "payment", "19.00", hours));
+
+    let db = w.work.db();
+    wait_for(Duration::from_secs(10), "an audit alert", || {
+        let db = db.clone();
+        async move { (!audit_alerts(&db).is_empty()).then_some(()) }
+    })
+    .await;
+    let seen = w.ds24.calls_to("listTransactions").len();
+    wait_for(Duration::from_secs(10), "three more audits", || {
+        let n = w.ds24.calls_to("listTransactions").len();
+        async move { (n >= seen + 3).then_some(()) }
+    })
+    .await;
+    let alerts = audit_alerts(&db);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].0, "B2C3D4E5");
+    assert!(
+        alerts[0].1.contains("chargeback 4000001 of order B2C3D4E5"),
+        "{}",
+        alerts[0].1
+    );
+    let call = &w.ds24.calls_to("listTransactions")[0];
+    assert_eq!(
+        (call.param("from"), call.param("to")),
+        (Some("-30h"), Some("-6h"))
+    );
+    assert_eq!(call.param("search[role]"), Some("vendor"));
+    daemon.stop().await;
+
+    // "Alerted" is remembered across a restart.
+    let daemon = start_daemon_at(&path).await;
+    let seen = w.ds24.calls_to("listTransactions").len();
+    wait_for(
+        Duration::from_secs(10),
+        "two audits after the restart",
+        || {
+            let n = w.ds24.calls_to("listTransactions").len();
+            async move { (n >= seen + 2).then_some(()) }
+        },
+    )
+    .await;
+    daemon.stop().await;
+    assert_eq!(audit_alerts(&db).len(), 1);
+    let bytes = std::fs::read(&db).expect("db");
+    assert!(
+        !bytes
+            .windows(API_KEY.len())
+            .any(|win| win == API_KEY.as_bytes())
     );
 }

@@ -105,3 +105,63 @@ pub async fn periodic(
     }
     Ok(recorded)
 }
+
+/// Starts the periodic audit of every source with `audit_every` (and an `api_key`), until
+/// `stop` is cancelled (shutdown, or a reload, which starts the new configuration's audits).
+/// The first audit runs one period after the start. Alerts go to `[alerts].to`; without
+/// `[alerts]` a missing IPN is only logged.
+pub fn spawn(
+    config: &crate::config::Config,
+    store: &Store,
+    clock: &crate::clock::SharedClock,
+    stop: &tokio_util::sync::CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) {
+    let recipients: Vec<String> = config
+        .alerts
+        .as_ref()
+        .map(|a| a.to.clone())
+        .unwrap_or_default();
+    for source in config.sources.values() {
+        let Some(every) = source.audit_every else {
+            continue;
+        };
+        let client = match Client::for_source(source) {
+            Some(Ok(client)) => client,
+            Some(Err(e)) => {
+                tracing::error!(source = %source.name, error = %e, "the Digistore24 audit cannot start");
+                continue;
+            }
+            None => continue,
+        };
+        let (store, clock, stop, recipients, name) = (
+            store.clone(),
+            clock.clone(),
+            stop.clone(),
+            recipients.clone(),
+            source.name.clone(),
+        );
+        tracker.spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let now = clock.now_ms();
+                let run = periodic(&client, &store, &name, every, now, &recipients);
+                let result = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    result = run => result,
+                };
+                match result {
+                    Ok(0) => tracing::debug!(source = %name, "Digistore24 audit: nothing new missing"),
+                    Ok(n) => tracing::warn!(source = %name, alerts = n, "Digistore24 audit: IPNs missing"),
+                    Err(e) => tracing::warn!(source = %name, error = %e, "Digistore24 audit failed; next try in one period"),
+                }
+            }
+        });
+    }
+}

@@ -16,8 +16,9 @@
 //!   reference section it rests on) and has a row in the README's "What rests on a guess".
 //! - The key is a [`secrecy::SecretString`]; it is exposed only to build the header, which
 //!   is marked sensitive. No error, `Debug` output or log line carries it.
-//! - This module depends on `config` (for the key and URL) and `domain` only; the store knows
-//!   nothing of it (the audit hands the store plain order/transaction ids).
+//! - This module depends on `config` (key and URL), `domain`, and for the audit `store` and
+//!   `clock`; the store knows nothing of it (the audit hands it plain order/transaction ids).
+//! - The daemon's audits follow reloads (each configuration generation starts its own).
 
 pub mod account;
 pub mod audit;
