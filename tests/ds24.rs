@@ -626,3 +626,92 @@ async fn the_daemons_periodic_audit_alerts_once_per_missing_transaction_after_th
             .any(|win| win == API_KEY.as_bytes())
     );
 }
+
+/// `test-connection --json` lines of the Digistore24 checks: (check, ok, detail).
+async fn ds24_checks(
+    w: &World,
+    key: &str,
+    edit: impl FnOnce(String) -> String,
+) -> Vec<(String, serde_json::Value, String)> {
+    let path = w.config(key, edit);
+    let mut cmd = Command::cargo_bin("ipn-bridge").expect("binary");
+    cmd.args(["test-connection", "--json", "-c"]).arg(&path);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+        .await
+        .expect("join");
+    assert_no_key(&out, key);
+    json_of(&out)
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|l| l["check"].as_str().is_some_and(|c| c.starts_with("ds24 ")))
+        .map(|l| {
+            (
+                l["check"].as_str().unwrap_or_default().to_owned(),
+                l["ok"].clone(),
+                l["detail"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_connection_checks_the_key_the_products_and_where_the_ipn_connection_points() {
+    let w = world().await;
+    let lines = ds24_checks(&w, API_KEY, with_public_url).await;
+    let checks: Vec<&str> = lines.iter().map(|l| l.0.as_str()).collect();
+    assert_eq!(
+        checks,
+        ["ds24 api key", "ds24 products", "ds24 ipn connection"]
+    );
+    assert_eq!(lines[0].1, true);
+    assert!(lines[0].2.contains("account vendor-demo"), "{lines:?}");
+    assert_eq!(lines[1].1, true, "{lines:?}");
+    assert_eq!(
+        lines[2].1,
+        serde_json::Value::Null,
+        "never set up: skipped; {lines:?}"
+    );
+
+    w.ds24.set_products(&[(412346, "Basic")]);
+    let out = w.run_key(API_KEY, with_public_url, &["setup-ipn"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines = ds24_checks(&w, API_KEY, with_public_url).await;
+    assert_eq!(lines[1].1, false);
+    assert_eq!(lines[1].2, "not in the Digistore24 account: 412350");
+    assert_eq!(lines[2].1, true, "{lines:?}");
+    assert_eq!(lines[2].2, "points at https://ipn.example.com/ipn/ds24");
+
+    // The daemon moved: the connection still points at the old URL.
+    let moved = |t: String| {
+        t.replace(
+            "max_body_bytes = 65536",
+            "max_body_bytes = 65536\npublic_url = \"https://new.example.com\"",
+        )
+    };
+    let lines = ds24_checks(&w, API_KEY, moved).await;
+    assert_eq!(lines[2].1, false);
+    assert!(
+        lines[2].2.contains(
+            "points at https://ipn.example.com/ipn/ds24, not at https://new.example.com/ipn/ds24"
+        ),
+        "{lines:?}"
+    );
+
+    let bad = "999-WrongKeyWrongKeyWrongKeyWrongKey";
+    let lines = ds24_checks(&w, bad, with_public_url).await;
+    assert_eq!(lines[0].1, false);
+    assert!(lines[0].2.contains("Digistore24 error 2"), "{lines:?}");
+    assert_eq!(lines[1].1, false);
+    assert_eq!(lines[2].1, serde_json::Value::Null);
+
+    // A source without api_key has no Digistore24 section.
+    let path = w.work.config_path();
+    std::fs::write(&path, w.setup.toml(&w.work.db())).expect("write");
+    let mut cmd = Command::cargo_bin("ipn-bridge").expect("binary");
+    cmd.args(["test-connection", "--json", "-c"]).arg(&path);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+        .await
+        .expect("join");
+    assert!(!stdout(&out).contains("ds24 api key"));
+}

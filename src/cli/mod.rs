@@ -7,6 +7,7 @@
 
 mod check_config;
 pub mod ds24;
+mod ds24_checks;
 pub mod events;
 mod explain;
 pub mod output;
