@@ -227,7 +227,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             match self.call_once(function, params).await {
-                Err(Attempt::TooMany { error, retry_after }) if attempt < guesses::RETRIES => {
+                Err(Attempt::TooMany { retry_after, .. }) if attempt < guesses::RETRIES => {
                     attempt += 1;
                     let pause = retry_after.unwrap_or(wait).min(guesses::MAX_BACKOFF);
                     tracing::info!(
@@ -238,7 +238,6 @@ impl Client {
                     );
                     tokio::time::sleep(pause).await;
                     wait = (wait * 2).min(guesses::MAX_BACKOFF);
-                    let _ = error;
                 }
                 Err(Attempt::TooMany { error, .. }) | Err(Attempt::Failed(error)) => {
                     return Err(error);
@@ -335,34 +334,24 @@ fn judge(status: u16, body: &[u8], retry_after: Option<Duration>) -> Result<Valu
     }
 }
 
+/// A transport failure without the URL (the caller names it) and never with a header.
 fn describe_reqwest(e: &reqwest::Error) -> String {
     if e.is_timeout() {
-        format!("no answer within {} s", TIMEOUT.as_secs())
-    } else if e.is_connect() {
-        "connection failed".to_owned()
-    } else {
-        // Without the URL: it is in the error's context already.
-        e.without_url_ref()
+        return format!("no answer within {} s", TIMEOUT.as_secs());
     }
-}
-
-trait WithoutUrl {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrl for reqwest::Error {
-    fn without_url_ref(&self) -> String {
-        let mut parts = Vec::new();
-        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(self);
-        while let Some(s) = source {
-            parts.push(s.to_string());
-            source = s.source();
-        }
-        if parts.is_empty() {
-            "request failed".to_owned()
-        } else {
-            parts.join(": ")
-        }
+    if e.is_connect() {
+        return "connection failed".to_owned();
+    }
+    let mut parts = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    if parts.is_empty() {
+        "request failed".to_owned()
+    } else {
+        parts.join(": ")
     }
 }
 

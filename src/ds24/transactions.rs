@@ -98,6 +98,18 @@ pub fn missing(all: &[Transaction], received: &HashSet<(String, String)>) -> Vec
         .collect()
 }
 
+/// A duration as a DEV-4 relative point in the past (`-7d`, `-90m`), in its largest exact
+/// unit.
+pub fn ago(d: std::time::Duration) -> String {
+    let secs = d.as_secs().max(1);
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs.is_multiple_of(size) {
+            return format!("-{}{unit}", secs / size);
+        }
+    }
+    format!("-{secs}s")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,16 +127,13 @@ mod tests {
         assert_eq!(t.buyer, "j***@example.com");
         assert!(row(&serde_json::json!({"id": 1, "purchase_id": "X", "transaction_type": "refund_request"})).is_none());
     }
-}
 
-/// A duration as a DEV-4 relative point in the past (`-7d`, `-90m`), in its largest exact
-/// unit.
-pub fn ago(d: std::time::Duration) -> String {
-    let secs = d.as_secs().max(1);
-    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if secs % size == 0 {
-            return format!("-{}{unit}", secs / size);
-        }
+    #[test]
+    fn ago_uses_the_largest_exact_unit() {
+        use std::time::Duration;
+        assert_eq!(ago(Duration::from_secs(7 * 86_400)), "-7d");
+        assert_eq!(ago(Duration::from_secs(30 * 3600)), "-30h");
+        assert_eq!(ago(Duration::from_secs(90 * 60)), "-90m");
+        assert_eq!(ago(Duration::from_millis(1500)), "-1s");
     }
-    format!("-{secs}s")
 }
