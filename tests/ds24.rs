@@ -195,7 +195,7 @@ async fn too_many_requests_is_retried_with_back_off() {
     assert_eq!(
         w.ds24.calls_to("ping").len(),
         3,
-        "a 429, a code 12, then success"
+        "a code 12, a bare 429, then success"
     );
 }
 

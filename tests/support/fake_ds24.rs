@@ -229,15 +229,6 @@ async fn handle(
     };
     let mut s = lock(&shared);
     s.calls.push(call.clone());
-    if s.http_429 > 0 {
-        s.http_429 -= 1;
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [("retry-after", "0")],
-            "slow down",
-        )
-            .into_response();
-    }
     match header_key {
         None => return envelope_err(10, "API key missing"),
         Some(k) if k != s.key => return envelope_err(2, "Invalid API key"),
@@ -246,6 +237,15 @@ async fn handle(
     if s.too_many > 0 {
         s.too_many -= 1;
         return envelope_err(12, "Too many requests to the server");
+    }
+    if s.http_429 > 0 {
+        s.http_429 -= 1;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "0")],
+            "slow down",
+        )
+            .into_response();
     }
     let p = |name: &str| call.param(name).map(str::to_owned);
     match function.as_str() {
