@@ -114,6 +114,8 @@ impl Reloader {
         let new = Arc::new(keep_restart_only_settings(&old, new));
         let next = self.handles.shutdown.child_token();
         delivery::spawn(&new, &self.handles, &next, &self.tracker)?;
+        let h = &self.handles;
+        crate::ds24::audit::spawn(&new, &h.store, &h.clock, &next, &self.tracker);
         if let Ok(mut generation) = self.generation.lock() {
             std::mem::replace(&mut *generation, next).cancel();
         }
@@ -248,6 +250,7 @@ pub async fn start_with_store(
     };
     let generation = shutdown.child_token();
     delivery::spawn(&config, &handles, &generation, &tracker)?;
+    crate::ds24::audit::spawn(&config, &store, &handles.clock, &generation, &tracker);
     let live = LiveConfig::new(config.clone());
     let addr = listener.local_addr()?;
     let state = AppState {

@@ -7,6 +7,7 @@
 //!   record, reschedule).
 //! - [`ipn`] (Digistore24 format and signature), [`rules`] (routing and mapping, pure),
 //!   [`store`] (SQLite), [`connectors`] (Konnektive), [`config`] (TOML → validated values).
+//! - [`ds24`]: the Digistore24 API client (what we ask Digistore24; [`ipn`] is what it sends).
 //! - [`alert`]: the alert outbox and its SMTP sender (digest per recipient).
 //! - [`domain`]: plain data used by all of the above. [`clock`]: the injectable time source.
 //! - [`metrics`]: Prometheus counters, gauges and histograms (recorded by server and
@@ -21,6 +22,7 @@ pub mod config;
 pub mod connectors;
 pub mod delivery;
 pub mod domain;
+pub mod ds24;
 pub mod ingest;
 pub mod ipn;
 pub mod metrics;

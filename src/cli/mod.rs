@@ -6,6 +6,8 @@
 //! queue change); 2 usage error (clap); 3 an id named on the command line does not exist.
 
 mod check_config;
+pub mod ds24;
+mod ds24_checks;
 pub mod events;
 mod explain;
 pub mod output;
@@ -112,6 +114,11 @@ pub enum Command {
     ///
     /// Example: ipn-bridge test-connection -c connectors.toml main-campaign --send-test-email
     TestConnection(TestConnectionArgs),
+    /// The Digistore24 API with `[source.NAME] api_key`: any call, buy URLs, IPN set-up and
+    /// an audit of IPNs that never came.
+    ///
+    /// Example: ipn-bridge ds24 audit --since 7d
+    Ds24(ds24::Ds24Args),
 }
 
 /// Arguments of `run`.
@@ -193,5 +200,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             send_test_email: args.send_test_email,
             json: args.json,
         }),
+        Command::Ds24(args) => ds24::run(args),
     }
 }

@@ -12,6 +12,7 @@
 //! | `product map` | compares every `product_map` value, `"*"` included, with the campaign's products | any is missing (each is named) |
 //! | `smtp` | lettre's `test_connection` against `[alerts].smtp_url`: connect, TLS, login, NOOP | no connection, TLS or login refused |
 //! | `test e-mail` | only with `--send-test-email`: one mail to `[alerts].to` | the server refuses it |
+//! | `ds24 api key`, `ds24 products`, `ds24 ipn connection` | for a source with an `api_key`: see `ds24_checks` | the key is refused; a product id is not in the account; the IPN connection points elsewhere |
 //! | `ipn endpoint` | a signed `connection_test` IPN POSTed to `{public_url}/ipn/<source>`, else `http://<listen>/ipn/<source>` | the answer is not `200 OK` |
 //!
 //! Verdicts are `ok`, `FAIL` or `skip` (not checked: a check it depends on failed, or there
@@ -72,6 +73,10 @@ pub const CHECK_PRODUCT_MAP: &str = "product map";
 pub const CHECK_SMTP: &str = "smtp";
 pub const CHECK_TEST_EMAIL: &str = "test e-mail";
 pub const CHECK_IPN_ENDPOINT: &str = "ipn endpoint";
+/// The Digistore24 checks of a source with an `api_key` (see `ds24_checks`).
+pub const CHECK_DS24_KEY: &str = "ds24 api key";
+pub const CHECK_DS24_PRODUCTS: &str = "ds24 products";
+pub const CHECK_DS24_IPN: &str = "ds24 ipn connection";
 
 /// What the command was asked to do.
 #[derive(Debug, Clone)]
@@ -236,6 +241,7 @@ async fn check_all(config: &Config, selected: &[&Integration], send_test_email: 
         None => None,
     };
     let mut endpoints: BTreeMap<&str, Finding> = BTreeMap::new();
+    let mut ds24: BTreeMap<&str, Option<super::ds24_checks::SourceAnswers>> = BTreeMap::new();
     let mut lines = Vec::new();
     for integration in selected {
         let name = integration.name.as_str();
@@ -303,6 +309,28 @@ async fn check_all(config: &Config, selected: &[&Integration], send_test_email: 
             }
         };
         push(CHECK_IPN_ENDPOINT, finding);
+
+        if let Some(source) = config.sources.get(&integration.source) {
+            if !ds24.contains_key(source.name.as_str()) {
+                let answers = super::ds24_checks::ask(&config.server, source).await;
+                ds24.insert(source.name.as_str(), answers);
+            }
+            if let Some(Some(answers)) = ds24.get(source.name.as_str()) {
+                let products = super::ds24_checks::products_check(integration, answers);
+                for (check, (ok, detail)) in [
+                    (CHECK_DS24_KEY, answers.key.clone()),
+                    (CHECK_DS24_PRODUCTS, products),
+                    (CHECK_DS24_IPN, answers.ipn.clone()),
+                ] {
+                    let finding = match ok {
+                        Some(true) => Finding::ok(detail),
+                        Some(false) => Finding::fail(detail),
+                        None => Finding::skip(detail),
+                    };
+                    push(check, finding);
+                }
+            }
+        }
     }
     lines
 }
@@ -854,6 +882,7 @@ fn secrets_of(config: &Config) -> Vec<String> {
                 .iter()
                 .map(|p| p.expose_secret().to_owned()),
         );
+        secrets.extend(source.api_key.iter().map(|k| k.expose_secret().to_owned()));
     }
     if let Some(password) = config
         .alerts
@@ -1144,6 +1173,9 @@ payment = "import_order"
         let source = Source {
             name: "ds24".into(),
             passphrases: vec![SecretString::from("new-pass"), SecretString::from("old")],
+            api_key: None,
+            api_url: String::new(),
+            audit_every: None,
         };
         let body = connection_test_body(&source).expect("body");
         assert_eq!(Some(body.clone()), connection_test_body(&source));

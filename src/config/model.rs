@@ -69,6 +69,13 @@ pub struct Source {
     pub name: String,
     /// At least one, none empty (`passphrase` or `passphrases`).
     pub passphrases: Vec<SecretString>,
+    /// Digistore24 API key (any secret form); optional. Sent only in `X-DS-API-KEY`.
+    pub api_key: Option<SecretString>,
+    /// Default `https://www.digistore24.com/api/call`, no trailing slash.
+    pub api_url: String,
+    /// How often the daemon audits this source's IPNs against the API; `None` = never.
+    /// Needs `api_key`.
+    pub audit_every: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

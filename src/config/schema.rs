@@ -58,6 +58,9 @@ const DEFAULT_RETRY_MAX_SECS: u64 = 3600;
 const DEFAULT_GIVE_UP_AFTER_SECS: u64 = 10 * 86_400;
 const DEFAULT_DIGEST_WINDOW_SECS: u64 = 15 * 60;
 const DEFAULT_BASE_URL: &str = "https://api.konnektive.com";
+/// `[source.NAME] api_url` default: the Digistore24 API base (reference
+/// `digistore24-api.md` §1.1, [VERIFIED]); functions are called below it.
+const DEFAULT_DS24_API_URL: &str = "https://www.digistore24.com/api/call";
 const DEFAULT_REQUESTS_PER_SECOND: f64 = 2.0;
 const DEFAULT_BURST: u32 = 2;
 const DEFAULT_MAX_IN_FLIGHT: u32 = 1;
@@ -83,7 +86,13 @@ const ALERTS_KEYS: [&str; 6] = [
     "to",
     "digest_window",
 ];
-const SOURCE_KEYS: [&str; 2] = ["passphrase", "passphrases"];
+const SOURCE_KEYS: [&str; 5] = [
+    "passphrase",
+    "passphrases",
+    "api_key",
+    "api_url",
+    "audit_every",
+];
 const TARGET_KEYS: [&str; 11] = [
     "kind",
     "base_url",
@@ -527,9 +536,30 @@ impl Walker<'_, '_> {
                 }
             }
         }
+        let api_key = s
+            .get("api_key")
+            .and_then(|f| self.secrets.resolve(&f, &mut self.out));
+        let api_url = s
+            .get("api_url")
+            .and_then(|f| self.http_url(&f))
+            .unwrap_or_else(|| DEFAULT_DS24_API_URL.to_owned());
+        let audit_every = s.get("audit_every").and_then(|f| {
+            let every = f.positive_duration(&mut self.out)?;
+            if s.get("api_key").is_none() {
+                f.error_hint(
+                    &mut self.out,
+                    "needs `api_key` in the same table",
+                    "the audit asks the Digistore24 API (a read-only key is enough)",
+                );
+            }
+            Some(every)
+        });
         Source {
             name: name.to_owned(),
             passphrases,
+            api_key,
+            api_url,
+            audit_every,
         }
     }
 

@@ -1725,3 +1725,6 @@ fn fallback_address_errors_have_line_and_column() {
         "{e}"
     );
 }
+
+#[path = "tests/ds24.rs"]
+mod ds24;

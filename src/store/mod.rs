@@ -20,6 +20,7 @@
 //! or overwritten (see [`writer`]).
 
 pub mod alerts;
+pub mod audit;
 mod integrity;
 mod lock;
 mod log_limit;

@@ -158,6 +158,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE ipns ADD COLUMN parent_transaction_id TEXT;
     ALTER TABLE ledger ADD COLUMN ds24_parent_transaction_id TEXT;
     "#,
+    // 6: transactions the Digistore24 audit has alerted on (once each, across restarts).
+    // `IF NOT EXISTS`: tests that write an older schema by downgrading a new one keep it.
+    r#"
+    CREATE TABLE IF NOT EXISTS audit_alerted (
+        source          TEXT    NOT NULL,
+        order_id        TEXT    NOT NULL,
+        transaction_id  TEXT    NOT NULL,
+        alerted_at      INTEGER NOT NULL,
+        PRIMARY KEY (source, order_id, transaction_id)
+    );
+    CREATE INDEX IF NOT EXISTS ipns_transaction ON ipns (transaction_id);
+    "#,
 ];
 
 /// The schema version this build writes.

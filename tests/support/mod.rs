@@ -3,6 +3,7 @@
 //! and a bounded wait for conditions. Every test talks over real sockets.
 #![allow(dead_code)]
 
+pub mod fake_ds24;
 pub mod fake_konnektive;
 pub mod smtp;
 
