@@ -63,6 +63,7 @@
 
 pub mod request;
 pub mod response;
+pub mod target;
 
 pub use request::import_params;
 pub use response::{Campaign, Classified, classify};
