@@ -23,12 +23,22 @@
 //! the target's token bucket, and awaits it only before a request.
 
 pub mod konnektive;
+pub mod webhook;
 
 pub use konnektive::{Campaign, Classified, KonnektiveClient, classify, import_params};
 
 use crate::config::{Config, Target, TargetKind};
-use crate::domain::{Action, AttemptReport, DayWindow, ImportRef, Receipt};
+use crate::domain::{Action, AttemptReport, DayWindow, EventId, ImportRef, Outcome, Receipt};
 use konnektive::target::KonnektiveTarget;
+use webhook::WebhookTarget;
+
+/// What an attempt knows beyond its action: the stored IPN it comes from and the time it
+/// is made (a webhook's `webhook-id` and `webhook-timestamp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    pub event: EventId,
+    pub now_ms: i64,
+}
 
 /// Why a connector could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +55,7 @@ pub enum ConnectorError {
 #[derive(Debug)]
 pub enum Connector {
     Konnektive(KonnektiveTarget),
+    Webhook(WebhookTarget),
 }
 
 impl Connector {
@@ -54,9 +65,12 @@ impl Connector {
             target: target.name.clone(),
             source,
         };
-        match target.kind {
+        match &target.kind {
             TargetKind::Konnektive => Ok(Connector::Konnektive(
                 KonnektiveTarget::new(config, target).map_err(http)?,
+            )),
+            TargetKind::Webhook(hook) => Ok(Connector::Webhook(
+                WebhookTarget::new(target, hook).map_err(http)?,
             )),
         }
     }
@@ -65,6 +79,7 @@ impl Connector {
     pub fn label(&self) -> &'static str {
         match self {
             Connector::Konnektive(_) => "Konnektive",
+            Connector::Webhook(_) => "The webhook receiver",
         }
     }
 
@@ -72,6 +87,7 @@ impl Connector {
     pub fn probe_endpoint(&self) -> &'static str {
         match self {
             Connector::Konnektive(_) => konnektive::CAMPAIGN_QUERY_ENDPOINT,
+            Connector::Webhook(_) => webhook::ENDPOINT,
         }
     }
 
@@ -82,6 +98,7 @@ impl Connector {
                 konnektive::ORDER_QUERY_ENDPOINT
             }
             (Connector::Konnektive(_), _) => konnektive::TRANSACTIONS_QUERY_ENDPOINT,
+            (Connector::Webhook(_), _) => webhook::ENDPOINT,
         }
     }
 
@@ -89,6 +106,7 @@ impl Connector {
     pub fn order_noun(&self) -> &'static str {
         match self {
             Connector::Konnektive(_) => "Konnektive order",
+            Connector::Webhook(_) => "webhook delivery",
         }
     }
 
@@ -100,6 +118,9 @@ impl Connector {
     ) -> Option<Result<(), AttemptReport>> {
         match self {
             Connector::Konnektive(k) => k.probe(ready).await,
+            // A receiver refuses events one by one (a 4xx), never the sender as a whole:
+            // nothing pauses a webhook target, so there is nothing to probe.
+            Connector::Webhook(_) => None,
         }
     }
 
@@ -112,15 +133,27 @@ impl Connector {
     ) -> Result<(), AttemptReport> {
         match self {
             Connector::Konnektive(k) => k.precheck(action, ready).await,
+            Connector::Webhook(_) => Ok(()),
         }
     }
 
     /// Performs `action` once (on `import`, the resolved order it refers to, if it has one)
     /// and reports what happened. Never retries.
-    pub async fn execute(&self, action: &Action, import: Option<&Receipt>) -> AttemptReport {
+    pub async fn execute(
+        &self,
+        action: &Action,
+        import: Option<&Receipt>,
+        attempt: Attempt,
+    ) -> AttemptReport {
         match (self, import) {
             (Connector::Konnektive(k), Some(import)) => k.client().execute_on(action, import).await,
             (Connector::Konnektive(k), None) => k.client().execute(action).await,
+            (Connector::Webhook(w), _) => match action {
+                Action::Forward(forwarded) => {
+                    w.forward(forwarded, attempt.event, attempt.now_ms).await
+                }
+                other => cannot(webhook::ENDPOINT, other),
+            },
         }
     }
 
@@ -134,6 +167,8 @@ impl Connector {
     ) -> Result<Option<Receipt>, AttemptReport> {
         match self {
             Connector::Konnektive(k) => k.client().find_applied(action, import, window).await,
+            // A forward is resent, never looked up (the receiver dedupes by webhook-id).
+            Connector::Webhook(_) => Ok(None),
         }
     }
 
@@ -149,6 +184,35 @@ impl Connector {
     ) -> Result<(Receipt, String), AttemptReport> {
         match self {
             Connector::Konnektive(k) => k.resolve_import(import, window, skipped, describe).await,
+            Connector::Webhook(_) => Err(AttemptReport {
+                outcome: Outcome::Permanent {
+                    reason: "a webhook target keeps no imports".into(),
+                },
+                endpoint: webhook::ENDPOINT.into(),
+                http_status: None,
+                request: describe,
+                response: String::new(),
+                maybe_applied: false,
+            }),
         }
+    }
+}
+
+/// The report of an action a target's kind cannot perform (the config rejects such an
+/// integration, so this is a bug, reported and not guessed around).
+fn cannot(endpoint: &str, action: &Action) -> AttemptReport {
+    let reason = format!(
+        "this target's kind cannot perform {}",
+        action.kind().config_name()
+    );
+    AttemptReport {
+        outcome: Outcome::Permanent {
+            reason: reason.clone(),
+        },
+        endpoint: endpoint.into(),
+        http_status: None,
+        request: String::new(),
+        response: reason,
+        maybe_applied: false,
     }
 }

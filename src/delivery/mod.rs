@@ -75,7 +75,7 @@ use tokio_util::task::TaskTracker;
 use crate::alert::{Alert, AlertKind, Alerter};
 use crate::clock::SharedClock;
 use crate::config::{Config, Delivery, Target};
-use crate::connectors::Connector;
+use crate::connectors::{Attempt, Connector};
 use crate::domain::{
     Action, AttemptReport, Day, DayWindow, ImportRef, Money, Outcome, Receipt, import_reference,
 };
@@ -613,13 +613,20 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant)
     }
 
     w.limiter.until_ready().await;
+    let sending = Attempt {
+        event: job.ipn_id,
+        now_ms: w.clock.now_ms(),
+    };
     let report = match &import {
         Some((receipt, how)) => {
-            let mut report = w.connector.execute(&job.action, Some(receipt)).await;
+            let mut report = w
+                .connector
+                .execute(&job.action, Some(receipt), sending)
+                .await;
             report.request = format!("import: {how}\n{}", report.request);
             report
         }
-        None => w.connector.execute(&job.action, None).await,
+        None => w.connector.execute(&job.action, None, sending).await,
     };
     let reconcile = report.maybe_applied && job.action.needs_reconcile();
     settle(w, job, (attempt_id, attempt_no), report, reconcile, started).await;

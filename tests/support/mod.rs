@@ -5,6 +5,7 @@
 
 pub mod fake_konnektive;
 pub mod smtp;
+pub mod webhook_receiver;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
