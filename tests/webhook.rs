@@ -448,3 +448,196 @@ fn kind_and_action_mismatches_are_errors_at_their_line() {
         "{errors:?}"
     );
 }
+
+#[tokio::test]
+async fn affiliations_and_etickets_are_forwarded_with_their_filters_and_connection_tests_never() {
+    let work = Workdir::new();
+    let hook = WebhookReceiver::start().await;
+    let toml = webhook_toml(&work, "127.0.0.1:0", &hook.url(), "")
+        .replace(
+            "refund = \"forward\"\n",
+            "refund = \"forward\"\naffiliation = \"forward\"\neticket = \"forward\"\n",
+        )
+        .replace(
+            "target = \"hook\"\n",
+            "target = \"hook\"\nproducts = [412346]\n",
+        );
+    let daemon = start(&work, &toml).await;
+    // Product 412346: forwarded. The e-ticket's product 412370 is not in `products`.
+    post_ipn(daemon.addr, "ds24", fixture("12_on_affiliation.txt")).await;
+    post_ipn(daemon.addr, "ds24", fixture("13_eticket.txt")).await;
+    post_ipn(daemon.addr, "ds24", fixture("10_connection_test.txt")).await;
+    let store = open_store(&work);
+    let jobs = jobs_settled(&store, 1).await;
+    assert_eq!(jobs[0].state, "delivered");
+    let got = hook.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["type"], "on_affiliation");
+    assert_eq!(got[0].json()["data"]["affiliate_name"], "growthpartner");
+    assert!(got[0].signature_valid);
+
+    let routes = |event: &str| {
+        let c = rusqlite::Connection::open(work.db()).expect("sqlite");
+        c.query_row(
+            "SELECT r.reason FROM routes r JOIN ipns i ON i.id = r.ipn_id WHERE i.event = ?1",
+            [event],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap_or_else(|e| format!("no route: {e}"))
+    };
+    assert!(
+        routes("eticket").contains("product 412370 not in products [412346]"),
+        "{}",
+        routes("eticket")
+    );
+    assert!(
+        routes("connection_test").contains("not an order event"),
+        "{}",
+        routes("connection_test")
+    );
+    daemon.stop().await;
+}
+
+#[test]
+fn connection_test_in_on_and_an_order_action_on_an_eticket_are_errors() {
+    let work = Workdir::new();
+    let base = webhook_toml(&work, "127.0.0.1:0", "https://hooks.example.com/ds24", "");
+    let text = base.replace(
+        "refund = \"forward\"\n",
+        "refund = \"forward\"\nconnection_test = \"forward\"\neticket = \"refund\"\n",
+    );
+    let errors = config_errors(&text);
+    let test = text
+        .lines()
+        .position(|l| l.starts_with("connection_test"))
+        .unwrap()
+        + 1;
+    let eticket = text.lines().position(|l| l.starts_with("eticket")).unwrap() + 1;
+    assert!(
+        errors
+            .iter()
+            .any(|(l, c, m)| *l == test && *c == 1 && m.contains("never forwarded")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|(l, _, m)| *l == eticket && m.contains("eticket events carry no order")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn the_examples_webhook_section_is_valid_once_uncommented() {
+    let example = include_str!("../connectors.toml.example");
+    let start = example
+        .find("# [target.sheet-hook]")
+        .expect("webhook section");
+    let section: String = example[start..]
+        .lines()
+        .map(|l| l.strip_prefix("# ").or(l.strip_prefix('#')).unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let text = format!("{}{section}", &example[..start]);
+    let errors = config_errors(
+        &text
+            .replace(
+                "secret = { env = \"SHEET_HOOK_SECRET\" }",
+                "secret = \"whsec_dGVzdA==\"",
+            )
+            .replace(
+                "{ \"X-Api-Key\" = { env = \"K\" } }",
+                "{ \"X-Api-Key\" = \"k\" }",
+            ),
+    );
+    assert_eq!(errors, Vec::new());
+}
+
+#[test]
+fn explain_prints_the_exact_json_and_headers_with_header_values_redacted() {
+    let work = Workdir::new();
+    let path = work.config_path();
+    std::fs::write(
+        &path,
+        webhook_toml(&work, "127.0.0.1:0", "https://hooks.example.com/ds24", ""),
+    )
+    .expect("config");
+    let ipn = work.dir.path().join("payment.txt");
+    std::fs::write(&ipn, fixture("01_on_payment_single_product.txt")).expect("ipn");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ipn-bridge"))
+        .current_dir(work.dir.path())
+        .args(["explain", "-c"])
+        .arg(&path)
+        .arg(&ipn)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for line in [
+        "integration to-hook: DELIVER: forward on_payment to target hook",
+        "  POST https://hooks.example.com/ds24",
+        "  content-type: application/json",
+        "  webhook-id: ipnb_0_to-hook",
+        "  webhook-signature: v1,",
+        "  X-Api-Key: [redacted]",
+        "  {\"data\":{",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("key-123") && !stdout.contains(SECRET),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("sha_sign"), "{stdout}");
+}
+
+#[tokio::test]
+async fn test_connection_posts_a_signed_connection_test_and_reports_the_answer() {
+    let work = Workdir::new();
+    let hook = WebhookReceiver::start().await;
+    hook.script([Answer {
+        status: 401,
+        body: "bad api key",
+        retry_after: None,
+    }]);
+    let path = work.config_path();
+    std::fs::write(&path, webhook_toml(&work, "127.0.0.1:0", &hook.url(), "")).expect("config");
+    let run = |path: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_ipn-bridge"))
+                .args(["test-connection", "--json", "-c"])
+                .arg(&path)
+                .output()
+                .expect("run")
+        })
+        .await
+        .expect("join")
+    };
+    let webhook_line = |out: &std::process::Output| {
+        let lines: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        lines
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["check"] == "webhook")
+            .cloned()
+            .expect("a webhook line")
+    };
+    let refused = webhook_line(&run(path.clone()).await);
+    assert_eq!(refused["ok"], false);
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 401: bad api key"),
+        "{refused}"
+    );
+    let accepted = webhook_line(&run(path).await);
+    assert_eq!(accepted["ok"], true, "{accepted}");
+    let got = hook.received();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|r| r.signature_valid));
+    assert_eq!(got[1].json()["type"], "connection_test");
+    assert_eq!(got[1].header("x-api-key"), "key-123");
+}
