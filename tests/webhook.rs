@@ -130,6 +130,7 @@ async fn server_errors_are_retried_until_one_delivery_and_every_attempt_is_recor
             status: 503,
             body: "busy",
             retry_after: Some("0"),
+            delay: Duration::ZERO,
         },
     ]);
     let daemon = start(&work, &webhook_toml(&work, "127.0.0.1:0", &hook.url(), "")).await;
@@ -165,6 +166,7 @@ async fn gone_ends_the_job_dead_with_the_answer_and_an_alert() {
         status: 410,
         body: "this hook was deleted",
         retry_after: None,
+        delay: Duration::ZERO,
     }]);
     let smtp = SmtpServer::start(None).await;
     let toml = webhook_toml(&work, "127.0.0.1:0", &hook.url(), "")
@@ -600,6 +602,7 @@ async fn test_connection_posts_a_signed_connection_test_and_reports_the_answer()
         status: 401,
         body: "bad api key",
         retry_after: None,
+        delay: Duration::ZERO,
     }]);
     let path = work.config_path();
     std::fs::write(&path, webhook_toml(&work, "127.0.0.1:0", &hook.url(), "")).expect("config");
@@ -640,4 +643,69 @@ async fn test_connection_posts_a_signed_connection_test_and_reports_the_answer()
     assert!(got.iter().all(|r| r.signature_valid));
     assert_eq!(got[1].json()["type"], "connection_test");
     assert_eq!(got[1].header("x-api-key"), "key-123");
+}
+
+#[tokio::test]
+async fn an_answer_that_never_comes_is_resent_with_the_same_webhook_id() {
+    let work = Workdir::new();
+    let hook = WebhookReceiver::start().await;
+    hook.script([Answer {
+        delay: Duration::from_secs(3),
+        ..Answer::status(204)
+    }]);
+    let toml = webhook_toml(&work, "127.0.0.1:0", &hook.url(), "timeout = \"300ms\"");
+    let daemon = start(&work, &toml).await;
+    post_ipn(
+        daemon.addr,
+        "ds24",
+        fixture("01_on_payment_single_product.txt"),
+    )
+    .await;
+    let store = open_store(&work);
+    let jobs = jobs_settled(&store, 1).await;
+    assert_eq!(jobs[0].state, "delivered");
+    let got = hook.received();
+    assert_eq!(got.len(), 2, "sent, no answer, sent again");
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    assert_eq!(got[0].body, got[1].body, "the same event, byte for byte");
+    let attempts = store.attempts(JobId(jobs[0].id)).await.expect("attempts");
+    let kinds: Vec<String> = attempts.iter().map(|a| a.kind.clone()).collect();
+    assert_eq!(kinds, vec!["send", "send"], "nothing is looked up");
+    assert!(
+        attempts[0]
+            .response
+            .as_deref()
+            .unwrap_or("")
+            .contains("timed out"),
+        "{:?}",
+        attempts[0].response
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_from_the_receiver_delays_the_next_attempt() {
+    let work = Workdir::new();
+    let hook = WebhookReceiver::start().await;
+    hook.script([Answer {
+        retry_after: Some("1"),
+        ..Answer::status(429)
+    }]);
+    // retry_initial is 100 ms; Retry-After raises it, up to this target's retry_max.
+    let toml = webhook_toml(&work, "127.0.0.1:0", &hook.url(), "retry_max = \"600ms\"");
+    let daemon = start(&work, &toml).await;
+    post_ipn(
+        daemon.addr,
+        "ds24",
+        fixture("01_on_payment_single_product.txt"),
+    )
+    .await;
+    let store = open_store(&work);
+    let jobs = jobs_settled(&store, 1).await;
+    assert_eq!(jobs[0].state, "delivered");
+    let got = hook.received();
+    assert_eq!(got.len(), 2);
+    let gap = got[1].at.duration_since(got[0].at);
+    assert!(gap >= Duration::from_millis(550), "{gap:?}");
+    daemon.stop().await;
 }

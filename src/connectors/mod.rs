@@ -7,6 +7,9 @@
 //! (`delivery`) owns the timing, the limiter and the store. They depend only on `domain` and
 //! the resolved `config` model, never on `ipn`, `store`, `server` or `rules`.
 //!
+//! Two kinds stand behind it: [`konnektive`] (imports, refunds, chargebacks, cancellations
+//! in Konnektive CRM) and [`webhook`] (each event forwarded as one signed JSON POST).
+//!
 //! [`Connector`] is the seam the dispatcher talks to: build and execute the request(s) for
 //! an action, look up whether an unknown outcome was applied, resolve the import a reversal
 //! refers to, run the pre-send checks, and probe the target. The dispatcher names no

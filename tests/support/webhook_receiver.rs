@@ -52,6 +52,8 @@ pub struct Answer {
     pub status: u16,
     pub body: &'static str,
     pub retry_after: Option<&'static str>,
+    /// Held this long before answering (a receiver slower than the sender's timeout).
+    pub delay: std::time::Duration,
 }
 
 impl Answer {
@@ -60,6 +62,7 @@ impl Answer {
             status,
             body: "",
             retry_after: None,
+            delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -105,15 +108,19 @@ async fn receive(
     let signature_valid = get("webhook-signature")
         .split(' ')
         .any(|candidate| candidate == expected);
-    let mut inner = inner.lock().unwrap();
-    let answer = inner.script.pop_front().unwrap_or(Answer::status(204));
-    inner.received.push(Received {
-        at: Instant::now(),
-        headers,
-        body,
-        signature_valid,
-        status: answer.status,
-    });
+    let answer = {
+        let mut inner = inner.lock().unwrap();
+        let answer = inner.script.pop_front().unwrap_or(Answer::status(204));
+        inner.received.push(Received {
+            at: Instant::now(),
+            headers,
+            body,
+            signature_valid,
+            status: answer.status,
+        });
+        answer
+    };
+    tokio::time::sleep(answer.delay).await;
     let status = StatusCode::from_u16(answer.status).unwrap();
     match answer.retry_after {
         Some(after) => (status, [("retry-after", after)], answer.body).into_response(),
