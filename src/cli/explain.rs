@@ -20,10 +20,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::config::{Config, Target};
+use crate::config::{Config, Target, TargetKind, Webhook};
 use crate::connectors::konnektive::request::address_param;
 use crate::connectors::konnektive::{self, import_params, request};
-use crate::domain::{Action, Day, DayWindow, EventId, ImportRef, IpnEvent, Money, Receipt};
+use crate::connectors::webhook;
+use crate::domain::{
+    Action, Day, DayWindow, EventId, Forwarded, ImportRef, IpnEvent, Money, Receipt,
+};
 use crate::ipn;
 use crate::rules::{self, Decision};
 use crate::store::{Store, StoreError};
@@ -67,6 +70,10 @@ async fn explain(
         Some(Store::open(&config.store.path).context("cannot open the store")?)
     } else {
         None
+    };
+    let stored_id = match (what.parse::<i64>(), Path::new(what).exists()) {
+        (Ok(id), false) => Some(EventId(id)),
+        _ => None,
     };
     let (source, body, received_at) = match (what.parse::<i64>(), Path::new(what).exists()) {
         (Ok(id), false) => {
@@ -187,6 +194,14 @@ async fn explain(
                     _ => None,
                 };
                 let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+                if let (Action::Forward(forwarded), TargetKind::Webhook(hook)) =
+                    (action.as_ref(), &target.kind)
+                {
+                    for line in forward_request(hook, forwarded, stored_id, now) {
+                        println!("  {line}");
+                    }
+                    continue;
+                }
                 for line in requests(target, &action, known.as_ref(), received_at, now) {
                     println!("  {line}");
                 }
@@ -362,6 +377,12 @@ pub fn requests(
         | Action::Chargeback { import, .. }
         | Action::CancelPurchase { import, .. }
         | Action::CancelOrder { import, .. } => import,
+        Action::Forward(_) => {
+            return vec![format!(
+                "forward: target {} is not a webhook target (the config rejects this)",
+                target.name
+            )];
+        }
     };
     let mut lines = find_import(
         target,
@@ -375,7 +396,7 @@ pub fn requests(
     let payment = at_send_time(PAYMENT_TRANSACTION_RULE);
     let transactions = request::transactions_query_params(&order_id, 1);
     match action {
-        Action::ImportOrder { .. } => {}
+        Action::ImportOrder { .. } | Action::Forward(_) => {}
         Action::Refund {
             amount,
             ds24_transaction_id,
@@ -464,6 +485,26 @@ pub fn requests(
             konnektive::ORDER_CANCEL_ENDPOINT,
             &request::order_cancel_params(&order_id, reason),
         )),
+    }
+    lines
+}
+
+/// The webhook request that forwards `forwarded`, as the connector builds it (the target's
+/// own header values redacted; `webhook-timestamp` and the signature are those of a send
+/// now). An IPN that is not stored yet has no event id: `0` stands in for it.
+pub fn forward_request(
+    hook: &Webhook,
+    forwarded: &Forwarded,
+    event: Option<EventId>,
+    now_ms: i64,
+) -> Vec<String> {
+    let event_id = event.unwrap_or(EventId(0));
+    let id = webhook::webhook_id(event_id, &forwarded.integration);
+    let body = webhook::payload(forwarded, event_id);
+    let request = webhook::build(hook, &id, &body, now_ms);
+    let mut lines: Vec<String> = request.redacted().lines().map(str::to_owned).collect();
+    if event.is_none() {
+        lines.push("(event id 0: the IPN is not stored; it gets its id when received)".into());
     }
     lines
 }

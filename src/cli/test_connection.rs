@@ -13,6 +13,7 @@
 //! | `smtp` | lettre's `test_connection` against `[alerts].smtp_url`: connect, TLS, login, NOOP | no connection, TLS or login refused |
 //! | `test e-mail` | only with `--send-test-email`: one mail to `[alerts].to` | the server refuses it |
 //! | `ds24 api key`, `ds24 products`, `ds24 ipn connection` | for a source with an `api_key`: see `ds24_checks` | the key is refused; a product id is not in the account; the IPN connection points elsewhere |
+//! | `webhook` | a webhook target only: a signed `connection_test` event POSTed to its `url` | the answer is not 2xx (status and first bytes shown) |
 //! | `ipn endpoint` | a signed `connection_test` IPN POSTed to `{public_url}/ipn/<source>`, else `http://<listen>/ipn/<source>` | the answer is not `200 OK` |
 //!
 //! Verdicts are `ok`, `FAIL` or `skip` (not checked: a check it depends on failed, or there
@@ -51,7 +52,10 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use crate::config::{self, Alerts, Config, Integration, Server, Source, Target};
+use crate::config::{
+    self, Alerts, Config, Integration, Server, Source, Target, TargetKind, Webhook,
+};
+use crate::connectors::webhook::WebhookTarget;
 use crate::connectors::{Campaign, KonnektiveClient};
 use crate::domain::{AttemptReport, Outcome};
 use crate::ipn::{self, KeyCase};
@@ -77,6 +81,7 @@ pub const CHECK_IPN_ENDPOINT: &str = "ipn endpoint";
 pub const CHECK_DS24_KEY: &str = "ds24 api key";
 pub const CHECK_DS24_PRODUCTS: &str = "ds24 products";
 pub const CHECK_DS24_IPN: &str = "ds24 ipn connection";
+pub const CHECK_WEBHOOK: &str = "webhook";
 
 /// What the command was asked to do.
 #[derive(Debug, Clone)]
@@ -259,22 +264,28 @@ async fn check_all(config: &Config, selected: &[&Integration], send_test_email: 
             });
         };
 
-        let crm = match config.targets.get(&integration.target) {
-            Some(target) => konnektive.check(target, integration).await,
-            None => {
-                let missing = Finding::fail(format!("no target `{}`", integration.target));
-                CrmFindings {
-                    login: missing,
-                    allow_list: Finding::skip("not checked"),
-                    campaign: Finding::skip("not checked"),
-                    product_map: Finding::skip("not checked"),
+        if let Some(target) = config.targets.get(&integration.target)
+            && let TargetKind::Webhook(hook) = &target.kind
+        {
+            push(CHECK_WEBHOOK, check_webhook(target, hook, name).await);
+        } else {
+            let crm = match config.targets.get(&integration.target) {
+                Some(target) => konnektive.check(target, integration).await,
+                None => {
+                    let missing = Finding::fail(format!("no target `{}`", integration.target));
+                    CrmFindings {
+                        login: missing,
+                        allow_list: Finding::skip("not checked"),
+                        campaign: Finding::skip("not checked"),
+                        product_map: Finding::skip("not checked"),
+                    }
                 }
-            }
-        };
-        push(CHECK_LOGIN, crm.login);
-        push(CHECK_ALLOW_LIST, crm.allow_list);
-        push(CHECK_CAMPAIGN, crm.campaign);
-        push(CHECK_PRODUCT_MAP, crm.product_map);
+            };
+            push(CHECK_LOGIN, crm.login);
+            push(CHECK_ALLOW_LIST, crm.allow_list);
+            push(CHECK_CAMPAIGN, crm.campaign);
+            push(CHECK_PRODUCT_MAP, crm.product_map);
+        }
 
         match &smtp {
             Some(smtp) => {
@@ -333,6 +344,27 @@ async fn check_all(config: &Config, selected: &[&Integration], send_test_email: 
         }
     }
     lines
+}
+
+/// Posts a signed `connection_test` event to a webhook target and judges the answer as a
+/// delivery would be judged (2xx ok). Nothing is stored; the event is never a job.
+async fn check_webhook(target: &Target, hook: &Webhook, integration: &str) -> Finding {
+    let client = match WebhookTarget::new(target, hook) {
+        Ok(client) => client,
+        Err(e) => return Finding::fail(format!("cannot build the HTTP client: {e}")),
+    };
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    let report = client.connection_test(integration, now).await;
+    let status = report
+        .http_status
+        .map_or_else(|| "no answer".to_owned(), |s| format!("HTTP {s}"));
+    match &report.outcome {
+        Outcome::Delivered(_) => Finding::ok(format!(
+            "{} answered {status} to a signed connection_test event",
+            hook.url
+        )),
+        other => Finding::fail(format!("{}: {}", hook.url, other.reason())),
+    }
 }
 
 // ---------------------------------------------------------------------------------------

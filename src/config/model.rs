@@ -2,8 +2,8 @@
 //! by `config::load` / `config::parse`; every value here has passed validation, every
 //! default is filled in and every secret is resolved.
 
-use crate::domain::{ActionKind, OrderEvent};
-use secrecy::SecretString;
+use crate::domain::{ActionKind, OrderEvent, OtherEvent};
+use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,10 +78,52 @@ pub struct Source {
     pub audit_every: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a target is, with the settings only its kind has (the Konnektive ones are the
+/// `Target`'s own fields, which a webhook target leaves empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetKind {
     Konnektive,
+    /// `kind = "webhook"`: signed JSON POSTs to `url`.
+    Webhook(Webhook),
 }
+
+impl TargetKind {
+    /// The `kind` value as written in the file.
+    pub fn config_name(&self) -> &'static str {
+        match self {
+            TargetKind::Konnektive => "konnektive",
+            TargetKind::Webhook(_) => "webhook",
+        }
+    }
+}
+
+/// `[target.NAME]` with `kind = "webhook"`.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// `http://` or `https://`.
+    pub url: String,
+    /// The Standard Webhooks signing secret: `whsec_<base64>` or any other string (its
+    /// bytes). `None`: requests are sent unsigned.
+    pub secret: Option<SecretString>,
+    /// Extra headers, in file order; values may be secrets.
+    pub headers: Vec<(String, SecretString)>,
+}
+
+impl PartialEq for Webhook {
+    fn eq(&self, other: &Self) -> bool {
+        let secret = |s: &Option<SecretString>| s.as_ref().map(|s| s.expose_secret().to_owned());
+        let headers = |h: &[(String, SecretString)]| -> Vec<(String, String)> {
+            h.iter()
+                .map(|(k, v)| (k.clone(), v.expose_secret().to_owned()))
+                .collect()
+        };
+        self.url == other.url
+            && secret(&self.secret) == secret(&other.secret)
+            && headers(&self.headers) == headers(&other.headers)
+    }
+}
+
+impl Eq for Webhook {}
 
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -193,6 +235,8 @@ pub struct Integration {
     pub product_map: ProductMap,
     /// Events not listed are skipped for this integration.
     pub on: BTreeMap<OrderEvent, ActionKind>,
+    /// `affiliation` and `eticket` in `[integration.NAME.on]`: `forward` or `ignore` only.
+    pub on_other: BTreeMap<OtherEvent, ActionKind>,
     /// Extra Konnektive fields in file order.
     pub fields: Vec<(String, Template)>,
     /// `[integration.NAME.fallback_address]`, defaults filled in.

@@ -35,7 +35,7 @@ use super::reader::{Field, Section, type_name};
 use super::secret::{Environment, SecretResolver};
 use super::template::{is_name, parse_template};
 use crate::connectors::konnektive::request::max_chars;
-use crate::domain::{ActionKind, OrderEvent};
+use crate::domain::{ActionKind, OrderEvent, OtherEvent};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -93,11 +93,14 @@ const SOURCE_KEYS: [&str; 5] = [
     "api_url",
     "audit_every",
 ];
-const TARGET_KEYS: [&str; 11] = [
+const TARGET_KEYS: [&str; 14] = [
     "kind",
     "base_url",
     "login_id",
     "password",
+    "url",
+    "secret",
+    "headers",
     "requests_per_second",
     "burst",
     "max_in_flight",
@@ -105,6 +108,20 @@ const TARGET_KEYS: [&str; 11] = [
     "retry_initial",
     "retry_max",
     "give_up_after",
+];
+/// Keys of `[target.NAME]` that only a Konnektive target takes.
+const KONNEKTIVE_TARGET_KEYS: [&str; 3] = ["base_url", "login_id", "password"];
+/// Keys of `[target.NAME]` that only a webhook target takes.
+const WEBHOOK_TARGET_KEYS: [&str; 3] = ["url", "secret", "headers"];
+/// Keys of `[integration.NAME]` that only an integration of a Konnektive target takes
+/// (they shape a Konnektive order; a webhook gets the IPN as it came).
+const KONNEKTIVE_INTEGRATION_KEYS: [&str; 6] = [
+    "campaign_id",
+    "product_map",
+    "order_ref_field",
+    "auto_approve",
+    "fields",
+    "fallback_address",
 ];
 const INTEGRATION_KEYS: [&str; 19] = [
     "source",
@@ -271,14 +288,14 @@ impl Walker<'_, '_> {
             .iter()
             .map(|(name, s)| (name.clone(), self.source(name, s)))
             .collect();
-        let targets = target_tables
+        let targets: BTreeMap<String, Target> = target_tables
             .iter()
             .map(|(name, s)| (name.clone(), self.target(name, s, &delivery)))
             .collect();
         let integrations: BTreeMap<String, Integration> = integration_tables
             .iter()
             .map(|(name, s)| {
-                let integration = self.integration(name, s, &source_names, &target_names);
+                let integration = self.integration(name, s, &source_names, &target_names, &targets);
                 (name.clone(), integration)
             })
             .collect();
@@ -565,22 +582,154 @@ impl Walker<'_, '_> {
 
     fn target(&mut self, name: &str, s: &Section<'_, '_>, delivery: &Delivery) -> Target {
         s.reject_unknown(&TARGET_KEYS, &mut self.out);
-        match s.get("kind") {
-            Some(f) => {
-                if let Some(kind) = f.str(&mut self.out)
-                    && kind != "konnektive"
-                {
+        let webhook = match s.get("kind") {
+            Some(f) => match f.str(&mut self.out) {
+                Some("webhook") => true,
+                Some("konnektive") | None => false,
+                Some(kind) => {
                     f.error_hint(
                         &mut self.out,
                         format!("unknown target kind `{kind}`"),
-                        "the only kind is \"konnektive\"",
+                        "the kinds are \"konnektive\" and \"webhook\"",
                     );
+                    false
+                }
+            },
+            None => {
+                s.missing("kind", &mut self.out);
+                false
+            }
+        };
+        let (own, other, kind_name) = if webhook {
+            (&WEBHOOK_TARGET_KEYS, &KONNEKTIVE_TARGET_KEYS, "webhook")
+        } else {
+            (&KONNEKTIVE_TARGET_KEYS, &WEBHOOK_TARGET_KEYS, "konnektive")
+        };
+        for key in other {
+            if let Some(f) = s.get(key) {
+                self.out.error_hint(
+                    f.key_span.clone(),
+                    format!(
+                        "{}: a {kind_name} target has no `{key}` (it belongs to a {} target)",
+                        f.what(),
+                        if webhook { "konnektive" } else { "webhook" }
+                    ),
+                    format!("the keys of a {kind_name} target are {}", own.join(", ")),
+                );
+            }
+        }
+        let kind = if webhook {
+            TargetKind::Webhook(self.webhook(s))
+        } else {
+            TargetKind::Konnektive
+        };
+        let base_url = if webhook {
+            String::new()
+        } else {
+            self.konnektive_base_url(s)
+        };
+        let (login_id, password) = if webhook {
+            (String::new(), None)
+        } else {
+            self.konnektive_login(s)
+        };
+        let requests_per_second = s
+            .get("requests_per_second")
+            .and_then(|f| {
+                let n = f.number(&mut self.out)?;
+                if n.is_finite() && n > 0.0 {
+                    Some(n)
+                } else {
+                    f.error(&mut self.out, format!("must be greater than 0, found {n}"));
+                    None
+                }
+            })
+            .unwrap_or(DEFAULT_REQUESTS_PER_SECOND);
+        let burst = s
+            .get("burst")
+            .and_then(|f| f.u32_at_least(1, &mut self.out))
+            .unwrap_or(DEFAULT_BURST);
+        let max_in_flight = s
+            .get("max_in_flight")
+            .and_then(|f| f.u32_at_least(1, &mut self.out))
+            .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        let delivery = self.delivery(s, delivery);
+        Target {
+            name: name.to_owned(),
+            kind,
+            base_url,
+            login_id,
+            password: password.unwrap_or_else(|| SecretString::from(String::new())),
+            requests_per_second,
+            burst,
+            max_in_flight,
+            delivery,
+        }
+    }
+
+    /// A webhook target's `url` (required), `secret` and `headers`.
+    fn webhook(&mut self, s: &Section<'_, '_>) -> Webhook {
+        let url = match s.get("url") {
+            Some(f) => self.http_url(&f).unwrap_or_default(),
+            None => {
+                s.missing("url", &mut self.out);
+                String::new()
+            }
+        };
+        let secret = s.get("secret").and_then(|f| {
+            let secret = self.secrets.resolve(&f, &mut self.out)?;
+            if secret.expose_secret().starts_with("whsec_")
+                && crate::connectors::webhook::signing_key(secret.expose_secret()).is_none()
+            {
+                f.error_hint(
+                    &mut self.out,
+                    "a secret that starts with `whsec_` must continue in base64",
+                    "copy the whole secret the receiver shows, or use one without `whsec_`",
+                );
+                return None;
+            }
+            Some(secret)
+        });
+        let mut headers = Vec::new();
+        if let Some(table) = s.get("headers").and_then(|f| f.section(&mut self.out)) {
+            for entry in table.fields() {
+                let valid = !entry.key.is_empty()
+                    && entry
+                        .key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+                let reserved = entry.key.eq_ignore_ascii_case("content-type")
+                    || entry.key.to_ascii_lowercase().starts_with("webhook-");
+                if !valid || reserved {
+                    self.out.error(
+                        entry.key_span.clone(),
+                        format!(
+                            "{}: {}",
+                            entry.what(),
+                            if reserved {
+                                "is set by ipn-bridge itself"
+                            } else {
+                                "is not a header name (letters, digits, `-`, `_`)"
+                            }
+                        ),
+                    );
+                    continue;
+                }
+                if let Some(value) = self.secrets.resolve(&entry, &mut self.out) {
+                    headers.push((entry.key.clone(), value));
                 }
             }
-            None => s.missing("kind", &mut self.out),
         }
-        let base_url = s
-            .get("base_url")
+        Webhook {
+            url,
+            secret,
+            headers,
+        }
+    }
+
+    /// A Konnektive target's `base_url` (default [`DEFAULT_BASE_URL`]).
+    fn konnektive_base_url(&mut self, s: &Section<'_, '_>) -> String {
+        s.get("base_url")
             .and_then(|f| {
                 let url = self.http_url(&f)?;
                 if let Some(rest) = url.strip_prefix("http://")
@@ -597,7 +746,11 @@ impl Walker<'_, '_> {
                 }
                 Some(url)
             })
-            .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+            .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned())
+    }
+
+    /// A Konnektive target's `login_id` and `password` (both required).
+    fn konnektive_login(&mut self, s: &Section<'_, '_>) -> (String, Option<SecretString>) {
         let login_id = match s.get("login_id") {
             Some(f) => f
                 .non_empty_str(&mut self.out)
@@ -627,38 +780,7 @@ impl Walker<'_, '_> {
                 None
             }
         };
-        let requests_per_second = s
-            .get("requests_per_second")
-            .and_then(|f| {
-                let n = f.number(&mut self.out)?;
-                if n.is_finite() && n > 0.0 {
-                    Some(n)
-                } else {
-                    f.error(&mut self.out, format!("must be greater than 0, found {n}"));
-                    None
-                }
-            })
-            .unwrap_or(DEFAULT_REQUESTS_PER_SECOND);
-        let burst = s
-            .get("burst")
-            .and_then(|f| f.u32_at_least(1, &mut self.out))
-            .unwrap_or(DEFAULT_BURST);
-        let max_in_flight = s
-            .get("max_in_flight")
-            .and_then(|f| f.u32_at_least(1, &mut self.out))
-            .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
-        let delivery = self.delivery(s, delivery);
-        Target {
-            name: name.to_owned(),
-            kind: TargetKind::Konnektive,
-            base_url,
-            login_id,
-            password: password.unwrap_or_else(|| SecretString::from(String::new())),
-            requests_per_second,
-            burst,
-            max_in_flight,
-            delivery,
-        }
+        (login_id, password)
     }
 
     fn integration(
@@ -667,10 +789,29 @@ impl Walker<'_, '_> {
         s: &Section<'_, '_>,
         sources: &[String],
         targets: &[String],
+        kinds: &BTreeMap<String, Target>,
     ) -> Integration {
         s.reject_unknown(&INTEGRATION_KEYS, &mut self.out);
         let source = self.reference(s, "source", sources);
         let target = self.reference(s, "target", targets);
+        let webhook = kinds
+            .get(&target)
+            .is_some_and(|t| matches!(t.kind, TargetKind::Webhook(_)));
+        if webhook {
+            for key in KONNEKTIVE_INTEGRATION_KEYS {
+                if let Some(f) = s.get(key) {
+                    self.out.error_hint(
+                        f.key_span.clone(),
+                        format!(
+                            "{}: target `{target}` is a webhook target, which gets the IPN as \
+                             it came; `{key}` shapes a Konnektive order",
+                            f.what()
+                        ),
+                        format!("remove `{key}`, or use a konnektive target"),
+                    );
+                }
+            }
+        }
         let flag = |w: &mut Self, key: &str, default: bool| {
             s.get(key)
                 .and_then(|f| f.bool(&mut w.out))
@@ -682,7 +823,9 @@ impl Walker<'_, '_> {
         let test_orders = flag(self, "test_orders", false);
         let auto_approve = flag(self, "auto_approve", false);
         let campaign_id = match s.get("campaign_id") {
+            Some(_) if webhook => 0,
             Some(f) => f.positive_id(&mut self.out).unwrap_or_default(),
+            None if webhook => 0,
             None => {
                 s.missing("campaign_id", &mut self.out);
                 0
@@ -742,6 +885,7 @@ impl Walker<'_, '_> {
             })
             .unwrap_or_else(|| DEFAULT_ORDER_REF_FIELD.to_owned());
         let product_map = match s.get("product_map") {
+            _ if webhook => ProductMap::default(),
             Some(f) => match f.section(&mut self.out) {
                 Some(map) => self.product_map(&map),
                 None => ProductMap::default(),
@@ -761,6 +905,7 @@ impl Walker<'_, '_> {
             }
         };
         if let (ProductFilter::List(ids), Some(f)) = (&products, s.get("products"))
+            && !webhook
             && product_map.fallback.is_none()
         {
             for id in ids
@@ -780,10 +925,10 @@ impl Walker<'_, '_> {
         }
         let on = match s.get("on") {
             Some(f) => match f.section(&mut self.out) {
-                Some(on) => self.on(&on),
-                None => BTreeMap::new(),
+                Some(on) => self.on(&on, kinds.get(&target)),
+                None => (BTreeMap::new(), BTreeMap::new()),
             },
-            None if s.has_misspelling_of("on") => BTreeMap::new(),
+            None if s.has_misspelling_of("on") => (BTreeMap::new(), BTreeMap::new()),
             None => {
                 self.out.missing(
                     s.span.clone(),
@@ -792,9 +937,10 @@ impl Walker<'_, '_> {
                         "add [integration.{name}.on] with e.g. payment = \"import_order\""
                     )),
                 );
-                BTreeMap::new()
+                (BTreeMap::new(), BTreeMap::new())
             }
         };
+        let (on, on_other) = on;
         let fields = s
             .get("fields")
             .and_then(|f| f.section(&mut self.out))
@@ -824,6 +970,7 @@ impl Walker<'_, '_> {
             auto_approve,
             product_map,
             on,
+            on_other,
             fields,
             fallback_address,
         }
@@ -1033,8 +1180,16 @@ impl Walker<'_, '_> {
         product_map
     }
 
-    fn on(&mut self, on: &Section<'_, '_>) -> BTreeMap<OrderEvent, ActionKind> {
+    fn on(
+        &mut self,
+        on: &Section<'_, '_>,
+        target: Option<&Target>,
+    ) -> (
+        BTreeMap<OrderEvent, ActionKind>,
+        BTreeMap<OtherEvent, ActionKind>,
+    ) {
         let mut actions = BTreeMap::new();
+        let mut others = BTreeMap::new();
         let entries = on.fields();
         if entries.is_empty() {
             self.out.error_hint(
@@ -1043,11 +1198,26 @@ impl Walker<'_, '_> {
                 "e.g. payment = \"import_order\"",
             );
         }
-        let events: Vec<&str> = OrderEvent::ALL.iter().map(|e| e.config_name()).collect();
+        let events: Vec<&str> = OrderEvent::ALL
+            .iter()
+            .map(|e| e.config_name())
+            .chain(OtherEvent::ALL.iter().map(|e| e.config_name()))
+            .collect();
         let action_names: Vec<&str> = ActionKind::ALL.iter().map(|a| a.config_name()).collect();
         for entry in entries {
             let event = OrderEvent::from_config_name(&entry.key);
-            if event.is_none() {
+            let other = OtherEvent::from_config_name(&entry.key);
+            if entry.key == "connection_test" {
+                self.out.error_hint(
+                    entry.key_span.clone(),
+                    format!(
+                        "`connection_test` {} is Digistore24's test of the IPN connection; it \
+                         is answered, stored and never forwarded",
+                        on.place()
+                    ),
+                    "remove it",
+                );
+            } else if event.is_none() && other.is_none() {
                 let message = format!(
                     "unknown order event `{}` {}; valid events: {}",
                     entry.key,
@@ -1079,11 +1249,40 @@ impl Walker<'_, '_> {
                     None => entry.error(&mut self.out, message),
                 }
             }
+            if let (Some(action), Some(target)) = (action, target)
+                && let Some(why) = kind_cannot(&target.kind, action)
+            {
+                entry.error_hint(
+                    &mut self.out,
+                    format!(
+                        "target `{}` is a {} target, which cannot `{}`",
+                        target.name,
+                        target.kind.config_name(),
+                        action.config_name()
+                    ),
+                    why,
+                );
+            }
+            if let (Some(other), Some(action)) = (other, action) {
+                if matches!(action, ActionKind::Forward | ActionKind::Ignore) {
+                    others.insert(other, action);
+                } else {
+                    entry.error_hint(
+                        &mut self.out,
+                        format!(
+                            "{} events carry no order to {}",
+                            other.config_name(),
+                            action.config_name().replace('_', " ")
+                        ),
+                        "use \"forward\" (to a webhook target) or \"ignore\"",
+                    );
+                }
+            }
             if let (Some(event), Some(action)) = (event, action) {
                 actions.insert(event, action);
             }
         }
-        actions
+        (actions, others)
     }
 
     fn fields(
@@ -1217,6 +1416,23 @@ impl Walker<'_, '_> {
 }
 
 /// An example table name for hints.
+/// Why a target of `kind` cannot perform `action` (a hint naming what it can), or `None`
+/// when it can.
+fn kind_cannot(kind: &TargetKind, action: ActionKind) -> Option<&'static str> {
+    match (kind, action) {
+        (_, ActionKind::Ignore) => None,
+        (TargetKind::Webhook(_), ActionKind::Forward) => None,
+        (TargetKind::Webhook(_), _) => {
+            Some("a webhook target forwards events: use \"forward\" (or \"ignore\")")
+        }
+        (TargetKind::Konnektive, ActionKind::Forward) => Some(
+            "forward needs a webhook target; a Konnektive target imports, refunds, charges \
+             back and cancels",
+        ),
+        (TargetKind::Konnektive, _) => None,
+    }
+}
+
 fn example_name(kind: &str) -> &'static str {
     match kind {
         "source" => "ds24",

@@ -795,7 +795,7 @@ fn each_constraint_is_reported() {
         (
             "[target.k]",
             &["-kind", "kind = \"shopify\""],
-            "unknown target kind `shopify` (hint: the only kind is \"konnektive\")",
+            "unknown target kind `shopify` (hint: the kinds are \"konnektive\" and \"webhook\")",
         ),
         (
             "[target.k]",
@@ -1018,12 +1018,12 @@ fn each_constraint_is_reported() {
         (
             "[integration.main.on]",
             &["paymnet = \"import_order\""],
-            "unknown order event `paymnet` in [integration.main.on]; valid events: payment, refund, chargeback, payment_missed, payment_denial, rebill_cancelled, rebill_resumed, last_paid_day (hint: did you mean `payment`?)",
+            "unknown order event `paymnet` in [integration.main.on]; valid events: payment, refund, chargeback, payment_missed, payment_denial, rebill_cancelled, rebill_resumed, last_paid_day, affiliation, eticket (hint: did you mean `payment`?)",
         ),
         (
             "[integration.main.on]",
             &["refund = \"refnd\""],
-            "`refund` in [integration.main.on]: unknown action `refnd`; valid actions: import_order, refund, chargeback, cancel_purchase, cancel_order, ignore (hint: did you mean `refund`?)",
+            "`refund` in [integration.main.on]: unknown action `refnd`; valid actions: import_order, refund, chargeback, cancel_purchase, cancel_order, ignore, forward (hint: did you mean `refund`?)",
         ),
         (
             "[integration.main.on]",

@@ -97,6 +97,19 @@ pub struct DayWindow {
     pub last: Day,
 }
 
+/// RFC 3339 UTC with milliseconds (`2026-03-14T10:22:41.123Z`) of a Unix-millisecond time.
+pub fn rfc3339_utc(ms: i64) -> String {
+    let (y, mo, d) = Day::from_unix_ms(ms).civil();
+    let of_day = ms.rem_euclid(MS_PER_DAY);
+    let (h, mi, s, milli) = (
+        of_day / 3_600_000,
+        of_day / 60_000 % 60,
+        of_day / 1000 % 60,
+        of_day % 1000,
+    );
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

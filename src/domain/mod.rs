@@ -10,7 +10,7 @@
 mod date;
 mod money;
 
-pub use date::{Day, DayWindow};
+pub use date::{Day, DayWindow, rfc3339_utc};
 pub use money::{Money, MoneyError};
 
 use serde::{Deserialize, Serialize};
@@ -218,6 +218,40 @@ fn has_ascii_uppercase(name: &str) -> bool {
     name.bytes().any(|b| b.is_ascii_uppercase())
 }
 
+/// The events besides order events that `[integration.NAME.on]` may list: they can only be
+/// forwarded (to a webhook target) or ignored. `connection_test` is never one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtherEvent {
+    Affiliation,
+    Eticket,
+}
+
+impl OtherEvent {
+    pub const ALL: [OtherEvent; 2] = [OtherEvent::Affiliation, OtherEvent::Eticket];
+
+    /// The key in `[integration.NAME.on]`.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            OtherEvent::Affiliation => "affiliation",
+            OtherEvent::Eticket => "eticket",
+        }
+    }
+
+    pub fn from_config_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.config_name() == name)
+    }
+
+    /// The other event an IPN is, if it is one.
+    pub fn of(kind: &EventKind) -> Option<Self> {
+        match kind {
+            EventKind::Affiliation => Some(OtherEvent::Affiliation),
+            EventKind::Eticket => Some(OtherEvent::Eticket),
+            _ => None,
+        }
+    }
+}
+
 /// What an integration does for an order event (the values of `[integration.NAME.on]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -228,16 +262,19 @@ pub enum ActionKind {
     CancelPurchase,
     CancelOrder,
     Ignore,
+    /// Send the IPN on as it came (webhook targets).
+    Forward,
 }
 
 impl ActionKind {
-    pub const ALL: [ActionKind; 6] = [
+    pub const ALL: [ActionKind; 7] = [
         ActionKind::ImportOrder,
         ActionKind::Refund,
         ActionKind::Chargeback,
         ActionKind::CancelPurchase,
         ActionKind::CancelOrder,
         ActionKind::Ignore,
+        ActionKind::Forward,
     ];
 
     pub fn config_name(self) -> &'static str {
@@ -248,6 +285,7 @@ impl ActionKind {
             ActionKind::CancelPurchase => "cancel_purchase",
             ActionKind::CancelOrder => "cancel_order",
             ActionKind::Ignore => "ignore",
+            ActionKind::Forward => "forward",
         }
     }
 
@@ -440,6 +478,22 @@ pub enum Action {
     CancelPurchase { import: ImportRef, reason: String },
     /// Cancel the imported order in the CRM.
     CancelOrder { import: ImportRef, reason: String },
+    /// Send the IPN on as it came, to a webhook target.
+    Forward(Box<Forwarded>),
+}
+
+/// An IPN as a webhook target receives it: Digistore24's event name, every field but
+/// `sha_sign`, when it was received, and where it came from and went through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarded {
+    /// The IPN's `event` value, e.g. `on_payment`.
+    pub event: String,
+    /// When ipn-bridge received the IPN (Unix milliseconds).
+    pub received_at_ms: i64,
+    /// Every field of the IPN except `sha_sign`.
+    pub fields: BTreeMap<String, String>,
+    pub source: String,
+    pub integration: String,
 }
 
 impl Action {
@@ -450,6 +504,7 @@ impl Action {
             Action::Chargeback { .. } => ActionKind::Chargeback,
             Action::CancelPurchase { .. } => ActionKind::CancelPurchase,
             Action::CancelOrder { .. } => ActionKind::CancelOrder,
+            Action::Forward(_) => ActionKind::Forward,
         }
     }
 
@@ -464,7 +519,7 @@ impl Action {
     /// The earlier import this action needs (`None` for an import).
     pub fn import_ref(&self) -> Option<&ImportRef> {
         match self {
-            Action::ImportOrder { .. } => None,
+            Action::ImportOrder { .. } | Action::Forward(_) => None,
             Action::Refund { import, .. }
             | Action::Chargeback { import, .. }
             | Action::CancelPurchase { import, .. }

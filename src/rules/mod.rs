@@ -30,7 +30,7 @@ mod tests;
 use std::time::Duration;
 
 use crate::config::{Config, Integration, Newsletter, ProductFilter};
-use crate::domain::{Action, ActionKind, EventKind, IpnEvent, OrderEvent};
+use crate::domain::{Action, ActionKind, EventKind, Forwarded, IpnEvent, OrderEvent, OtherEvent};
 
 /// One integration's decision for an IPN.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,9 +98,16 @@ pub fn decide(integration: &Integration, event: &IpnEvent, received_at_ms: i64) 
     let order_event = match &event.kind {
         EventKind::Order(e) => *e,
         other => {
+            if let Some(listed) =
+                OtherEvent::of(other).and_then(|o| integration.on_other.get(&o).map(|a| (o, *a)))
+            {
+                return decide_other(integration, event, listed, received_at_ms);
+            }
             return skip(format!(
-                "event {} is not an order event; integrations act on order events only",
-                other.ipn_name()
+                "event {} is not an order event; integrations act on order events, and on \
+                 affiliation and eticket events only where [integration.{}.on] lists them",
+                other.ipn_name(),
+                integration.name
             ));
         }
     };
@@ -136,7 +143,11 @@ pub fn decide(integration: &Integration, event: &IpnEvent, received_at_ms: i64) 
             order_event.config_name()
         ));
     }
-    // Every action needs the product mapped: an unmapped product was never imported.
+    if action == ActionKind::Forward {
+        return forward(integration, event, received_at_ms);
+    }
+    // Every Konnektive action needs the product mapped: an unmapped product was never
+    // imported.
     let Some(product) = mapping::product_id(event) else {
         return attention("the IPN names no product_id, so no campaign product can be chosen");
     };
@@ -166,8 +177,11 @@ pub fn decide(integration: &Integration, event: &IpnEvent, received_at_ms: i64) 
             })
         }),
         ActionKind::Refund | ActionKind::Chargeback => reversal(integration, event, action),
-        // `Ignore` returned above; grouped here only to keep the match total.
-        ActionKind::CancelPurchase | ActionKind::CancelOrder | ActionKind::Ignore => {
+        // `Ignore` and `Forward` returned above; grouped here only to keep the match total.
+        ActionKind::CancelPurchase
+        | ActionKind::CancelOrder
+        | ActionKind::Ignore
+        | ActionKind::Forward => {
             mapping::import_ref(integration, event, false).map(|import| {
                 let reason = format!(
                     "Digistore24 {} for order {}",
@@ -201,6 +215,79 @@ pub fn decide(integration: &Integration, event: &IpnEvent, received_at_ms: i64) 
             "cannot {}: {missing}",
             action.config_name().replace('_', " ")
         )),
+    }
+}
+
+/// An affiliation or e-ticket event that `[integration.NAME.on]` lists. Filters that make
+/// sense for it: `active`, `test_orders`, `products` (the event's `product_id`) and
+/// `languages` where the IPN names a language; the order filters (add-ons, follow-up
+/// payments, currencies, newsletter) concern payments and do not apply.
+fn decide_other(
+    integration: &Integration,
+    event: &IpnEvent,
+    (other, action): (OtherEvent, ActionKind),
+    received_at_ms: i64,
+) -> Decision {
+    if !integration.active {
+        return skip("integration is not active (active = false)");
+    }
+    if event.get("api_mode") == Some("test") && !integration.test_orders {
+        return skip("test event (api_mode = test) and test_orders = false");
+    }
+    if let ProductFilter::List(products) = &integration.products {
+        match mapping::product_id(event) {
+            Some(id) if products.contains(&id) => {}
+            Some(id) => {
+                return skip(format!(
+                    "product {id} not in products {}",
+                    list(products.iter())
+                ));
+            }
+            None => return skip("the IPN names no product_id"),
+        }
+    }
+    if !integration.languages.is_empty()
+        && let Some(lang) = mapping::language(event)
+        && !integration.languages.contains(&lang)
+    {
+        return skip(format!(
+            "language {lang} not in {}",
+            list(integration.languages.iter())
+        ));
+    }
+    if action == ActionKind::Forward {
+        forward(integration, event, received_at_ms)
+    } else {
+        skip(format!(
+            "event {} is set to \"ignore\"",
+            other.config_name()
+        ))
+    }
+}
+
+/// Forwards the IPN as it came (a webhook target): every field but `sha_sign`, no mapping.
+/// Jobs of one order still run one after another (the order key), so a refund never
+/// overtakes its payment at the receiver either.
+fn forward(integration: &Integration, event: &IpnEvent, received_at_ms: i64) -> Decision {
+    let fields = event
+        .fields()
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("sha_sign"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let name = event.kind.ipn_name().to_owned();
+    Decision::Deliver {
+        target: integration.target.clone(),
+        order_key: mapping::order_key(event),
+        delay: integration.delay,
+        reason: format!("forward {name} to target {}", integration.target),
+        action: Box::new(Action::Forward(Box::new(Forwarded {
+            event: name,
+            received_at_ms,
+            fields,
+            source: integration.source.clone(),
+            integration: integration.name.clone(),
+        }))),
     }
 }
 

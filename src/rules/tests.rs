@@ -25,6 +25,7 @@ fn event(body: &str) -> IpnEvent {
 
 fn integration() -> Integration {
     Integration {
+        on_other: Default::default(),
         name: "main".into(),
         source: "ds24".into(),
         target: "crm".into(),

@@ -6,6 +6,7 @@
 pub mod fake_ds24;
 pub mod fake_konnektive;
 pub mod smtp;
+pub mod webhook_receiver;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -63,6 +63,7 @@
 
 pub mod request;
 pub mod response;
+pub mod target;
 
 pub use request::import_params;
 pub use response::{Campaign, Classified, classify};
@@ -221,6 +222,10 @@ impl KonnektiveClient {
                     .await
             }
             Action::CancelOrder { reason, .. } => self.cancel_order(order_id, reason).await,
+            Action::Forward(_) => self.local_failure(
+                "forward",
+                "a Konnektive target cannot forward events (use a webhook target)".into(),
+            ),
         }
     }
 
@@ -706,7 +711,8 @@ impl KonnektiveClient {
             }
             Action::Chargeback { .. }
             | Action::CancelPurchase { .. }
-            | Action::CancelOrder { .. } => Ok(None),
+            | Action::CancelOrder { .. }
+            | Action::Forward(_) => Ok(None),
         }
     }
 
