@@ -77,7 +77,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, Delivery, Target};
 use crate::connectors::{Attempt, Connector};
 use crate::domain::{
-    Action, AttemptReport, Day, DayWindow, ImportRef, Money, Outcome, Receipt, import_reference,
+    Action, AttemptReport, Day, DayWindow, ImportRef, Outcome, Receipt, import_reference,
 };
 use crate::metrics::Metrics;
 use crate::store::{AttemptKind, Disposition, LeasedJob, LedgerRow, Store, StoreError};
@@ -683,10 +683,10 @@ fn alert_for(job: &LeasedJob, kind: AlertKind, message: String) -> Alert {
                 .items
                 .first()
                 .map(|i| format!("campaign product {}", i.product_id));
-            alert.amount = order.items.first().map(|i| {
-                let total = i.unit_price.minor() * i64::from(i.quantity);
-                format!("{} {}", Money::from_minor(total), order.currency)
-            });
+            alert.amount = order
+                .items
+                .first()
+                .map(|i| format!("{} {}", i.line_total(), order.currency));
             alert.buyer_email = Some(order.buyer.email.clone());
         }
         other => {
@@ -808,15 +808,8 @@ async fn resolve_import(
             skipped = route.filter(|r| r.skipped).map(|r| r.reason);
         }
     }
-    let today = Day::from_unix_ms(w.clock.now_ms());
-    let since = Day::parse_iso(&import.since)
-        .unwrap_or_else(|| Day::from_unix_ms(job.created_at))
-        .min(Day::from_unix_ms(job.created_at));
     w.limiter.until_ready().await;
-    let window = DayWindow {
-        first: since,
-        last: today,
-    };
+    let window = import.lookup_window(job.created_at, w.clock.now_ms());
     w.connector
         .find_import(import, window, skipped.as_deref(), describe())
         .await
