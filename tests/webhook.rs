@@ -824,3 +824,57 @@ async fn queue_events_and_replay_work_for_a_dead_webhook_job_retried_under_the_s
     store.close().await;
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn test_connection_questions_go_through_the_connector_of_each_kind() {
+    use ipn_bridge::connectors::Connector;
+
+    let work = Workdir::new();
+    let hook = WebhookReceiver::start().await;
+    let fake = FakeKonnektive::start(FakeConfig {
+        password: KONNEKTIVE_PASSWORD.into(),
+        currencies: [(12, Some("USD".into()))].into(),
+        ..FakeConfig::default()
+    })
+    .await;
+    let setup = Setup::new(&fake.base_url);
+    let toml = setup.toml(&work.db()).replace(
+        "[integration.main]\n",
+        "[integration.main]\ntarget = \"konnektive\"\n",
+    ) + &format!(
+        "\n[target.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\n\n\
+             [integration.to-hook]\ntarget = \"hook\"\n[integration.to-hook.on]\n\
+             payment = \"forward\"\n",
+        hook.url()
+    );
+    let path = work.config_path();
+    std::fs::write(&path, toml).expect("config");
+    let config = ipn_bridge::config::load(&path).expect("config").config;
+    let konnektive =
+        Connector::new(&config, &config.targets["konnektive"]).expect("konnektive connector");
+    let webhook = Connector::new(&config, &config.targets["hook"]).expect("webhook connector");
+
+    // Konnektive answers the campaign question over campaign/query; a webhook has none.
+    let campaign = konnektive
+        .check_campaign(12)
+        .await
+        .expect("a Konnektive target has campaigns")
+        .expect("campaign 12");
+    assert_eq!(campaign.currency.as_deref(), Some("USD"));
+    assert!(!campaign.products.is_empty());
+    assert_eq!(fake.requests_to("campaign/query").len(), 1);
+    assert!(webhook.check_campaign(12).await.is_none());
+
+    // A webhook sends the signed connection_test; Konnektive has no such event.
+    let report = webhook
+        .send_connection_test("to-hook", 1_741_946_400_000)
+        .await
+        .expect("a webhook sends a connection test");
+    assert_eq!(report.http_status, Some(204));
+    let got = hook.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].signature_valid);
+    assert_eq!(got[0].json()["type"], "connection_test");
+    assert!(konnektive.send_connection_test("main", 0).await.is_none());
+    assert_eq!(fake.requests().len(), 1, "nothing more sent to Konnektive");
+}
