@@ -709,3 +709,172 @@ async fn retry_after_from_the_receiver_delays_the_next_attempt() {
     assert!(gap >= Duration::from_millis(550), "{gap:?}");
     daemon.stop().await;
 }
+
+/// Runs the real binary against the daemon's configuration (off the async runtime) and
+/// returns its stdout; asserts the exit code.
+async fn cli(work: &Workdir, args: &[&str], code: i32) -> String {
+    let config = work.config_path();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        assert_cmd::Command::new(env!("CARGO_BIN_EXE_ipn-bridge"))
+            .args(&args)
+            .arg("-c")
+            .arg(&config)
+            .env("USER", "carol")
+            .env_remove("SUDO_USER")
+            .env_remove("IPN_BRIDGE_CONFIG")
+            .env("RUST_LOG", "warn")
+            .timeout(Duration::from_secs(30))
+            .output()
+            .expect("run ipn-bridge")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_events_and_replay_work_for_a_dead_webhook_job_retried_under_the_same_id() {
+    let work = Workdir::new();
+    let hook = WebhookReceiver::start().await;
+    hook.script([Answer {
+        status: 410,
+        body: "this hook was deleted",
+        retry_after: None,
+        delay: Duration::ZERO,
+    }]);
+    let daemon = start(&work, &webhook_toml(&work, "127.0.0.1:0", &hook.url(), "")).await;
+    post_ipn(
+        daemon.addr,
+        "ds24",
+        fixture("01_on_payment_single_product.txt"),
+    )
+    .await;
+    let store = open_store(&work);
+    let jobs = jobs_settled(&store, 1).await;
+    assert_eq!(jobs[0].state, "dead");
+    let (job, event) = (jobs[0].id.to_string(), jobs[0].ipn_id.to_string());
+    let failed_id = hook.received()[0].header("webhook-id").to_owned();
+
+    // `queue list --state dead --json` lists it.
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli(&work, &["queue", "list", "--state", "dead", "--json"], 0).await)
+            .expect("JSON");
+    let listed = listed.to_string();
+    assert!(listed.contains(&format!("\"id\":{job}")), "{listed}");
+    assert!(listed.contains("to-hook"), "{listed}");
+
+    // `queue show` has the receiver's status and body, and no secret.
+    for args in [
+        vec!["queue", "show", &job],
+        vec!["queue", "show", &job, "--json"],
+    ] {
+        let shown = cli(&work, &args, 0).await;
+        assert!(shown.contains("410"), "{shown}");
+        assert!(shown.contains("this hook was deleted"), "{shown}");
+        assert!(shown.contains("ipnb_"), "the attempt's request: {shown}");
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert!(
+            !shown.contains("dGVzdC1zaWduaW5nLWtleS0wMTIzNDU2Nzg5"),
+            "{shown}"
+        );
+        assert!(!shown.contains("key-123"), "{shown}");
+    }
+
+    // `events show` lists the webhook integration's route; replay --dry-run its decision.
+    let shown = cli(&work, &["events", "show", &event], 0).await;
+    assert!(shown.contains("to-hook"), "{shown}");
+    assert!(shown.contains("forward"), "{shown}");
+    let dry = cli(&work, &["replay", &event, "--dry-run"], 0).await;
+    assert!(dry.contains("to-hook"), "{dry}");
+    assert!(
+        dry.contains(&format!("would re-route dead job {job}")),
+        "{dry}"
+    );
+    assert!(dry.contains("forward"), "{dry}");
+    assert_eq!(
+        store.job(JobId(jobs[0].id)).await.expect("job").state,
+        "dead"
+    );
+
+    // The receiver accepts now; a retry delivers under the failed attempt's webhook-id.
+    cli(
+        &work,
+        &["queue", "retry", &job, "--reason", "hook re-created"],
+        0,
+    )
+    .await;
+    wait_for(Duration::from_secs(5), "delivery after the retry", || {
+        let store = store.clone();
+        let id = jobs[0].id;
+        async move { (store.job(JobId(id)).await.ok()?.state == "delivered").then_some(()) }
+    })
+    .await;
+    let delivered = hook.delivered();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].header("webhook-id"), failed_id);
+    assert!(delivered[0].signature_valid);
+    store.close().await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn test_connection_questions_go_through_the_connector_of_each_kind() {
+    use ipn_bridge::connectors::Connector;
+
+    let work = Workdir::new();
+    let hook = WebhookReceiver::start().await;
+    let fake = FakeKonnektive::start(FakeConfig {
+        password: KONNEKTIVE_PASSWORD.into(),
+        currencies: [(12, Some("USD".into()))].into(),
+        ..FakeConfig::default()
+    })
+    .await;
+    let setup = Setup::new(&fake.base_url);
+    let toml = setup.toml(&work.db()).replace(
+        "[integration.main]\n",
+        "[integration.main]\ntarget = \"konnektive\"\n",
+    ) + &format!(
+        "\n[target.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\n\n\
+             [integration.to-hook]\ntarget = \"hook\"\n[integration.to-hook.on]\n\
+             payment = \"forward\"\n",
+        hook.url()
+    );
+    let path = work.config_path();
+    std::fs::write(&path, toml).expect("config");
+    let config = ipn_bridge::config::load(&path).expect("config").config;
+    let konnektive =
+        Connector::new(&config, &config.targets["konnektive"]).expect("konnektive connector");
+    let webhook = Connector::new(&config, &config.targets["hook"]).expect("webhook connector");
+
+    // Konnektive answers the campaign question over campaign/query; a webhook has none.
+    let campaign = konnektive
+        .check_campaign(12)
+        .await
+        .expect("a Konnektive target has campaigns")
+        .expect("campaign 12");
+    assert_eq!(campaign.currency.as_deref(), Some("USD"));
+    assert!(!campaign.products.is_empty());
+    assert_eq!(fake.requests_to("campaign/query").len(), 1);
+    assert!(webhook.check_campaign(12).await.is_none());
+
+    // A webhook sends the signed connection_test; Konnektive has no such event.
+    let report = webhook
+        .send_connection_test("to-hook", 1_741_946_400_000)
+        .await
+        .expect("a webhook sends a connection test");
+    assert_eq!(report.http_status, Some(204));
+    let got = hook.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].signature_valid);
+    assert_eq!(got[0].json()["type"], "connection_test");
+    assert!(konnektive.send_connection_test("main", 0).await.is_none());
+    assert_eq!(fake.requests().len(), 1, "nothing more sent to Konnektive");
+}

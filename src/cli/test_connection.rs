@@ -36,8 +36,13 @@
 //! * **Secrets**: every detail is scrubbed of every configured secret (raw and form-encoded)
 //!   before it is printed, whatever produced it.
 //!
-//! This is CLI code (`anyhow` allowed); it uses the connector's `check_campaign` and the
-//! ipn module's `sign`, and never touches the store.
+//! * **Targets are asked through the connector seam** (`Connector::check_campaign`, the same
+//!   `campaign/query` the dispatcher's probe sends, and `Connector::send_connection_test`),
+//!   so this command builds no Konnektive or webhook client of its own; a connector that
+//!   cannot be built is reported in the words used before (`cannot build the HTTP client`).
+//!
+//! This is CLI code (`anyhow` allowed); it uses the connector's `check_campaign` and
+//! `send_connection_test` and the ipn module's `sign`, and never touches the store.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -55,8 +60,7 @@ use serde::Serialize;
 use crate::config::{
     self, Alerts, Config, Integration, Server, Source, Target, TargetKind, Webhook,
 };
-use crate::connectors::webhook::WebhookTarget;
-use crate::connectors::{Campaign, KonnektiveClient};
+use crate::connectors::{Campaign, Connector, ConnectorError};
 use crate::domain::{AttemptReport, Outcome};
 use crate::ipn::{self, KeyCase};
 
@@ -267,10 +271,13 @@ async fn check_all(config: &Config, selected: &[&Integration], send_test_email: 
         if let Some(target) = config.targets.get(&integration.target)
             && let TargetKind::Webhook(hook) = &target.kind
         {
-            push(CHECK_WEBHOOK, check_webhook(target, hook, name).await);
+            push(
+                CHECK_WEBHOOK,
+                check_webhook(config, target, hook, name).await,
+            );
         } else {
             let crm = match config.targets.get(&integration.target) {
-                Some(target) => konnektive.check(target, integration).await,
+                Some(target) => konnektive.check(config, target, integration).await,
                 None => {
                     let missing = Finding::fail(format!("no target `{}`", integration.target));
                     CrmFindings {
@@ -348,13 +355,20 @@ async fn check_all(config: &Config, selected: &[&Integration], send_test_email: 
 
 /// Posts a signed `connection_test` event to a webhook target and judges the answer as a
 /// delivery would be judged (2xx ok). Nothing is stored; the event is never a job.
-async fn check_webhook(target: &Target, hook: &Webhook, integration: &str) -> Finding {
-    let client = match WebhookTarget::new(target, hook) {
-        Ok(client) => client,
-        Err(e) => return Finding::fail(format!("cannot build the HTTP client: {e}")),
+async fn check_webhook(
+    config: &Config,
+    target: &Target,
+    hook: &Webhook,
+    integration: &str,
+) -> Finding {
+    let connector = match Connector::new(config, target) {
+        Ok(connector) => connector,
+        Err(e) => return Finding::fail(cannot_build(&e)),
     };
     let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-    let report = client.connection_test(integration, now).await;
+    let Some(report) = connector.send_connection_test(integration, now).await else {
+        return Finding::fail(format!("target `{}` is not a webhook", target.name));
+    };
     let status = report
         .http_status
         .map_or_else(|| "no answer".to_owned(), |s| format!("HTTP {s}"));
@@ -392,20 +406,38 @@ struct KonnektiveChecks {
 }
 
 impl KonnektiveChecks {
-    async fn check(&mut self, target: &Target, integration: &Integration) -> CrmFindings {
+    async fn check(
+        &mut self,
+        config: &Config,
+        target: &Target,
+        integration: &Integration,
+    ) -> CrmFindings {
         let key = (target.name.clone(), integration.campaign_id);
         let answer = match (self.answers.get(&key), self.target_down.get(&target.name)) {
             (Some(answer), _) => answer.clone(),
             (None, Some(down)) => Err(down.clone()),
             (None, None) => {
-                let answer = match KonnektiveClient::new(target) {
-                    Ok(client) => client
-                        .check_campaign(integration.campaign_id)
-                        .await
-                        .map_err(Box::new),
+                let connector = Connector::new(config, target);
+                let answer = match &connector {
+                    Ok(connector) => {
+                        match connector.check_campaign(integration.campaign_id).await {
+                            Some(answer) => answer.map_err(Box::new),
+                            None => {
+                                return CrmFindings {
+                                    login: Finding::fail(format!(
+                                        "target `{}` has no campaigns",
+                                        target.name
+                                    )),
+                                    allow_list: Finding::skip("not checked"),
+                                    campaign: Finding::skip("not checked"),
+                                    product_map: Finding::skip("not checked"),
+                                };
+                            }
+                        }
+                    }
                     Err(e) => {
                         return CrmFindings {
-                            login: Finding::fail(format!("cannot build the HTTP client: {e}")),
+                            login: Finding::fail(cannot_build(e)),
                             allow_list: Finding::skip("not checked"),
                             campaign: Finding::skip("not checked"),
                             product_map: Finding::skip("not checked"),
@@ -422,6 +454,14 @@ impl KonnektiveChecks {
             }
         };
         judge_campaign(&answer, target, integration)
+    }
+}
+
+/// The finding when a target's connector cannot be built (its HTTP client), worded as
+/// before the checks went through the connector seam.
+fn cannot_build(e: &ConnectorError) -> String {
+    match e {
+        ConnectorError::Http { source, .. } => format!("cannot build the HTTP client: {source}"),
     }
 }
 

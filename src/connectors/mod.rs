@@ -14,7 +14,9 @@
 //! an action, look up whether an unknown outcome was applied, resolve the import a reversal
 //! refers to, run the pre-send checks, and probe the target. The dispatcher names no
 //! Konnektive type, endpoint or field; everything it needs to say about the target
-//! (`label`, `probe_endpoint`, `lookup_endpoint`) comes from here.
+//! (`label`, `probe_endpoint`, `lookup_endpoint`) comes from here. `test-connection` talks
+//! to the same seam (`check_campaign`, which the probe shares, and `send_connection_test`)
+//! and builds no client of its own.
 //!
 //! Decision: **an enum, not a trait object.** The kinds are few, known at compile time and
 //! chosen by the config's `kind`; an enum keeps the async methods plain `async fn`s (no
@@ -124,6 +126,28 @@ impl Connector {
             // A receiver refuses events one by one (a 4xx), never the sender as a whole:
             // nothing pauses a webhook target, so there is nothing to probe.
             Connector::Webhook(_) => None,
+        }
+    }
+
+    /// What the target says about `campaign` (`test-connection`'s login, allow-list and
+    /// campaign checks; the probe asks the same): `None` for a kind without campaigns.
+    pub async fn check_campaign(&self, campaign: u64) -> Option<Result<Campaign, AttemptReport>> {
+        match self {
+            Connector::Konnektive(k) => Some(k.check_campaign(campaign).await),
+            Connector::Webhook(_) => None,
+        }
+    }
+
+    /// Sends `test-connection`'s signed `connection_test` event for `integration` and
+    /// reports the answer (nothing is stored); `None` for a kind that has no such event.
+    pub async fn send_connection_test(
+        &self,
+        integration: &str,
+        now_ms: i64,
+    ) -> Option<AttemptReport> {
+        match self {
+            Connector::Konnektive(_) => None,
+            Connector::Webhook(w) => Some(w.connection_test(integration, now_ms).await),
         }
     }
 

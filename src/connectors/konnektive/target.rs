@@ -59,7 +59,13 @@ impl KonnektiveTarget {
     ) -> Option<Result<(), AttemptReport>> {
         let campaign = self.probe_campaign?;
         ready().await;
-        Some(self.client.check_campaign(campaign).await.map(|_| ()))
+        Some(self.check_campaign(campaign).await.map(|_| ()))
+    }
+
+    /// One `campaign/query` for `campaign`: its products and currency, or the failed
+    /// attempt. The probe and `test-connection` ask the same question.
+    pub async fn check_campaign(&self, campaign: u64) -> Result<super::Campaign, AttemptReport> {
+        self.client.check_campaign(campaign).await
     }
 
     /// Checks that must pass before `action` is sent: an import's campaign currency.
