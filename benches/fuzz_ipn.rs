@@ -343,11 +343,11 @@ fn mutate_pairs(rng: &mut Rng, pairs: &mut Vec<(String, String)>) {
             let v = stretched(rng, &old);
             pairs.insert(rng.below(n + 1), (name, v));
         }
-        3 | 4 if n > 0 => {
+        3..=4 if n > 0 => {
             let i = rng.below(n);
             pairs[i].0 = recase(rng, &pairs[i].0);
         }
-        5 | 6 | 7 if n > 0 => {
+        5..=7 if n > 0 => {
             let i = rng.below(n);
             pairs[i].1 = stretched(rng, &pairs[i].1);
         }
