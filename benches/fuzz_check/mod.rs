@@ -286,6 +286,26 @@ impl Harness {
                     requests.extend(lookup(import));
                     requests.push(request::order_cancel_params("ORDER_ID", reason));
                 }
+                Action::Forward(forwarded) => {
+                    // A webhook forward is one JSON body: it must serialise and read back
+                    // as the same value.
+                    let body = ipn_bridge::connectors::webhook::payload(
+                        forwarded,
+                        ipn_bridge::domain::EventId(0),
+                    );
+                    let text = serde_json::to_string(&body).map_err(|e| {
+                        format!("a forward of {} does not serialise: {e}", r.integration)
+                    })?;
+                    let back: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                        format!("a forward of {} does not read back: {e}", r.integration)
+                    })?;
+                    if back != body {
+                        return Err(format!(
+                            "a forward of {} reads back as another value",
+                            r.integration
+                        ));
+                    }
+                }
             }
             for params in &requests {
                 let encoded =
