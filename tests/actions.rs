@@ -87,19 +87,7 @@ impl World {
 
     /// Waits until `n` jobs exist and none is pending or in flight; returns them.
     async fn settled(&self, n: usize) -> Vec<JobRow> {
-        let store = self.store.clone();
-        wait_for(Duration::from_secs(15), "jobs settled", move || {
-            let store = store.clone();
-            async move {
-                let jobs = store.list_jobs(Default::default()).await.ok()?;
-                (jobs.len() == n
-                    && jobs
-                        .iter()
-                        .all(|j| matches!(j.state.as_str(), "delivered" | "dead")))
-                .then_some(jobs)
-            }
-        })
-        .await
+        jobs_settled(&self.store, n).await
     }
 
     /// The Konnektive order imported for campaign product `product` (the n-th such, 0-based).

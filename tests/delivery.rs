@@ -456,26 +456,9 @@ async fn the_campaign_currency_is_asked_once_per_generation_and_again_after_a_re
             ],
         )
     };
-    let settled = |n: usize| {
-        let store = store.clone();
-        async move {
-            wait_for(Duration::from_secs(15), "jobs settled", || {
-                let store = store.clone();
-                async move {
-                    let jobs = store.list_jobs(Default::default()).await.ok()?;
-                    (jobs.len() == n
-                        && jobs
-                            .iter()
-                            .all(|j| matches!(j.state.as_str(), "delivered" | "dead")))
-                    .then_some(jobs)
-                }
-            })
-            .await
-        }
-    };
     for n in 0..2 {
         assert_eq!(post_ipn(daemon.addr, "ds24", post(n)).await.0, 200);
-        settled(n as usize + 1).await;
+        jobs_settled(&store, n as usize + 1).await;
     }
     assert_eq!(fake.orders().len(), 2);
     assert_eq!(
@@ -489,7 +472,7 @@ async fn the_campaign_currency_is_asked_once_per_generation_and_again_after_a_re
     fake.set_campaign_currency(12, Some("EUR"));
     daemon.reload(&work.config_path()).expect("reload");
     assert_eq!(post_ipn(daemon.addr, "ds24", post(2)).await.0, 200);
-    let jobs = settled(3).await;
+    let jobs = jobs_settled(&store, 3).await;
     assert_eq!(jobs[2].state, "dead", "{jobs:?}");
     assert_eq!(fake.requests_to("campaign/query").len(), 2);
     assert_eq!(fake.orders().len(), 2);
@@ -545,26 +528,9 @@ async fn a_refused_endpoint_ends_its_job_dead_instead_of_pausing_the_target_fore
     std::fs::write(&text, with_refund).expect("config");
     let daemon = start_daemon_at(&text).await;
     let store = open_store(&work);
-    let all_settled = |n: usize| {
-        let store = store.clone();
-        async move {
-            wait_for(Duration::from_secs(15), "jobs settled", || {
-                let store = store.clone();
-                async move {
-                    let jobs = store.list_jobs(Default::default()).await.ok()?;
-                    (jobs.len() == n
-                        && jobs
-                            .iter()
-                            .all(|j| matches!(j.state.as_str(), "delivered" | "dead")))
-                    .then_some(jobs)
-                }
-            })
-            .await
-        }
-    };
     let payment = fixture("01_on_payment_single_product.txt");
     assert_eq!(post_ipn(daemon.addr, "ds24", payment).await.0, 200);
-    all_settled(1).await;
+    jobs_settled(&store, 1).await;
 
     // The API user may not refund: Konnektive refuses the endpoint with a permission text.
     fake.set_denied_endpoints(&["transactions/refund"]);
@@ -574,7 +540,7 @@ async fn a_refused_endpoint_ends_its_job_dead_instead_of_pausing_the_target_fore
             .0,
         200
     );
-    let jobs = all_settled(2).await;
+    let jobs = jobs_settled(&store, 2).await;
     let refund = &jobs[1];
     assert_eq!(refund.state, "dead", "{jobs:?}");
     assert_eq!(refund.attempts, 1);
@@ -597,7 +563,7 @@ async fn a_refused_endpoint_ends_its_job_dead_instead_of_pausing_the_target_fore
         &[("order_id", "FLOW0001"), ("transaction_id", "777001")],
     );
     assert_eq!(post_ipn(daemon.addr, "ds24", other).await.0, 200);
-    let jobs = all_settled(3).await;
+    let jobs = jobs_settled(&store, 3).await;
     assert_eq!(jobs[2].state, "delivered");
     assert_eq!(fake.orders().len(), 2);
     // One campaign/query for the currency, one probe right after the refusal; no cycle.

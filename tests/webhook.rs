@@ -8,7 +8,6 @@ mod support;
 use std::time::Duration;
 
 use ipn_bridge::domain::JobId;
-use ipn_bridge::store::{JobRow, Store};
 use support::fake_konnektive::{FakeConfig, FakeKonnektive};
 use support::smtp::SmtpServer;
 use support::webhook_receiver::{Answer, SECRET, WebhookReceiver};
@@ -54,21 +53,6 @@ async fn start(work: &Workdir, toml: &str) -> ipn_bridge::app::Running {
     let path = work.config_path();
     std::fs::write(&path, toml).expect("config");
     start_daemon_at(&path).await
-}
-
-async fn jobs_settled(store: &Store, n: usize) -> Vec<JobRow> {
-    wait_for(Duration::from_secs(15), "the jobs to settle", || {
-        let store = store.clone();
-        async move {
-            let jobs = store.list_jobs(Default::default()).await.ok()?;
-            (jobs.len() == n
-                && jobs
-                    .iter()
-                    .all(|j| matches!(j.state.as_str(), "delivered" | "dead")))
-            .then_some(jobs)
-        }
-    })
-    .await
 }
 
 /// The fake Konnektive of these tests: campaign 12 books USD, as the fixture orders are.

@@ -375,3 +375,19 @@ pub async fn post_all(addr: SocketAddr, bodies: &[Vec<u8>], acked: &mut [bool], 
         }
     }
 }
+
+/// Waits (15 s at most) until `n` jobs exist and every one is delivered or dead; returns them.
+pub async fn jobs_settled(store: &Store, n: usize) -> Vec<ipn_bridge::store::JobRow> {
+    wait_for(Duration::from_secs(15), "jobs settled", || {
+        let store = store.clone();
+        async move {
+            let jobs = store.list_jobs(Default::default()).await.ok()?;
+            (jobs.len() == n
+                && jobs
+                    .iter()
+                    .all(|j| matches!(j.state.as_str(), "delivered" | "dead")))
+            .then_some(jobs)
+        }
+    })
+    .await
+}
