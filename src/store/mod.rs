@@ -24,10 +24,13 @@ pub mod audit;
 mod integrity;
 mod lock;
 mod log_limit;
+pub mod postgres;
 pub mod review;
 #[cfg(test)]
 mod safety_tests;
 mod schema;
+#[doc(hidden)]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 mod writer;

@@ -1,0 +1,212 @@
+//! The PostgreSQL backend: several daemons share one database and one queue.
+//!
+//! Driver: `tokio-postgres` with a `deadpool-postgres` pool. Chosen over sqlx because the
+//! store already writes every statement by hand behind typed methods (sqlx's compile-time
+//! checking would need a database at build time, its runtime API adds nothing here), and
+//! because tokio-postgres gives direct access to what several instances need: explicit
+//! transactions, advisory locks on a connection we hold, and `LISTEN`/`NOTIFY`.
+//!
+//! Every operation is one transaction on a pooled connection; the acknowledgement of an
+//! IPN waits for its `COMMIT` as on SQLite. Concurrent IPNs use several connections at once,
+//! so PostgreSQL's own group commit does what the SQLite writer thread does by hand.
+//! Duplicates are refused across instances by the unique constraint
+//! `ipns (source, business_key)`.
+
+pub mod schema;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use super::StoreError;
+
+/// Connections in the pool of one instance: enough for the concurrent acknowledgements of
+/// a busy endpoint plus the dispatchers and the operator's reads.
+pub const POOL_SIZE: usize = 16;
+
+/// Handle to a PostgreSQL store. Clone it freely.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    /// The connection string without its password, for messages.
+    shown: Arc<str>,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    failed_ops: AtomicU64,
+    commits: AtomicU64,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("url", &self.shown).finish()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user[:password]@host[:port]/db`, or the key=value form)
+    /// and migrates the schema (see [`schema`]).
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+            StoreError::Invalid(format!(
+                "[store] url is not a PostgreSQL connection string: {e}"
+            ))
+        })?;
+        let shown: Arc<str> = shown_url(&config).into();
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::Internal(format!("cannot build the connection pool: {e}")))?;
+        let store = PgStore {
+            pool,
+            shown,
+            stats: Arc::new(Stats::default()),
+        };
+        let mut client = store.client().await?;
+        schema::migrate(&mut client).await?;
+        Ok(store)
+    }
+
+    /// The connection string without its password.
+    pub fn shown_url(&self) -> &str {
+        &self.shown
+    }
+
+    /// A pooled connection.
+    pub(crate) async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot connect to PostgreSQL at {}: {e}",
+                self.shown
+            ))
+        })
+    }
+
+    /// Operations that failed for a reason of the store (the source of
+    /// `ipn_bridge_store_errors_total`).
+    pub fn error_count(&self) -> u64 {
+        self.stats.failed_ops.load(Ordering::Relaxed)
+    }
+
+    /// `(commits, operations committed)`: one operation per transaction here.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        let n = self.stats.commits.load(Ordering::Relaxed);
+        (n, n)
+    }
+
+    /// Closes every pooled connection; later operations fail with [`StoreError::Closed`].
+    pub async fn close(self) {
+        self.pool.close();
+    }
+}
+
+/// `user@host:port/db`, never the password.
+fn shown_url(config: &tokio_postgres::Config) -> String {
+    let user = config.get_user().unwrap_or("");
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_default();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("");
+    format!("postgres://{user}@{host}:{port}/{db}")
+}
+
+/// A driver error as a [`StoreError`]: connection and server-availability failures are
+/// `Unavailable` (try again later), a schema or data problem `Internal`.
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    let Some(code) = e.code() else {
+        // No SQLSTATE: the connection itself failed (closed, reset, timed out).
+        return StoreError::Unavailable(format!("PostgreSQL: {e}"));
+    };
+    let class = &code.code()[..2];
+    let unavailable = matches!(class, "08" | "53" | "57" | "58")
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+        || *code == SqlState::LOCK_NOT_AVAILABLE;
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), code.code()),
+        None => e.to_string(),
+    };
+    if unavailable {
+        StoreError::Unavailable(format!("PostgreSQL: {detail}"))
+    } else {
+        StoreError::Internal(format!("PostgreSQL: {detail}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_starting_at_once_migrate_once() {
+        let Some(url) = crate::store::testing::fresh_database().await else {
+            return;
+        };
+        let (a, b) = tokio::join!(PgStore::connect(&url), PgStore::connect(&url));
+        let (a, b) = (a.expect("first instance"), b.expect("second instance"));
+        let client = a.client().await.expect("client");
+        let version: i64 = client
+            .query_one("SELECT version FROM ipn_bridge_schema", &[])
+            .await
+            .expect("version")
+            .get(0);
+        assert_eq!(version, schema::CURRENT_VERSION);
+        let tables: i64 = client
+            .query_one(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'jobs'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(tables, 1);
+        b.close().await;
+        a.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_database_from_a_newer_build_is_refused() {
+        let Some(url) = crate::store::testing::fresh_database().await else {
+            return;
+        };
+        let store = PgStore::connect(&url).await.expect("connect");
+        store
+            .client()
+            .await
+            .expect("client")
+            .execute("UPDATE ipn_bridge_schema SET version = version + 1", &[])
+            .await
+            .expect("bump");
+        let err = PgStore::connect(&url).await.expect_err("newer schema");
+        assert!(matches!(err, StoreError::Incompatible(_)), "{err:?}");
+    }
+
+    #[test]
+    fn the_shown_url_never_carries_the_password() {
+        let config: tokio_postgres::Config = "postgres://bridge:s3cret@db.example:6543/ipn"
+            .parse()
+            .expect("url");
+        let shown = shown_url(&config);
+        assert_eq!(shown, "postgres://bridge@db.example:6543/ipn");
+        assert!(!shown.contains("s3cret"));
+    }
+}

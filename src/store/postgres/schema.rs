@@ -1,0 +1,205 @@
+//! The PostgreSQL schema as an ordered list of migrations, applied at start by every
+//! instance.
+//!
+//! Versions are counted in the table `ipn_bridge_schema` (one row), independently of the
+//! SQLite file's `user_version`: a PostgreSQL database starts at the SQLite schema's
+//! current shape in its migration 1. A migration is appended, never edited. All of it runs
+//! in one transaction that first takes the transaction-level advisory lock
+//! [`MIGRATION_LOCK`]: a second instance starting at the same time waits on the lock, then
+//! finds the schema current and applies nothing. PostgreSQL's DDL is transactional, so a
+//! migration that fails leaves nothing half-applied. A database *newer* than this build is
+//! refused rather than guessed at.
+//!
+//! Types: ids are `BIGINT` identities, times Unix milliseconds (UTC) in `BIGINT`, the raw
+//! IPN body `BYTEA`, flags `BOOLEAN`, payloads JSON in `TEXT` written by the store's own
+//! API (as on SQLite, the SQL never depends on their shape).
+
+use tokio_postgres::Client;
+
+use super::pg_error;
+use crate::store::StoreError;
+
+/// The advisory lock key of migrations (`pg_advisory_xact_lock`): the ASCII of "ipnbrdg1"
+/// read as a big-endian `i64`, unlikely to collide with another application's keys.
+pub const MIGRATION_LOCK: i64 = 0x6970_6e62_7264_6731;
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the SQLite schema as of its version 6.
+    r#"
+    CREATE TABLE ipns (
+        id                     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        source                 TEXT    NOT NULL,
+        business_key           TEXT    NOT NULL,
+        event                  TEXT    NOT NULL,
+        order_id               TEXT,
+        order_item_id          TEXT,
+        product_id             TEXT,
+        transaction_id         TEXT,
+        buyer_email            TEXT,
+        amount                 TEXT,
+        currency               TEXT,
+        received_at            BIGINT  NOT NULL,
+        raw_body               BYTEA   NOT NULL,
+        parent_transaction_id  TEXT,
+        UNIQUE (source, business_key)
+    );
+    CREATE INDEX ipns_received ON ipns (received_at);
+    CREATE INDEX ipns_order ON ipns (order_id);
+    CREATE INDEX ipns_transaction ON ipns (transaction_id);
+
+    CREATE TABLE jobs (
+        id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        ipn_id           BIGINT  NOT NULL REFERENCES ipns (id),
+        integration      TEXT    NOT NULL,
+        target           TEXT    NOT NULL,
+        action           TEXT    NOT NULL,
+        payload          TEXT    NOT NULL,
+        order_key        TEXT    NOT NULL,
+        state            TEXT    NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        needs_reconcile  BOOLEAN NOT NULL DEFAULT FALSE,
+        next_attempt_at  BIGINT  NOT NULL,
+        created_at       BIGINT  NOT NULL,
+        updated_at       BIGINT  NOT NULL,
+        last_error       TEXT,
+        retry_base       BIGINT,
+        UNIQUE (ipn_id, integration)
+    );
+    CREATE INDEX jobs_due ON jobs (target, state, next_attempt_at);
+    CREATE INDEX jobs_order ON jobs (integration, order_key, id);
+
+    CREATE TABLE routes (
+        id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        ipn_id       BIGINT  NOT NULL REFERENCES ipns (id),
+        integration  TEXT    NOT NULL,
+        decision     TEXT    NOT NULL,
+        reason       TEXT    NOT NULL,
+        job_id       BIGINT  REFERENCES jobs (id),
+        decided_at   BIGINT  NOT NULL
+    );
+    CREATE INDEX routes_ipn ON routes (ipn_id);
+
+    CREATE TABLE attempts (
+        id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id       BIGINT  NOT NULL REFERENCES jobs (id),
+        number       INTEGER NOT NULL,
+        kind         TEXT    NOT NULL,
+        started_at   BIGINT  NOT NULL,
+        finished_at  BIGINT,
+        outcome      TEXT,
+        endpoint     TEXT,
+        http_status  INTEGER,
+        request      TEXT,
+        response     TEXT,
+        reason       TEXT
+    );
+    CREATE INDEX attempts_job ON attempts (job_id, id);
+    CREATE INDEX attempts_open ON attempts (job_id) WHERE outcome IS NULL;
+
+    CREATE TABLE ledger (
+        job_id                      BIGINT  PRIMARY KEY REFERENCES jobs (id),
+        integration                 TEXT    NOT NULL,
+        ds24_order_id               TEXT    NOT NULL,
+        ds24_item                   TEXT,
+        ds24_transaction_id         TEXT,
+        reference                   TEXT    NOT NULL,
+        target_order_id             TEXT,
+        target_customer_id          TEXT,
+        purchase_ids                TEXT    NOT NULL,
+        transaction_ids             TEXT    NOT NULL,
+        created_at                  BIGINT  NOT NULL,
+        action                      TEXT    NOT NULL DEFAULT 'import_order',
+        ds24_parent_transaction_id  TEXT
+    );
+    CREATE INDEX ledger_order ON ledger (integration, ds24_order_id);
+    CREATE INDEX ledger_item ON ledger (integration, ds24_order_id, ds24_item, job_id);
+
+    CREATE TABLE operator_actions (
+        id       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at       BIGINT  NOT NULL,
+        "user"   TEXT    NOT NULL,
+        command  TEXT    NOT NULL,
+        job_id   BIGINT  REFERENCES jobs (id),
+        ipn_id   BIGINT  REFERENCES ipns (id),
+        reason   TEXT    NOT NULL
+    );
+    CREATE INDEX operator_actions_job ON operator_actions (job_id);
+
+    CREATE TABLE alerts (
+        id             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        created_at     BIGINT  NOT NULL,
+        kind           TEXT    NOT NULL,
+        integration    TEXT,
+        target         TEXT,
+        job_id         BIGINT,
+        ds24_order_id  TEXT,
+        product        TEXT,
+        amount         TEXT,
+        buyer_email    TEXT,
+        message        TEXT    NOT NULL,
+        retry_command  TEXT
+    );
+    CREATE INDEX alerts_created ON alerts (created_at);
+
+    CREATE TABLE alert_deliveries (
+        alert_id    BIGINT  NOT NULL REFERENCES alerts (id),
+        recipient   TEXT    NOT NULL,
+        sent_at     BIGINT,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT,
+        PRIMARY KEY (alert_id, recipient)
+    );
+    CREATE INDEX alert_deliveries_unsent ON alert_deliveries (recipient, alert_id)
+        WHERE sent_at IS NULL;
+    CREATE INDEX alert_deliveries_sent ON alert_deliveries (recipient, sent_at)
+        WHERE sent_at IS NOT NULL;
+
+    CREATE TABLE audit_alerted (
+        source          TEXT    NOT NULL,
+        order_id        TEXT    NOT NULL,
+        transaction_id  TEXT    NOT NULL,
+        alerted_at      BIGINT  NOT NULL,
+        PRIMARY KEY (source, order_id, transaction_id)
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`CURRENT_VERSION`], under the migration lock.
+pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_error)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS ipn_bridge_schema (
+             only_row  BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+             version   BIGINT  NOT NULL
+         );
+         INSERT INTO ipn_bridge_schema (version) VALUES (0) ON CONFLICT DO NOTHING;",
+    )
+    .await
+    .map_err(pg_error)?;
+    let version: i64 = tx
+        .query_one("SELECT version FROM ipn_bridge_schema", &[])
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    if version > CURRENT_VERSION {
+        return Err(StoreError::Incompatible(format!(
+            "the database has schema version {version}, this build knows up to {CURRENT_VERSION}; \
+             use a newer ipn-bridge"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.batch_execute(sql).await.map_err(pg_error)?;
+        let next = i as i64 + 1;
+        tx.execute("UPDATE ipn_bridge_schema SET version = $1", &[&next])
+            .await
+            .map_err(pg_error)?;
+    }
+    tx.commit().await.map_err(pg_error)
+}
