@@ -1,56 +1,39 @@
 //! Durable state: the inbox of received IPNs, how each was routed, delivery jobs, one row per
 //! delivery attempt, and the ledger from Digistore24 ids to the target's ids.
 //!
-//! All SQL lives in this module, behind typed async methods, so that a second backend
-//! (PostgreSQL, for several instances sharing one queue) can implement the same methods.
-//! Nothing here knows about HTTP, Konnektive, the rules or the IPN format: callers hand in
-//! plain records and `domain` values; payloads are kept as JSON.
+//! **The backend seam.** The rest of the program talks to one API, [`Store`], an enum over
+//! the backends: [`sqlite`] (the default: one daemon on one file, a writer thread with group
+//! commit) and [`postgres`] (several daemons sharing one database and one queue). An enum,
+//! not a trait object: the set of backends is closed and known here, async methods need no
+//! boxing, and `match` makes a backend that misses a method a compile error. The records the
+//! callers hand in and get back (`NewIpn`, `JobRow`, …) and [`StoreError`] are defined here,
+//! once, for both; all SQL lives in the backend modules. Nothing here knows about HTTP,
+//! Konnektive, the rules or the IPN format: payloads are kept as JSON.
 //!
-//! Ownership: one OS thread owns the SQLite connection (see [`writer`]); [`Store`] is a cheap
-//! clonable handle that sends closures to it and awaits the reply, which arrives only after
-//! the batch holding the operation has committed. Other processes (the CLI) open their own
-//! `Store` on the same file; WAL lets them read while the daemon writes, and SQLite's lock
-//! serialises their writes.
-//!
-//! Opening: the daemon uses [`Store::open_exclusive`], which first takes the lock file
-//! `<db>.lock` (one daemon per database, see [`lock`]) and refuses an empty, damaged or
-//! read-only file (see [`integrity`]); the operator commands use [`Store::open`], which takes
-//! no lock and skips `quick_check`, but also refuses an empty file. Every store watches its
-//! file after each commit and refuses to acknowledge into a file that was deleted, replaced
-//! or overwritten (see [`writer`]).
 
 pub mod alerts;
-pub mod audit;
-mod integrity;
-mod lock;
-mod log_limit;
 pub mod postgres;
 pub mod review;
-#[cfg(test)]
-mod safety_tests;
-mod schema;
+pub mod sqlite;
 #[doc(hidden)]
 pub mod testing;
-#[cfg(test)]
-mod tests;
-mod writer;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
-use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
+use std::path::Path;
 
 use crate::domain::{
     Action, ActionKind, AttemptReport, EventId, ImportRef, JobId, JobState, Receipt,
 };
 
-use alerts::NewAlert;
+use alerts::{NewAlert, OutboxBacklog, RecipientOutbox};
+use review::{
+    EventListing, JobDetail, JobListing, Operator, PurgeCount, QueueChange, RetrySelection,
+    ReviewFilter,
+};
+use std::collections::HashSet;
 
-pub use integrity::{EmptyFile, QUICK_CHECK_BUDGET_SECS};
-pub use lock::lock_path;
-pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
+pub use sqlite::SqliteStore;
+pub use sqlite::{EmptyFile, QUICK_CHECK_BUDGET_SECS, SCHEMA_VERSION, lock_path};
 
 /// Why a store operation failed, phrased for what the caller should do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,79 +64,9 @@ pub enum StoreError {
     Closed,
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode::*;
-        match e.sqlite_error_code() {
-            Some(
-                DatabaseBusy
-                | DatabaseLocked
-                | SystemIoFailure
-                | DiskFull
-                | ReadOnly
-                | CannotOpen
-                | PermissionDenied
-                | FileLockingProtocolFailed
-                | OutOfMemory,
-            ) => StoreError::Unavailable(e.to_string()),
-            Some(DatabaseCorrupt | NotADatabase) => StoreError::Damaged(e.to_string()),
-            _ => StoreError::Internal(e.to_string()),
-        }
-    }
-}
-
 impl From<serde_json::Error> for StoreError {
     fn from(e: serde_json::Error) -> Self {
         StoreError::Internal(format!("stored JSON: {e}"))
-    }
-}
-
-/// Handle to the store. Clone it freely; the writer thread ends when the last clone is
-/// dropped or [`Store::close`] is called.
-#[derive(Clone)]
-pub struct Store {
-    tx: mpsc::Sender<writer::Msg>,
-    path: PathBuf,
-    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
-    stats: Arc<writer::Stats>,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
-    }
-}
-
-struct Call<F, T> {
-    f: F,
-    reply: oneshot::Sender<Result<T, StoreError>>,
-    read_only: bool,
-}
-
-impl<F, T> writer::Op for Call<F, T>
-where
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
-    T: Send + 'static,
-{
-    fn run(self: Box<Self>, conn: &Connection) -> (Result<(), StoreError>, writer::Completion) {
-        let Call { f, reply, .. } = *self;
-        let result = f(conn);
-        let own = match &result {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.clone()),
-        };
-        let completion: writer::Completion = Box::new(move |commit| {
-            let _ = reply.send(result.and_then(|v| commit.map(|()| v)));
-        });
-        (own, completion)
-    }
-
-    fn fail(self: Box<Self>, err: StoreError) {
-        let _ = self.reply.send(Err(err));
-    }
-
-    fn read_only(&self) -> bool {
-        self.read_only
     }
 }
 
@@ -379,17 +292,36 @@ pub struct JobFilter {
     pub limit: Option<u32>,
 }
 
+pub(crate) const JOB_COLUMNS: &str = "id, ipn_id, integration, target, action, order_key, state, attempts, \
+     needs_reconcile, next_attempt_at, created_at, updated_at, last_error";
+
+/// The columns [`ledger_row`] reads, in its order.
+pub(crate) const LEDGER_COLUMNS: &str = "job_id, integration, ds24_order_id, ds24_item, \
+     ds24_transaction_id, reference, target_order_id, target_customer_id, purchase_ids, \
+     transaction_ids, created_at, ds24_parent_transaction_id";
+
+/// The stored `action` names of the kinds that are looked up before they are sent again.
+pub(crate) fn reconciled_kind_names() -> Vec<&'static str> {
+    ActionKind::ALL
+        .into_iter()
+        .filter(|k| k.needs_reconcile())
+        .map(ActionKind::config_name)
+        .collect()
+}
+
+/// The store: one API over the backends (see the module doc). Clone it freely.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// One daemon on one SQLite file (the default).
+    Sqlite(SqliteStore),
+}
+
 impl Store {
     /// Opens (creating if needed) the database, applies migrations and starts the writer
     /// thread. What the operator commands use beside a running daemon: no lock, no
     /// `quick_check`. A zero-length file is refused (see [`EmptyFile`]).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let before = integrity::check_before_open(path, EmptyFile::Refuse)?;
-        let path = path.to_path_buf();
-        let conn = writer::open_connection(&path)?;
-        schema::migrate(&conn)?;
-        let watch = integrity::FileWatch::new(&path, before)?;
-        Store::start_writer(path, conn, watch, None)
+        Ok(Store::Sqlite(SqliteStore::open(path)?))
     }
 
     /// Opens the database for the daemon: takes the lock `<db>.lock` first (a second daemon
@@ -398,134 +330,44 @@ impl Store {
     /// [`QUICK_CHECK_BUDGET_SECS`]) and a read-only one, then migrates and starts the writer,
     /// which holds the lock until it stops.
     pub fn open_exclusive(path: &Path, empty: EmptyFile) -> Result<Store, StoreError> {
-        Store::open_exclusive_with_budget(
-            path,
-            empty,
-            std::time::Duration::from_secs(QUICK_CHECK_BUDGET_SECS),
-        )
-    }
-
-    fn open_exclusive_with_budget(
-        path: &Path,
-        empty: EmptyFile,
-        budget: std::time::Duration,
-    ) -> Result<Store, StoreError> {
-        let lock = lock::DaemonLock::acquire(path)?;
-        let before = integrity::check_before_open(path, empty)?;
-        let path = path.to_path_buf();
-        let not_a_database = |e: StoreError| match e {
-            StoreError::Damaged(why) => StoreError::Damaged(format!(
-                "{} is not a usable SQLite database ({why}). Restore it from a backup, or move \
-                 it aside to start a new one",
-                path.display()
-            )),
-            other => other,
-        };
-        let mut conn = writer::open_connection(&path).map_err(not_a_database)?;
-        integrity::refuse_read_only(&conn, &path).map_err(not_a_database)?;
-        match integrity::quick_check(&mut conn, &path, budget)? {
-            integrity::QuickCheck::Sound => {}
-            integrity::QuickCheck::Unfinished { after } => tracing::warn!(
-                path = %path.display(), checked_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
-                "quick_check of the database did not finish within its time budget; started without \
-                 checking the rest (a damaged page still fails the operation that reads it)"
-            ),
-        }
-        schema::migrate(&conn).map_err(not_a_database)?;
-        let watch = integrity::FileWatch::new(&path, before)?;
-        Store::start_writer(path, conn, watch, Some(lock))
-    }
-
-    fn start_writer(
-        path: PathBuf,
-        conn: Connection,
-        watch: integrity::FileWatch,
-        lock: Option<lock::DaemonLock>,
-    ) -> Result<Store, StoreError> {
-        let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
-        let stats = Arc::new(writer::Stats::default());
-        let writer = writer::Writer::new(conn, watch, lock, stats.clone());
-        let thread = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
-        Ok(Store {
-            tx,
-            path,
-            thread: Arc::new(Mutex::new(Some(thread))),
-            stats,
-        })
+        Ok(Store::Sqlite(SqliteStore::open_exclusive(path, empty)?))
     }
 
     /// Operations that failed for a reason of the store since this handle's writer started
     /// (see [`writer`]); the source of `ipn_bridge_store_errors_total`.
     pub fn error_count(&self) -> u64 {
-        self.stats
-            .failed_ops
-            .load(std::sync::atomic::Ordering::Relaxed)
+        match self {
+            Store::Sqlite(s) => s.error_count(),
+        }
     }
 
     /// `(commits, operations committed)` since this handle's writer started.
     pub fn commit_stats(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (
-            self.stats.commits.load(Relaxed),
-            self.stats.ops.load(Relaxed),
-        )
+        match self {
+            Store::Sqlite(s) => s.commit_stats(),
+        }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        match self {
+            Store::Sqlite(s) => s.path(),
+        }
     }
 
     /// Commits what is queued and stops the writer thread, for every clone of this handle:
     /// later operations fail with [`StoreError::Closed`]. Returns when the thread has ended.
     pub async fn close(self) {
-        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
-        let _ = self.tx.send(writer::Msg::Close).await;
-        if let Some(handle) = thread {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        match self {
+            Store::Sqlite(s) => s.close().await,
         }
-    }
-
-    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.submit(f, false).await
-    }
-
-    /// Like `call`, for an operation that only reads (see [`writer::Op::read_only`]).
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.submit(f, true).await
-    }
-
-    async fn submit<T, F>(&self, f: F, read_only: bool) -> Result<T, StoreError>
-    where
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(writer::Msg::Op(Box::new(Call {
-                f,
-                reply,
-                read_only,
-            })))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Stores an IPN with its routing decisions and jobs in one transaction; a repeat of a
     /// stored IPN writes nothing.
     pub async fn ingest(&self, ipn: NewIpn) -> Result<Ingested, StoreError> {
-        self.call(move |c| ingest(c, &ipn)).await
+        match self {
+            Store::Sqlite(s) => s.ingest(ipn).await,
+        }
     }
 
     /// After a crash: every attempt left open is marked `interrupted`, and its job goes back
@@ -533,26 +375,9 @@ impl Store {
     /// repeat ([`ActionKind::needs_reconcile`], the one list of such kinds: an import, a
     /// refund). Returns the number of jobs recovered.
     pub async fn recover_interrupted(&self, now: i64, retry_at: i64) -> Result<u64, StoreError> {
-        let unsafe_kinds = serde_json::to_string(&reconciled_kind_names())?;
-        self.call(move |c| {
-            c.execute(
-                "UPDATE attempts SET outcome = 'interrupted', finished_at = ?1,
-                        reason = 'the process stopped while this attempt was running'
-                 WHERE outcome IS NULL",
-                params![now],
-            )?;
-            let n = c.execute(
-                "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?1,
-                        needs_reconcile = CASE
-                            WHEN action IN (SELECT value FROM json_each(?3)) THEN 1
-                            ELSE needs_reconcile END,
-                        last_error = 'interrupted by a restart'
-                 WHERE state = 'in_flight'",
-                params![now, retry_at, unsafe_kinds],
-            )?;
-            Ok(n as u64)
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.recover_interrupted(now, retry_at).await,
+        }
     }
 
     /// Leases up to `limit` due jobs of `target`: each becomes `in_flight` with a new open
@@ -564,21 +389,16 @@ impl Store {
         now: i64,
         limit: usize,
     ) -> Result<Vec<LeasedJob>, StoreError> {
-        let target = target.to_owned();
-        self.call(move |c| lease_due(c, &target, now, limit)).await
+        match self {
+            Store::Sqlite(s) => s.lease_due(target, now, limit).await,
+        }
     }
 
     /// The earliest `next_attempt_at` of the target's pending jobs.
     pub async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {
-        let target = target.to_owned();
-        self.read(move |c| {
-            Ok(c.query_row(
-                "SELECT MIN(next_attempt_at) FROM jobs WHERE target = ?1 AND state = 'pending'",
-                params![target],
-                |r| r.get(0),
-            )?)
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.next_due_at(target).await,
+        }
     }
 
     /// A reconcile attempt found nothing: closes it and opens a send attempt for the same
@@ -590,22 +410,9 @@ impl Store {
         report: AttemptReport,
         now: i64,
     ) -> Result<(i64, u32), StoreError> {
-        self.call(move |c| {
-            close_attempt(c, attempt_id, now, "absent", &report)?;
-            c.execute(
-                "UPDATE jobs SET needs_reconcile = 0, attempts = attempts + 1, updated_at = ?2
-                 WHERE id = ?1 AND state = 'in_flight'",
-                params![job.0, now],
-            )?;
-            let number: u32 = c.query_row(
-                "SELECT attempts FROM jobs WHERE id = ?1",
-                params![job.0],
-                |r| r.get(0),
-            )?;
-            let id = open_attempt(c, job, number, AttemptKind::Send, now)?;
-            Ok((id, number))
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.reconciled_absent(job, attempt_id, report, now).await,
+        }
     }
 
     /// Records the end of an attempt and moves its job on. `alert` (a dead letter's) is
@@ -620,109 +427,57 @@ impl Store {
         alert: Option<NewAlert>,
         now: i64,
     ) -> Result<(), StoreError> {
-        self.call(move |c| {
-            finish_attempt(c, job, attempt_id, &report, &disposition, now)?;
-            if let Some(alert) = &alert {
-                alerts::insert_alert(c, alert)?;
+        match self {
+            Store::Sqlite(s) => {
+                s.finish_attempt(job, attempt_id, report, disposition, alert, now)
+                    .await
             }
-            Ok(())
-        })
-        .await
+        }
     }
 
     pub async fn job(&self, id: JobId) -> Result<JobRow, StoreError> {
-        self.read(move |c| {
-            c.query_row(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
-                params![id.0],
-                job_row,
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.job(id).await,
+        }
     }
 
     pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRow>, StoreError> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs
-                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR integration = ?2)
-                 ORDER BY id LIMIT ?3"
-            ))?;
-            let rows = stmt.query_map(
-                params![
-                    filter.state.map(JobState::as_str),
-                    filter.integration,
-                    filter.limit.map_or(-1, i64::from)
-                ],
-                job_row,
-            )?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.list_jobs(filter).await,
+        }
     }
 
     pub async fn jobs_of_ipn(&self, ipn: EventId) -> Result<Vec<JobRow>, StoreError> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE ipn_id = ?1 ORDER BY id"
-            ))?;
-            let rows = stmt.query_map(params![ipn.0], job_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.jobs_of_ipn(ipn).await,
+        }
     }
 
     pub async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRow>, StoreError> {
-        self.read(move |c| attempts_of(c, job.0)).await
+        match self {
+            Store::Sqlite(s) => s.attempts(job).await,
+        }
     }
 
     /// Every ledger entry, oldest first.
     pub async fn ledger(&self) -> Result<Vec<LedgerRow>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {LEDGER_COLUMNS} FROM ledger ORDER BY job_id"
-            ))?;
-            let rows = stmt.query_map([], ledger_row)?;
-            rows.map(|row| decode_ledger_row(row?)).collect()
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.ledger().await,
+        }
     }
 
     /// Stored IPNs, oldest first.
     pub async fn list_ipns(&self, limit: Option<u32>) -> Result<Vec<IpnRow>, StoreError> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, source, event, order_id, product_id, transaction_id, received_at
-                 FROM ipns ORDER BY id LIMIT ?1",
-            )?;
-            let rows = stmt.query_map(params![limit.map_or(-1, i64::from)], |r| {
-                Ok(IpnRow {
-                    id: r.get(0)?,
-                    source: r.get(1)?,
-                    event: r.get(2)?,
-                    order_id: r.get(3)?,
-                    product_id: r.get(4)?,
-                    transaction_id: r.get(5)?,
-                    received_at: r.get(6)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.list_ipns(limit).await,
+        }
     }
 
     /// Number of jobs per state.
     pub async fn job_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-            let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-            })?;
-            Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.job_counts().await,
+        }
     }
 
     /// The routing decisions recorded for an IPN: `(integration, decision, reason)`.
@@ -730,14 +485,9 @@ impl Store {
         &self,
         ipn: EventId,
     ) -> Result<Vec<(String, String, String)>, StoreError> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT integration, decision, reason FROM routes WHERE ipn_id = ?1 ORDER BY id",
-            )?;
-            let rows = stmt.query_map(params![ipn.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.routes_of_ipn(ipn).await,
+        }
     }
 
     /// The delivered import an action refers to, from the ledger: the latest import of the
@@ -747,33 +497,9 @@ impl Store {
         integration: &str,
         import: &ImportRef,
     ) -> Result<Option<Receipt>, StoreError> {
-        let integration = integration.to_owned();
-        let import = import.clone();
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT reference, target_order_id, target_customer_id, purchase_ids,
-                        transaction_ids
-                 FROM ledger
-                 WHERE integration = ?1 AND ds24_order_id = ?2 AND action = 'import_order'
-                 ORDER BY job_id DESC",
-            )?;
-            let rows = stmt.query_map(params![integration, import.ds24_order_id], |r| {
-                <(String, Option<String>, Option<String>, String, String)>::try_from(r)
-            })?;
-            for row in rows {
-                let (reference, order_id, customer_id, purchases, transactions) = row?;
-                if import.matches(&reference) {
-                    return Ok(Some(Receipt {
-                        order_id,
-                        customer_id,
-                        purchase_ids: serde_json::from_str(&purchases)?,
-                        transaction_ids: serde_json::from_str(&transactions)?,
-                    }));
-                }
-            }
-            Ok(None)
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.ledger_import(integration, import).await,
+        }
     }
 
     /// Every delivered import of Digistore24 order `ds24_order_id` in `integration`, newest
@@ -783,17 +509,9 @@ impl Store {
         integration: &str,
         ds24_order_id: &str,
     ) -> Result<Vec<LedgerRow>, StoreError> {
-        let (integration, order) = (integration.to_owned(), ds24_order_id.to_owned());
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {LEDGER_COLUMNS} FROM ledger
-                 WHERE integration = ?1 AND ds24_order_id = ?2 AND action = 'import_order'
-                 ORDER BY job_id DESC"
-            ))?;
-            let rows = stmt.query_map(params![integration, order], ledger_row)?;
-            rows.map(|row| decode_ledger_row(row?)).collect()
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.ledger_imports(integration, ds24_order_id).await,
+        }
     }
 
     /// How `integration` last routed the payment IPN of Digistore24 order `ds24_order_id`,
@@ -806,56 +524,19 @@ impl Store {
         item: &str,
         payment: &str,
     ) -> Result<Option<PaymentRoute>, StoreError> {
-        let args = (
-            integration.to_owned(),
-            ds24_order_id.to_owned(),
-            item.to_owned(),
-            payment.to_owned(),
-        );
-        self.read(move |c| {
-            let (integration, order, item, payment) = args;
-            Ok(c.prepare_cached(
-                "SELECT i.id, r.decision, r.reason, r.job_id
-                 FROM ipns i JOIN routes r ON r.ipn_id = i.id
-                 WHERE i.order_id = ?2 AND i.event = 'on_payment'
-                   AND COALESCE(i.order_item_id, i.product_id) = ?3
-                   AND (i.transaction_id = ?4 OR i.parent_transaction_id = ?4)
-                   AND r.integration = ?1
-                 ORDER BY i.id DESC, r.id DESC LIMIT 1",
-            )?
-            .query_row(params![integration, order, item, payment], |r| {
-                Ok(PaymentRoute {
-                    ipn_id: EventId(r.get(0)?),
-                    skipped: r.get::<_, String>(1)? == "skipped",
-                    reason: r.get(2)?,
-                    job_id: r.get::<_, Option<i64>>(3)?.map(JobId),
-                })
-            })
-            .optional()?)
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => {
+                s.payment_route(integration, ds24_order_id, item, payment)
+                    .await
+            }
+        }
     }
 
     /// A stored IPN by id.
     pub async fn ipn(&self, id: EventId) -> Result<StoredIpn, StoreError> {
-        self.read(move |c| {
-            c.query_row(
-                "SELECT id, source, event, received_at, raw_body FROM ipns WHERE id = ?1",
-                params![id.0],
-                |r| {
-                    Ok(StoredIpn {
-                        id: EventId(r.get(0)?),
-                        source: r.get(1)?,
-                        event: r.get(2)?,
-                        received_at: r.get(3)?,
-                        raw_body: r.get(4)?,
-                    })
-                },
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("event {id}")))
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.ipn(id).await,
+        }
     }
 
     /// Records new routing decisions for a stored IPN (a replay with today's
@@ -872,77 +553,9 @@ impl Store {
         user: String,
         now: i64,
     ) -> Result<Vec<Rerouted>, StoreError> {
-        self.call(move |c| {
-            let mut out = Vec::with_capacity(routes.len());
-            for route in &routes {
-                let existing: Option<(i64, String)> = c
-                    .prepare_cached(
-                        "SELECT id, state FROM jobs WHERE ipn_id = ?1 AND integration = ?2",
-                    )?
-                    .query_row(params![ipn.0, route.integration], |r| <_>::try_from(r))
-                    .optional()?;
-                let (decision, reason, job_id, result) = match (&route.decision, existing) {
-                    (RouteDecision::Job { job, reason }, Some((id, state)))
-                        if state == "dead" || state == "dropped" =>
-                    {
-                        reroute_job(c, JobId(id), job, now)?;
-                        (
-                            "job",
-                            format!("replay: re-routed {state} job {id}; {reason}"),
-                            Some(id),
-                            Rerouted::Rerouted {
-                                job: JobId(id),
-                                was: state,
-                            },
-                        )
-                    }
-                    (RouteDecision::Job { reason, .. }, Some((id, state))) => (
-                        "job",
-                        format!("replay: kept existing job {id} ({state}); {reason}"),
-                        Some(id),
-                        Rerouted::Existing {
-                            job: JobId(id),
-                            state,
-                        },
-                    ),
-                    (RouteDecision::Job { job, reason }, None) => {
-                        let id = insert_job(c, ipn.0, &route.integration, job, now)?;
-                        (
-                            "job",
-                            format!("replay: {reason}"),
-                            Some(id.0),
-                            Rerouted::Created(id),
-                        )
-                    }
-                    (RouteDecision::Skip { reason }, _) => (
-                        "skipped",
-                        format!("replay: {reason}"),
-                        None,
-                        Rerouted::Skipped,
-                    ),
-                };
-                c.prepare_cached(
-                    "INSERT INTO routes (ipn_id, integration, decision, reason, job_id, decided_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![
-                    ipn.0,
-                    route.integration,
-                    decision,
-                    reason,
-                    job_id,
-                    now
-                ])?;
-                out.push(result);
-            }
-            c.prepare_cached(
-                "INSERT INTO operator_actions (at, user, command, ipn_id, reason)
-                 VALUES (?1, ?2, 'replay', ?3, 'replay with the current configuration')",
-            )?
-            .execute(params![now, user, ipn.0])?;
-            Ok(out)
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.add_routes(ipn, routes, user, now).await,
+        }
     }
 
     /// A cheap real write that proves the database file accepts commits (for health
@@ -950,499 +563,187 @@ impl Store {
     /// fsync like any IPN, and the writer checks afterwards that the file is still the one
     /// at the path. The error says why not.
     pub async fn probe_writable(&self) -> Result<(), StoreError> {
-        self.call(|c| {
-            c.prepare_cached(&format!(
-                "PRAGMA application_id = {}",
-                writer::APPLICATION_ID
-            ))?
-            .execute([])?;
-            Ok(())
-        })
-        .await
+        match self {
+            Store::Sqlite(s) => s.probe_writable().await,
+        }
     }
-}
 
-/// The columns [`ledger_row`] reads, in its order.
-const LEDGER_COLUMNS: &str = "job_id, integration, ds24_order_id, ds24_item, \
-     ds24_transaction_id, reference, target_order_id, target_customer_id, purchase_ids, \
-     transaction_ids, created_at, ds24_parent_transaction_id";
+    /// Writes an alert and one unsent delivery row per recipient, in one transaction.
+    /// Returns the alert's id.
+    pub async fn record_alert(&self, alert: NewAlert) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.record_alert(alert).await,
+        }
+    }
 
-/// A ledger row with its two JSON lists still encoded (rusqlite's row closures cannot
-/// return a JSON error; [`decode_ledger_row`] finishes the job).
-fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(LedgerRow, String, String)> {
-    Ok((
-        LedgerRow {
-            job_id: r.get(0)?,
-            integration: r.get(1)?,
-            ds24_order_id: r.get(2)?,
-            ds24_item: r.get(3)?,
-            ds24_transaction_id: r.get(4)?,
-            reference: r.get(5)?,
-            target_order_id: r.get(6)?,
-            target_customer_id: r.get(7)?,
-            purchase_ids: Vec::new(),
-            transaction_ids: Vec::new(),
-            created_at: r.get(10)?,
-            ds24_parent_transaction_id: r.get(11)?,
-        },
-        r.get(8)?,
-        r.get(9)?,
-    ))
-}
-
-fn decode_ledger_row(
-    (mut entry, purchases, transactions): (LedgerRow, String, String),
-) -> Result<LedgerRow, StoreError> {
-    entry.purchase_ids = serde_json::from_str(&purchases)?;
-    entry.transaction_ids = serde_json::from_str(&transactions)?;
-    Ok(entry)
-}
-
-/// Every attempt of a job, oldest first.
-fn attempts_of(c: &Connection, job_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
-    let mut stmt = c.prepare_cached(
-        "SELECT id, job_id, number, kind, started_at, finished_at, outcome, endpoint,
-                http_status, request, response, reason
-         FROM attempts WHERE job_id = ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map(params![job_id], |r| {
-        Ok(AttemptRow {
-            id: r.get(0)?,
-            job_id: r.get(1)?,
-            number: r.get(2)?,
-            kind: r.get(3)?,
-            started_at: r.get(4)?,
-            finished_at: r.get(5)?,
-            outcome: r.get(6)?,
-            endpoint: r.get(7)?,
-            http_status: r.get(8)?,
-            request: r.get(9)?,
-            response: r.get(10)?,
-            reason: r.get(11)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// The stored `action` names of the kinds that are looked up before they are sent again.
-fn reconciled_kind_names() -> Vec<&'static str> {
-    ActionKind::ALL
-        .into_iter()
-        .filter(|k| k.needs_reconcile())
-        .map(ActionKind::config_name)
-        .collect()
-}
-
-const JOB_COLUMNS: &str = "id, ipn_id, integration, target, action, order_key, state, attempts, \
-     needs_reconcile, next_attempt_at, created_at, updated_at, last_error";
-
-fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
-    Ok(JobRow {
-        id: r.get(0)?,
-        ipn_id: r.get(1)?,
-        integration: r.get(2)?,
-        target: r.get(3)?,
-        action: r.get(4)?,
-        order_key: r.get(5)?,
-        state: r.get(6)?,
-        attempts: r.get(7)?,
-        needs_reconcile: r.get(8)?,
-        next_attempt_at: r.get(9)?,
-        created_at: r.get(10)?,
-        updated_at: r.get(11)?,
-        last_error: r.get(12)?,
-    })
-}
-
-fn ingest(c: &Connection, ipn: &NewIpn) -> Result<Ingested, StoreError> {
-    let inserted: Option<i64> = c
-        .prepare_cached(
-            "INSERT INTO ipns (source, business_key, event, order_id, order_item_id, product_id,
-                               transaction_id, buyer_email, amount, currency, received_at, raw_body,
-                               parent_transaction_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-             ON CONFLICT (source, business_key) DO NOTHING
-             RETURNING id",
-        )?
-        .query_row(
-            params![
-                ipn.source,
-                ipn.business_key,
-                ipn.event,
-                ipn.order_id,
-                ipn.order_item_id,
-                ipn.product_id,
-                ipn.transaction_id,
-                ipn.buyer_email,
-                ipn.amount,
-                ipn.currency,
-                ipn.received_at,
-                ipn.raw_body,
-                ipn.parent_transaction_id
-            ],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let Some(ipn_id) = inserted else {
-        let existing: i64 = c
-            .prepare_cached("SELECT id FROM ipns WHERE source = ?1 AND business_key = ?2")?
-            .query_row(params![ipn.source, ipn.business_key], |r| r.get(0))?;
-        return Ok(Ingested::Duplicate {
-            ipn_id: EventId(existing),
-        });
-    };
-    let mut jobs = Vec::new();
-    for route in &ipn.routes {
-        let (decision, reason, job_id) = match &route.decision {
-            RouteDecision::Skip { reason } => ("skipped", reason.as_str(), None),
-            RouteDecision::Job { job, reason } => {
-                let id = insert_job(c, ipn_id, &route.integration, job, ipn.received_at)?;
-                jobs.push(id);
-                ("job", reason.as_str(), Some(id.0))
+    /// The unsent alerts of every recipient that has some and was last mailed at or before
+    /// `last_mail_at_or_before` (or never), at most `limit_per_recipient` alerts each.
+    pub async fn alert_outbox_due(
+        &self,
+        last_mail_at_or_before: i64,
+        limit_per_recipient: usize,
+    ) -> Result<Vec<RecipientOutbox>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.alert_outbox_due(last_mail_at_or_before, limit_per_recipient)
+                    .await
             }
-        };
-        c.prepare_cached(
-            "INSERT INTO routes (ipn_id, integration, decision, reason, job_id, decided_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            ipn_id,
-            route.integration,
-            decision,
-            reason,
-            job_id,
-            ipn.received_at
-        ])?;
-    }
-    for alert in &ipn.alerts {
-        alerts::insert_alert(c, &alerts::with_event_id(alert, EventId(ipn_id)))?;
-    }
-    Ok(Ingested::Stored {
-        ipn_id: EventId(ipn_id),
-        jobs,
-    })
-}
-
-fn insert_job(
-    c: &Connection,
-    ipn_id: i64,
-    integration: &str,
-    job: &NewJob,
-    now: i64,
-) -> Result<JobId, StoreError> {
-    let payload = serde_json::to_string(&job.action)?;
-    let hold = hold_reason(c, integration, &job.order_key, job.action.kind(), i64::MAX)?;
-    let id = c
-        .prepare_cached(
-            "INSERT INTO jobs (ipn_id, integration, target, action, payload, order_key, state,
-                               next_attempt_at, created_at, updated_at, last_error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)
-             RETURNING id",
-        )?
-        .query_row(
-            params![
-                ipn_id,
-                integration,
-                job.target,
-                job.action.kind().config_name(),
-                payload,
-                job.order_key,
-                if hold.is_some() { "held" } else { "pending" },
-                job.not_before,
-                now,
-                hold
-            ],
-            |r| r.get(0),
-        )?;
-    Ok(JobId(id))
-}
-
-/// Gives a dead or dropped job a new action (a replay) and makes it pending; the jobs held
-/// behind it that no other dead job blocks are released.
-fn reroute_job(c: &Connection, id: JobId, job: &NewJob, now: i64) -> Result<(), StoreError> {
-    let payload = serde_json::to_string(&job.action)?;
-    c.prepare_cached(
-        "UPDATE jobs SET target = ?2, action = ?3, payload = ?4, state = 'pending',
-                next_attempt_at = ?5, retry_base = ?5, updated_at = ?5, last_error = NULL
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        id.0,
-        job.target,
-        job.action.kind().config_name(),
-        payload,
-        now.max(job.not_before)
-    ])?;
-    c.prepare_cached(
-        "UPDATE jobs SET state = 'pending', updated_at = ?2, last_error = NULL
-         WHERE state = 'held'
-           AND (integration, order_key) = (SELECT integration, order_key FROM jobs WHERE id = ?1)
-           AND NOT EXISTS (
-               SELECT 1 FROM jobs e
-               WHERE e.integration = jobs.integration AND e.order_key = jobs.order_key
-                 AND e.id < jobs.id AND e.state = 'dead')",
-    )?
-    .execute(params![id.0, now])?;
-    Ok(())
-}
-
-/// Why a new job with action `kind` of `(integration, order_key)` must be held: the first
-/// dead earlier job of the same Digistore24 order that it depends on, with its error.
-///
-/// Jobs of one order run in the order received, with one exception: an import never waits
-/// for (and is never held behind) an earlier refund, chargeback or cancellation, because it
-/// cannot depend on them, while they may be waiting for it: Digistore24 does not guarantee
-/// the order of IPNs, and a refund can arrive before its payment.
-fn hold_reason(
-    c: &Connection,
-    integration: &str,
-    order_key: &str,
-    kind: ActionKind,
-    before: i64,
-) -> Result<Option<String>, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT 'held: job ' || id || ' of the same Digistore24 order is dead'
-                || COALESCE(' (' || last_error || ')', '')
-         FROM jobs
-         WHERE integration = ?1 AND order_key = ?2 AND id < ?3 AND state = 'dead'
-           AND (?4 != 'import_order' OR action = 'import_order')
-         ORDER BY id LIMIT 1",
-    )?
-    .query_row(
-        params![integration, order_key, before, kind.config_name()],
-        |r| r.get(0),
-    )
-    .optional()?)
-}
-
-/// Holds the unfinished jobs that follow a job that just died.
-fn hold_followers(c: &Connection, dead: JobId, now: i64) -> Result<(), StoreError> {
-    let (integration, order_key, error, action): (String, String, Option<String>, String) = c
-        .prepare_cached(
-            "SELECT integration, order_key, last_error, action FROM jobs WHERE id = ?1",
-        )?
-        .query_row(params![dead.0], |r| <_>::try_from(r))?;
-    let reason = format!(
-        "held: job {dead} of the same Digistore24 order is dead{}",
-        error.map(|e| format!(" ({e})")).unwrap_or_default()
-    );
-    c.prepare_cached(
-        "UPDATE jobs SET state = 'held', last_error = ?4, updated_at = ?5
-         WHERE integration = ?1 AND order_key = ?2 AND id > ?3 AND state = 'pending'
-           AND (action != 'import_order' OR ?6 = 'import_order')",
-    )?
-    .execute(params![integration, order_key, dead.0, reason, now, action])?;
-    Ok(())
-}
-
-/// After an import was delivered, the actions of the same order waiting for it (a refund
-/// that arrived first, say) are due at once instead of at their next back-off.
-fn wake_dependents(c: &Connection, delivered: JobId, now: i64) -> Result<(), StoreError> {
-    c.prepare_cached(
-        "UPDATE jobs SET next_attempt_at = MIN(next_attempt_at, ?2)
-         WHERE state = 'pending' AND action != 'import_order'
-           AND (integration, order_key) =
-               (SELECT integration, order_key FROM jobs
-                WHERE id = ?1 AND action = 'import_order')",
-    )?
-    .execute(params![delivered.0, now])?;
-    Ok(())
-}
-
-fn lease_due(
-    c: &Connection,
-    target: &str,
-    now: i64,
-    limit: usize,
-) -> Result<Vec<LeasedJob>, StoreError> {
-    // (id, ipn_id, integration, target, payload, needs_reconcile, attempts, created_at,
-    //  retry_base)
-    type Candidate = (i64, i64, String, String, String, bool, u32, i64, i64);
-    let candidates: Vec<Candidate> = {
-        let mut stmt = c.prepare_cached(
-            "SELECT j.id, j.ipn_id, j.integration, j.target, j.payload, j.needs_reconcile,
-                    j.attempts, j.created_at, COALESCE(j.retry_base, j.created_at)
-             FROM jobs j
-             WHERE j.target = ?1 AND j.state = 'pending' AND j.next_attempt_at <= ?2
-               AND NOT EXISTS (
-                   SELECT 1 FROM jobs e
-                   WHERE e.integration = j.integration AND e.order_key = j.order_key
-                     AND e.id < j.id AND e.state IN ('pending', 'in_flight', 'held', 'dead')
-                     AND (j.action != 'import_order' OR e.action = 'import_order'))
-             ORDER BY j.next_attempt_at, j.id
-             LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![target, now, limit as i64], |r| {
-            Candidate::try_from(r)
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
-    let mut leased = Vec::with_capacity(candidates.len());
-    for (id, ipn_id, integration, target, payload, reconcile, attempts, created_at, retry_base) in
-        candidates
-    {
-        let action: Action = serde_json::from_str(&payload)?;
-        let number = attempts + 1;
-        c.prepare_cached(
-            "UPDATE jobs SET state = 'in_flight', attempts = ?2, updated_at = ?3 WHERE id = ?1",
-        )?
-        .execute(params![id, number, now])?;
-        let kind = if reconcile {
-            AttemptKind::Reconcile
-        } else {
-            AttemptKind::Send
-        };
-        let attempt_id = open_attempt(c, JobId(id), number, kind, now)?;
-        leased.push(LeasedJob {
-            id: JobId(id),
-            ipn_id: EventId(ipn_id),
-            integration,
-            target,
-            action,
-            attempt_id,
-            attempt_no: number,
-            kind,
-            created_at,
-            retry_base,
-        });
-    }
-    Ok(leased)
-}
-
-fn open_attempt(
-    c: &Connection,
-    job: JobId,
-    number: u32,
-    kind: AttemptKind,
-    now: i64,
-) -> Result<i64, StoreError> {
-    Ok(c.prepare_cached(
-        "INSERT INTO attempts (job_id, number, kind, started_at) VALUES (?1, ?2, ?3, ?4)
-         RETURNING id",
-    )?
-    .query_row(params![job.0, number, kind.as_str(), now], |r| r.get(0))?)
-}
-
-fn close_attempt(
-    c: &Connection,
-    attempt_id: i64,
-    now: i64,
-    outcome: &str,
-    report: &AttemptReport,
-) -> Result<(), StoreError> {
-    c.prepare_cached(
-        "UPDATE attempts SET finished_at = ?2, outcome = ?3, endpoint = ?4, http_status = ?5,
-                request = ?6, response = ?7, reason = ?8
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        attempt_id,
-        now,
-        outcome,
-        report.endpoint,
-        report.http_status,
-        report.request,
-        report.response,
-        report.outcome.reason()
-    ])?;
-    Ok(())
-}
-
-fn finish_attempt(
-    c: &Connection,
-    job: JobId,
-    attempt_id: i64,
-    report: &AttemptReport,
-    disposition: &Disposition,
-    now: i64,
-) -> Result<(), StoreError> {
-    close_attempt(c, attempt_id, now, report.outcome.label(), report)?;
-    let last_error = match report.outcome.reason() {
-        "" => None,
-        r => Some(r.to_owned()),
-    };
-    match disposition {
-        Disposition::Delivered(receipt) => {
-            c.prepare_cached(
-                "UPDATE jobs SET state = 'delivered', needs_reconcile = 0, updated_at = ?2,
-                        last_error = NULL
-                 WHERE id = ?1",
-            )?
-            .execute(params![job.0, now])?;
-            write_ledger(c, job, receipt, now)?;
-            wake_dependents(c, job, now)?;
-        }
-        Disposition::Retry { at, reconcile } => {
-            c.prepare_cached(
-                "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?3,
-                        needs_reconcile = ?4, last_error = ?5
-                 WHERE id = ?1",
-            )?
-            .execute(params![job.0, at, now, reconcile, last_error])?;
-        }
-        Disposition::Requeue { at } => {
-            c.prepare_cached(
-                "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?3,
-                        attempts = MAX(attempts - 1, 0), last_error = ?4
-                 WHERE id = ?1",
-            )?
-            .execute(params![job.0, at, now, last_error])?;
-        }
-        Disposition::Dead => {
-            c.prepare_cached(
-                "UPDATE jobs SET state = 'dead', updated_at = ?2, last_error = ?3 WHERE id = ?1",
-            )?
-            .execute(params![job.0, now, last_error])?;
-            hold_followers(c, job, now)?;
         }
     }
-    Ok(())
-}
 
-fn write_ledger(c: &Connection, job: JobId, receipt: &Receipt, now: i64) -> Result<(), StoreError> {
-    /// `(integration, payload, order_id, order_item_id, product_id, transaction_id,
-    /// parent_transaction_id)` of the job and its IPN.
-    type Source = (
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let (integration, payload, order_id, item, product, txn, parent): Source = c
-        .prepare_cached(
-            "SELECT j.integration, j.payload, i.order_id, i.order_item_id, i.product_id,
-                    i.transaction_id, i.parent_transaction_id
-             FROM jobs j JOIN ipns i ON i.id = j.ipn_id WHERE j.id = ?1",
-        )?
-        .query_row(params![job.0], |r| <_>::try_from(r))?;
-    let action: Action = serde_json::from_str(&payload)?;
-    let reference = action
-        .reconcile_reference()
-        .map(|o| o.reference.clone())
-        .unwrap_or_default();
-    c.prepare_cached(
-        "INSERT OR REPLACE INTO ledger (job_id, integration, ds24_order_id, ds24_item,
-                ds24_transaction_id, reference, target_order_id, target_customer_id,
-                purchase_ids, transaction_ids, created_at, action, ds24_parent_transaction_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?
-    .execute(params![
-        job.0,
-        integration,
-        order_id.unwrap_or_default(),
-        item.or(product),
-        txn,
-        reference,
-        receipt.order_id,
-        receipt.customer_id,
-        serde_json::to_string(&receipt.purchase_ids)?,
-        serde_json::to_string(&receipt.transaction_ids)?,
-        now,
-        action.kind().config_name(),
-        parent
-    ])?;
-    Ok(())
+    /// Marks the given alerts as mailed to `recipient` at `now`.
+    pub async fn mark_alerts_sent(
+        &self,
+        recipient: &str,
+        alert_ids: Vec<i64>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.mark_alerts_sent(recipient, alert_ids, now).await,
+        }
+    }
+
+    /// Records a failed attempt to mail the given alerts to `recipient`; they stay unsent.
+    pub async fn record_alert_failure(
+        &self,
+        recipient: &str,
+        alert_ids: Vec<i64>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.record_alert_failure(recipient, alert_ids, error).await,
+        }
+    }
+
+    /// How much is unsent, and whether an alert of `kind` is among it.
+    pub async fn alert_backlog(&self, kind: &str) -> Result<OutboxBacklog, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.alert_backlog(kind).await,
+        }
+    }
+
+    /// The pairs of `wanted` for which an IPN of `source` is stored.
+    pub async fn received_transactions(
+        &self,
+        source: &str,
+        wanted: Vec<(String, String)>,
+    ) -> Result<HashSet<(String, String)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.received_transactions(source, wanted).await,
+        }
+    }
+
+    /// Records `alert` unless this transaction of `source` was alerted on before, in one
+    /// transaction. Returns whether it was recorded now.
+    pub async fn record_audit_alert(
+        &self,
+        source: &str,
+        order_id: &str,
+        transaction_id: &str,
+        alert: NewAlert,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.record_audit_alert(source, order_id, transaction_id, alert)
+                    .await
+            }
+        }
+    }
+
+    /// Jobs matching `filter`, newest first.
+    pub async fn review_jobs(&self, filter: ReviewFilter) -> Result<Vec<JobListing>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.review_jobs(filter).await,
+        }
+    }
+
+    /// One job with everything known about it; [`StoreError::NotFound`] for an unknown id.
+    pub async fn job_detail(&self, id: JobId) -> Result<JobDetail, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.job_detail(id).await,
+        }
+    }
+
+    /// Stored IPNs received at or after `since`, newest first, each with its routes.
+    pub async fn review_events(
+        &self,
+        since: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<Vec<EventListing>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.review_events(since, limit).await,
+        }
+    }
+
+    /// One stored IPN with its routes; [`StoreError::NotFound`] for an unknown id.
+    pub async fn review_event(&self, id: EventId) -> Result<EventListing, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.review_event(id).await,
+        }
+    }
+
+    /// `queue retry`: the selected dead, held or pending jobs become `pending`, due at `now`;
+    /// held jobs behind them are released. All or nothing (see the module docs).
+    pub async fn retry_jobs(
+        &self,
+        selection: RetrySelection,
+        operator: Operator,
+        now: i64,
+    ) -> Result<QueueChange, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.retry_jobs(selection, operator, now).await,
+        }
+    }
+
+    /// `queue drop`: the named non-final jobs become `dropped`; held jobs behind them are
+    /// released. All or nothing (see the module docs).
+    pub async fn drop_jobs(
+        &self,
+        ids: Vec<JobId>,
+        operator: Operator,
+        now: i64,
+    ) -> Result<QueueChange, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.drop_jobs(ids, operator, now).await,
+        }
+    }
+
+    /// What a purge with this cutoff would remove, without removing it.
+    pub async fn purge_preview(&self, cutoff: i64) -> Result<PurgeCount, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.purge_preview(cutoff).await,
+        }
+    }
+
+    /// One bounded step of `queue purge`: deletes up to `max_rows` attempt rows of jobs that
+    /// became final (delivered or dropped) before `cutoff`, and empties up to `max_rows` raw
+    /// bodies of IPNs received before `cutoff` whose jobs (at least one) are all final since
+    /// before `cutoff`. Call until it returns zero counts; small batches keep the write lock
+    /// short so the running daemon is not blocked.
+    ///
+    /// Kept, always: `ipns` rows and their business keys (idempotency), jobs, routes, the
+    /// ledger (later refunds need the target's ids), `operator_actions`; raw bodies of IPNs
+    /// that produced no job (a replay may want them after a configuration change) and of
+    /// IPNs with any unfinished job.
+    pub async fn purge_history_batch(
+        &self,
+        cutoff: i64,
+        max_rows: u32,
+    ) -> Result<PurgeCount, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.purge_history_batch(cutoff, max_rows).await,
+        }
+    }
+
+    /// Writes one audit row not tied to a job (e.g. a finished purge).
+    pub async fn record_operator_action(
+        &self,
+        command: &str,
+        operator: Operator,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.record_operator_action(command, operator, now).await,
+        }
+    }
 }

@@ -6,10 +6,11 @@ use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::alerts::NewAlert;
-use super::{Store, StoreError};
+use super::SqliteStore;
+use crate::store::StoreError;
+use crate::store::alerts::NewAlert;
 
-impl Store {
+impl SqliteStore {
     /// The pairs of `wanted` for which an IPN of `source` is stored.
     pub async fn received_transactions(
         &self,

@@ -45,7 +45,7 @@ fn proc_path(msg: &str) -> PathBuf {
 async fn the_health_probe_is_a_real_write_to_the_database_file() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
-    let store = Store::open(&path).expect("open");
+    let store = SqliteStore::open(&path).expect("open");
     let observer = rusqlite::Connection::open(&path).expect("observer");
     let version = || -> i64 {
         observer
@@ -64,7 +64,7 @@ async fn the_health_probe_is_a_real_write_to_the_database_file() {
 async fn a_deleted_database_refuses_every_operation_and_its_content_stays_recoverable() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
-    let store = Store::open(&path).expect("open");
+    let store = SqliteStore::open(&path).expect("open");
     store.ingest(ipn("k1")).await.expect("first IPN");
     std::fs::remove_file(&path).expect("rm");
 
@@ -106,11 +106,11 @@ async fn a_deleted_database_refuses_every_operation_and_its_content_stays_recove
 async fn a_replaced_database_is_noticed_before_the_commit_is_acknowledged() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
-    let store = Store::open(&path).expect("open");
+    let store = SqliteStore::open(&path).expect("open");
     store.ingest(ipn("k1")).await.expect("first IPN");
     // Another (valid) database moved over the path, as `mv` or a careless restore does.
     let other = dir.path().join("other.db");
-    Store::open(&other).expect("other").close().await;
+    SqliteStore::open(&other).expect("other").close().await;
     std::fs::rename(&other, &path).expect("replace");
 
     match store.ingest(ipn("k2")).await {
@@ -129,7 +129,7 @@ async fn a_replaced_database_is_noticed_before_the_commit_is_acknowledged() {
 async fn a_database_overwritten_in_place_is_refused_and_leaves_no_wal_behind() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
-    let store = Store::open(&path).expect("open");
+    let store = SqliteStore::open(&path).expect("open");
     store.ingest(ipn("k1")).await.expect("first IPN");
     use std::os::unix::fs::FileExt;
     std::fs::OpenOptions::new()
@@ -159,9 +159,9 @@ async fn a_database_overwritten_in_place_is_refused_and_leaves_no_wal_behind() {
 async fn only_one_daemon_opens_a_database_and_the_operator_commands_still_do() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
-    let daemon = Store::open_exclusive(&path, EmptyFile::Refuse).expect("first daemon");
+    let daemon = SqliteStore::open_exclusive(&path, EmptyFile::Refuse).expect("first daemon");
     daemon.ingest(ipn("k1")).await.expect("ingest");
-    match Store::open_exclusive(&path, EmptyFile::Refuse) {
+    match SqliteStore::open_exclusive(&path, EmptyFile::Refuse) {
         Err(StoreError::InUse(msg)) => {
             assert!(msg.contains(&path.display().to_string()), "{msg}");
             assert!(
@@ -171,12 +171,12 @@ async fn only_one_daemon_opens_a_database_and_the_operator_commands_still_do() {
         }
         other => panic!("expected InUse, got {other:?}"),
     }
-    let operator = Store::open(&path).expect("queue/events open beside the daemon");
+    let operator = SqliteStore::open(&path).expect("queue/events open beside the daemon");
     assert_eq!(operator.list_ipns(None).await.expect("list").len(), 1);
     operator.close().await;
     daemon.close().await;
     // Closing the daemon's store releases the lock (a restart in the same process).
-    Store::open_exclusive(&path, EmptyFile::Refuse)
+    SqliteStore::open_exclusive(&path, EmptyFile::Refuse)
         .expect("reopen after close")
         .close()
         .await;
@@ -188,8 +188,8 @@ async fn an_empty_file_is_refused_unless_initialising_and_a_missing_one_is_creat
     let path = dir.path().join("t.db");
     std::fs::write(&path, b"").expect("empty file");
     for result in [
-        Store::open(&path),
-        Store::open_exclusive(&path, EmptyFile::Refuse),
+        SqliteStore::open(&path),
+        SqliteStore::open_exclusive(&path, EmptyFile::Refuse),
     ] {
         match result {
             Err(StoreError::Damaged(msg)) => assert!(msg.contains("--init"), "{msg}"),
@@ -201,19 +201,19 @@ async fn an_empty_file_is_refused_unless_initialising_and_a_missing_one_is_creat
         0,
         "left alone"
     );
-    let store = Store::open_exclusive(&path, EmptyFile::Initialise).expect("--init");
+    let store = SqliteStore::open_exclusive(&path, EmptyFile::Initialise).expect("--init");
     store.ingest(ipn("k1")).await.expect("usable");
     store.close().await;
 
     let fresh = dir.path().join("fresh.db");
-    let store = Store::open_exclusive(&fresh, EmptyFile::Refuse).expect("missing file");
+    let store = SqliteStore::open_exclusive(&fresh, EmptyFile::Refuse).expect("missing file");
     store.ingest(ipn("k1")).await.expect("usable");
     store.close().await;
 }
 
 /// A database with some rows whose middle page is overwritten with garbage.
 async fn damaged_database(path: &Path) {
-    let store = Store::open(path).expect("open");
+    let store = SqliteStore::open(path).expect("open");
     for i in 0..400 {
         store.ingest(ipn(&format!("k{i}"))).await.expect("ingest");
     }
@@ -235,7 +235,7 @@ async fn a_damaged_database_is_refused_at_start_by_quick_check() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
     damaged_database(&path).await;
-    match Store::open_exclusive(&path, EmptyFile::Refuse) {
+    match SqliteStore::open_exclusive(&path, EmptyFile::Refuse) {
         Err(StoreError::Damaged(msg)) => {
             assert!(msg.contains("quick_check"), "{msg}");
             assert!(msg.contains(&path.display().to_string()), "{msg}");
@@ -243,7 +243,7 @@ async fn a_damaged_database_is_refused_at_start_by_quick_check() {
         other => panic!("expected Damaged, got {other:?}"),
     }
     // `--init` never overwrites a file that is not empty.
-    assert!(Store::open_exclusive(&path, EmptyFile::Initialise).is_err());
+    assert!(SqliteStore::open_exclusive(&path, EmptyFile::Initialise).is_err());
 }
 
 #[tokio::test]
@@ -251,7 +251,7 @@ async fn a_file_that_is_not_a_database_is_refused_at_start() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
     std::fs::write(&path, vec![b'x'; 8192]).expect("write");
-    match Store::open_exclusive(&path, EmptyFile::Refuse) {
+    match SqliteStore::open_exclusive(&path, EmptyFile::Refuse) {
         Err(StoreError::Damaged(msg)) => {
             assert!(msg.contains("not a usable SQLite database"), "{msg}");
         }
@@ -263,7 +263,7 @@ async fn a_file_that_is_not_a_database_is_refused_at_start() {
 async fn failing_writes_are_counted_and_the_store_recovers_by_itself() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
-    let store = Store::open(&path).expect("open");
+    let store = SqliteStore::open(&path).expect("open");
     store.ingest(ipn("k0")).await.expect("ingest");
     // A full "disk": the file may not grow beyond its current pages.
     let pages: i64 = store

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::domain::{Address, Buyer, ImportRef, Money, Order, OrderItem};
+use crate::store::{alerts, review};
 use alerts::NewAlert;
 
 fn order(reference: &str) -> Order {
@@ -85,8 +86,8 @@ fn report(outcome: Outcome) -> AttemptReport {
 
 use crate::domain::Outcome;
 
-fn open(dir: &tempfile::TempDir) -> Store {
-    Store::open(&dir.path().join("t.db")).expect("open")
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("t.db")).expect("open")
 }
 
 #[tokio::test]
@@ -394,17 +395,17 @@ async fn after_close_operations_are_refused() {
 async fn migrations_are_applied_once_and_a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
-    let store = Store::open(&path).expect("open");
+    let store = SqliteStore::open(&path).expect("open");
     store.ingest(ipn("k1", "A", false)).await.expect("ingest");
     store.close().await;
-    let store = Store::open(&path).expect("reopen");
+    let store = SqliteStore::open(&path).expect("reopen");
     assert_eq!(store.list_ipns(None).await.expect("ipns").len(), 1);
     store.close().await;
     let conn = rusqlite::Connection::open(&path).expect("open");
     conn.execute_batch(&format!("PRAGMA user_version = {}", SCHEMA_VERSION + 1))
         .expect("bump");
     drop(conn);
-    match Store::open(&path) {
+    match SqliteStore::open(&path) {
         Err(StoreError::Incompatible(msg)) => assert!(msg.contains("newer"), "{msg}"),
         other => panic!("expected Incompatible, got {other:?}"),
     }
@@ -881,7 +882,7 @@ async fn the_ledger_keeps_both_ids_of_an_imported_payment_and_rows_from_before_k
     let path = dir.path().join("t.db");
     // A database of schema 4 with an import in its ledger, written before the parent id
     // was kept.
-    let store = Store::open(&path).expect("open");
+    let store = SqliteStore::open(&path).expect("open");
     store.close().await;
     let conn = rusqlite::Connection::open(&path).expect("open");
     conn.execute_batch(
@@ -902,7 +903,7 @@ async fn the_ledger_keeps_both_ids_of_an_imported_payment_and_rows_from_before_k
     .expect("schema 4");
     drop(conn);
 
-    let store = Store::open(&path).expect("migrates");
+    let store = SqliteStore::open(&path).expect("migrates");
     // A new import of the same order item, whose IPN names its parent payment.
     let new = NewIpn {
         parent_transaction_id: Some("199".into()),

@@ -1,0 +1,1171 @@
+//! The SQLite backend: one daemon on one file.
+//!
+//! Ownership: one OS thread owns the SQLite connection (see [`writer`]); [`SqliteStore`] is a
+//! cheap clonable handle that sends closures to it and awaits the reply, which arrives only
+//! after the batch holding the operation has committed (group commit). Other processes (the
+//! CLI) open their own store on the same file; WAL lets them read while the daemon writes,
+//! and SQLite's lock serialises their writes.
+//!
+//! Opening: the daemon uses [`SqliteStore::open_exclusive`], which first takes the lock file
+//! `<db>.lock` (one daemon per database, see [`lock`]) and refuses an empty, damaged or
+//! read-only file (see [`integrity`]); the operator commands use [`SqliteStore::open`], which
+//! takes no lock and skips `quick_check`, but also refuses an empty file. Every store watches
+//! its file after each commit and refuses to acknowledge into a file that was deleted,
+//! replaced or overwritten (see [`writer`]).
+
+mod alerts;
+mod audit;
+mod integrity;
+mod lock;
+mod log_limit;
+mod review;
+#[cfg(test)]
+mod safety_tests;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::alerts::NewAlert;
+use super::{
+    AttemptKind, AttemptRow, Disposition, Ingested, IpnRow, JOB_COLUMNS, JobFilter, JobRow,
+    LEDGER_COLUMNS, LeasedJob, LedgerRow, NewIpn, NewJob, NewRoute, PaymentRoute, Rerouted,
+    RouteDecision, StoreError, StoredIpn, reconciled_kind_names,
+};
+use crate::domain::{
+    Action, ActionKind, AttemptReport, EventId, ImportRef, JobId, JobState, Receipt,
+};
+
+pub use integrity::{EmptyFile, QUICK_CHECK_BUDGET_SECS};
+pub use lock::lock_path;
+pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::*;
+        match e.sqlite_error_code() {
+            Some(
+                DatabaseBusy
+                | DatabaseLocked
+                | SystemIoFailure
+                | DiskFull
+                | ReadOnly
+                | CannotOpen
+                | PermissionDenied
+                | FileLockingProtocolFailed
+                | OutOfMemory,
+            ) => StoreError::Unavailable(e.to_string()),
+            Some(DatabaseCorrupt | NotADatabase) => StoreError::Damaged(e.to_string()),
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Handle to the store. Clone it freely; the writer thread ends when the last clone is
+/// dropped or [`SqliteStore::close`] is called.
+#[derive(Clone)]
+pub struct SqliteStore {
+    tx: mpsc::Sender<writer::Msg>,
+    path: PathBuf,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    stats: Arc<writer::Stats>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+struct Call<F, T> {
+    f: F,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+    read_only: bool,
+}
+
+impl<F, T> writer::Op for Call<F, T>
+where
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+    T: Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> (Result<(), StoreError>, writer::Completion) {
+        let Call { f, reply, .. } = *self;
+        let result = f(conn);
+        let own = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
+        let completion: writer::Completion = Box::new(move |commit| {
+            let _ = reply.send(result.and_then(|v| commit.map(|()| v)));
+        });
+        (own, completion)
+    }
+
+    fn fail(self: Box<Self>, err: StoreError) {
+        let _ = self.reply.send(Err(err));
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database, applies migrations and starts the writer
+    /// thread. What the operator commands use beside a running daemon: no lock, no
+    /// `quick_check`. A zero-length file is refused (see [`EmptyFile`]).
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let before = integrity::check_before_open(path, EmptyFile::Refuse)?;
+        let path = path.to_path_buf();
+        let conn = writer::open_connection(&path)?;
+        schema::migrate(&conn)?;
+        let watch = integrity::FileWatch::new(&path, before)?;
+        SqliteStore::start_writer(path, conn, watch, None)
+    }
+
+    /// Opens the database for the daemon: takes the lock `<db>.lock` first (a second daemon
+    /// fails at once with [`StoreError::InUse`]), refuses a zero-length file unless `empty`
+    /// says to initialise it, refuses a damaged file (`PRAGMA quick_check`, bounded by
+    /// [`QUICK_CHECK_BUDGET_SECS`]) and a read-only one, then migrates and starts the writer,
+    /// which holds the lock until it stops.
+    pub fn open_exclusive(path: &Path, empty: EmptyFile) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_exclusive_with_budget(
+            path,
+            empty,
+            std::time::Duration::from_secs(QUICK_CHECK_BUDGET_SECS),
+        )
+    }
+
+    fn open_exclusive_with_budget(
+        path: &Path,
+        empty: EmptyFile,
+        budget: std::time::Duration,
+    ) -> Result<SqliteStore, StoreError> {
+        let lock = lock::DaemonLock::acquire(path)?;
+        let before = integrity::check_before_open(path, empty)?;
+        let path = path.to_path_buf();
+        let not_a_database = |e: StoreError| match e {
+            StoreError::Damaged(why) => StoreError::Damaged(format!(
+                "{} is not a usable SQLite database ({why}). Restore it from a backup, or move \
+                 it aside to start a new one",
+                path.display()
+            )),
+            other => other,
+        };
+        let mut conn = writer::open_connection(&path).map_err(not_a_database)?;
+        integrity::refuse_read_only(&conn, &path).map_err(not_a_database)?;
+        match integrity::quick_check(&mut conn, &path, budget)? {
+            integrity::QuickCheck::Sound => {}
+            integrity::QuickCheck::Unfinished { after } => tracing::warn!(
+                path = %path.display(), checked_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                "quick_check of the database did not finish within its time budget; started without \
+                 checking the rest (a damaged page still fails the operation that reads it)"
+            ),
+        }
+        schema::migrate(&conn).map_err(not_a_database)?;
+        let watch = integrity::FileWatch::new(&path, before)?;
+        SqliteStore::start_writer(path, conn, watch, Some(lock))
+    }
+
+    fn start_writer(
+        path: PathBuf,
+        conn: Connection,
+        watch: integrity::FileWatch,
+        lock: Option<lock::DaemonLock>,
+    ) -> Result<SqliteStore, StoreError> {
+        let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
+        let stats = Arc::new(writer::Stats::default());
+        let writer = writer::Writer::new(conn, watch, lock, stats.clone());
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            tx,
+            path,
+            thread: Arc::new(Mutex::new(Some(thread))),
+            stats,
+        })
+    }
+
+    /// Operations that failed for a reason of the store since this handle's writer started
+    /// (see [`writer`]); the source of `ipn_bridge_store_errors_total`.
+    pub fn error_count(&self) -> u64 {
+        self.stats
+            .failed_ops
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `(commits, operations committed)` since this handle's writer started.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.stats.commits.load(Relaxed),
+            self.stats.ops.load(Relaxed),
+        )
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Commits what is queued and stops the writer thread, for every clone of this handle:
+    /// later operations fail with [`StoreError::Closed`]. Returns when the thread has ended.
+    pub async fn close(self) {
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        let _ = self.tx.send(writer::Msg::Close).await;
+        if let Some(handle) = thread {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit(f, false).await
+    }
+
+    /// Like `call`, for an operation that only reads (see [`writer::Op::read_only`]).
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    async fn submit<T, F>(&self, f: F, read_only: bool) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(writer::Msg::Op(Box::new(Call {
+                f,
+                reply,
+                read_only,
+            })))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores an IPN with its routing decisions and jobs in one transaction; a repeat of a
+    /// stored IPN writes nothing.
+    pub async fn ingest(&self, ipn: NewIpn) -> Result<Ingested, StoreError> {
+        self.call(move |c| ingest(c, &ipn)).await
+    }
+
+    /// After a crash: every attempt left open is marked `interrupted`, and its job goes back
+    /// to `pending` at `retry_at`, flagged for reconciliation when its action is not safe to
+    /// repeat ([`ActionKind::needs_reconcile`], the one list of such kinds: an import, a
+    /// refund). Returns the number of jobs recovered.
+    pub async fn recover_interrupted(&self, now: i64, retry_at: i64) -> Result<u64, StoreError> {
+        let unsafe_kinds = serde_json::to_string(&reconciled_kind_names())?;
+        self.call(move |c| {
+            c.execute(
+                "UPDATE attempts SET outcome = 'interrupted', finished_at = ?1,
+                        reason = 'the process stopped while this attempt was running'
+                 WHERE outcome IS NULL",
+                params![now],
+            )?;
+            let n = c.execute(
+                "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?1,
+                        needs_reconcile = CASE
+                            WHEN action IN (SELECT value FROM json_each(?3)) THEN 1
+                            ELSE needs_reconcile END,
+                        last_error = 'interrupted by a restart'
+                 WHERE state = 'in_flight'",
+                params![now, retry_at, unsafe_kinds],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    /// Leases up to `limit` due jobs of `target`: each becomes `in_flight` with a new open
+    /// attempt row. A job waits while an earlier job of the same integration and Digistore24
+    /// order is unfinished.
+    pub async fn lease_due(
+        &self,
+        target: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<LeasedJob>, StoreError> {
+        let target = target.to_owned();
+        self.call(move |c| lease_due(c, &target, now, limit)).await
+    }
+
+    /// The earliest `next_attempt_at` of the target's pending jobs.
+    pub async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        let target = target.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT MIN(next_attempt_at) FROM jobs WHERE target = ?1 AND state = 'pending'",
+                params![target],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// A reconcile attempt found nothing: closes it and opens a send attempt for the same
+    /// lease. Returns the new attempt.
+    pub async fn reconciled_absent(
+        &self,
+        job: JobId,
+        attempt_id: i64,
+        report: AttemptReport,
+        now: i64,
+    ) -> Result<(i64, u32), StoreError> {
+        self.call(move |c| {
+            close_attempt(c, attempt_id, now, "absent", &report)?;
+            c.execute(
+                "UPDATE jobs SET needs_reconcile = 0, attempts = attempts + 1, updated_at = ?2
+                 WHERE id = ?1 AND state = 'in_flight'",
+                params![job.0, now],
+            )?;
+            let number: u32 = c.query_row(
+                "SELECT attempts FROM jobs WHERE id = ?1",
+                params![job.0],
+                |r| r.get(0),
+            )?;
+            let id = open_attempt(c, job, number, AttemptKind::Send, now)?;
+            Ok((id, number))
+        })
+        .await
+    }
+
+    /// Records the end of an attempt and moves its job on. `alert` (a dead letter's) is
+    /// written in the same transaction: a job is never dead without its alert, nor an alert
+    /// recorded for a job that is not.
+    pub async fn finish_attempt(
+        &self,
+        job: JobId,
+        attempt_id: i64,
+        report: AttemptReport,
+        disposition: Disposition,
+        alert: Option<NewAlert>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.call(move |c| {
+            finish_attempt(c, job, attempt_id, &report, &disposition, now)?;
+            if let Some(alert) = &alert {
+                alerts::insert_alert(c, alert)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn job(&self, id: JobId) -> Result<JobRow, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                params![id.0],
+                job_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
+        })
+        .await
+    }
+
+    pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRow>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs
+                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR integration = ?2)
+                 ORDER BY id LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(
+                params![
+                    filter.state.map(JobState::as_str),
+                    filter.integration,
+                    filter.limit.map_or(-1, i64::from)
+                ],
+                job_row,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn jobs_of_ipn(&self, ipn: EventId) -> Result<Vec<JobRow>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE ipn_id = ?1 ORDER BY id"
+            ))?;
+            let rows = stmt.query_map(params![ipn.0], job_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRow>, StoreError> {
+        self.read(move |c| attempts_of(c, job.0)).await
+    }
+
+    /// Every ledger entry, oldest first.
+    pub async fn ledger(&self) -> Result<Vec<LedgerRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {LEDGER_COLUMNS} FROM ledger ORDER BY job_id"
+            ))?;
+            let rows = stmt.query_map([], ledger_row)?;
+            rows.map(|row| decode_ledger_row(row?)).collect()
+        })
+        .await
+    }
+
+    /// Stored IPNs, oldest first.
+    pub async fn list_ipns(&self, limit: Option<u32>) -> Result<Vec<IpnRow>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, source, event, order_id, product_id, transaction_id, received_at
+                 FROM ipns ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit.map_or(-1, i64::from)], |r| {
+                Ok(IpnRow {
+                    id: r.get(0)?,
+                    source: r.get(1)?,
+                    event: r.get(2)?,
+                    order_id: r.get(3)?,
+                    product_id: r.get(4)?,
+                    transaction_id: r.get(5)?,
+                    received_at: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Number of jobs per state.
+    pub async fn job_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
+        })
+        .await
+    }
+
+    /// The routing decisions recorded for an IPN: `(integration, decision, reason)`.
+    pub async fn routes_of_ipn(
+        &self,
+        ipn: EventId,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT integration, decision, reason FROM routes WHERE ipn_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![ipn.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The delivered import an action refers to, from the ledger: the latest import of the
+    /// order item in `integration` whose reference `import` matches.
+    pub async fn ledger_import(
+        &self,
+        integration: &str,
+        import: &ImportRef,
+    ) -> Result<Option<Receipt>, StoreError> {
+        let integration = integration.to_owned();
+        let import = import.clone();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT reference, target_order_id, target_customer_id, purchase_ids,
+                        transaction_ids
+                 FROM ledger
+                 WHERE integration = ?1 AND ds24_order_id = ?2 AND action = 'import_order'
+                 ORDER BY job_id DESC",
+            )?;
+            let rows = stmt.query_map(params![integration, import.ds24_order_id], |r| {
+                <(String, Option<String>, Option<String>, String, String)>::try_from(r)
+            })?;
+            for row in rows {
+                let (reference, order_id, customer_id, purchases, transactions) = row?;
+                if import.matches(&reference) {
+                    return Ok(Some(Receipt {
+                        order_id,
+                        customer_id,
+                        purchase_ids: serde_json::from_str(&purchases)?,
+                        transaction_ids: serde_json::from_str(&transactions)?,
+                    }));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    /// Every delivered import of Digistore24 order `ds24_order_id` in `integration`, newest
+    /// first: the candidates a refund or chargeback of the order chooses from.
+    pub async fn ledger_imports(
+        &self,
+        integration: &str,
+        ds24_order_id: &str,
+    ) -> Result<Vec<LedgerRow>, StoreError> {
+        let (integration, order) = (integration.to_owned(), ds24_order_id.to_owned());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {LEDGER_COLUMNS} FROM ledger
+                 WHERE integration = ?1 AND ds24_order_id = ?2 AND action = 'import_order'
+                 ORDER BY job_id DESC"
+            ))?;
+            let rows = stmt.query_map(params![integration, order], ledger_row)?;
+            rows.map(|row| decode_ledger_row(row?)).collect()
+        })
+        .await
+    }
+
+    /// How `integration` last routed the payment IPN of Digistore24 order `ds24_order_id`,
+    /// item `item` (its `order_item_id`, else its product id) whose `transaction_id` or
+    /// `parent_transaction_id` is `payment`; `None` when no such payment IPN was received.
+    pub async fn payment_route(
+        &self,
+        integration: &str,
+        ds24_order_id: &str,
+        item: &str,
+        payment: &str,
+    ) -> Result<Option<PaymentRoute>, StoreError> {
+        let args = (
+            integration.to_owned(),
+            ds24_order_id.to_owned(),
+            item.to_owned(),
+            payment.to_owned(),
+        );
+        self.read(move |c| {
+            let (integration, order, item, payment) = args;
+            Ok(c.prepare_cached(
+                "SELECT i.id, r.decision, r.reason, r.job_id
+                 FROM ipns i JOIN routes r ON r.ipn_id = i.id
+                 WHERE i.order_id = ?2 AND i.event = 'on_payment'
+                   AND COALESCE(i.order_item_id, i.product_id) = ?3
+                   AND (i.transaction_id = ?4 OR i.parent_transaction_id = ?4)
+                   AND r.integration = ?1
+                 ORDER BY i.id DESC, r.id DESC LIMIT 1",
+            )?
+            .query_row(params![integration, order, item, payment], |r| {
+                Ok(PaymentRoute {
+                    ipn_id: EventId(r.get(0)?),
+                    skipped: r.get::<_, String>(1)? == "skipped",
+                    reason: r.get(2)?,
+                    job_id: r.get::<_, Option<i64>>(3)?.map(JobId),
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    /// A stored IPN by id.
+    pub async fn ipn(&self, id: EventId) -> Result<StoredIpn, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, source, event, received_at, raw_body FROM ipns WHERE id = ?1",
+                params![id.0],
+                |r| {
+                    Ok(StoredIpn {
+                        id: EventId(r.get(0)?),
+                        source: r.get(1)?,
+                        event: r.get(2)?,
+                        received_at: r.get(3)?,
+                        raw_body: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("event {id}")))
+        })
+        .await
+    }
+
+    /// Records new routing decisions for a stored IPN (a replay with today's
+    /// configuration). A job is created only where the IPN has none for that integration
+    /// yet, so a replay can never repeat an import. An existing job that is dead or dropped
+    /// (a wrong product map made Konnektive refuse it, say) is re-routed in place: it takes
+    /// today's action and becomes pending, keeping its id, its attempts and any pending
+    /// reconciliation, so an earlier attempt that may have reached Konnektive is still looked
+    /// up first. Any other existing job is reported and kept. Recorded in `operator_actions`.
+    pub async fn add_routes(
+        &self,
+        ipn: EventId,
+        routes: Vec<NewRoute>,
+        user: String,
+        now: i64,
+    ) -> Result<Vec<Rerouted>, StoreError> {
+        self.call(move |c| {
+            let mut out = Vec::with_capacity(routes.len());
+            for route in &routes {
+                let existing: Option<(i64, String)> = c
+                    .prepare_cached(
+                        "SELECT id, state FROM jobs WHERE ipn_id = ?1 AND integration = ?2",
+                    )?
+                    .query_row(params![ipn.0, route.integration], |r| <_>::try_from(r))
+                    .optional()?;
+                let (decision, reason, job_id, result) = match (&route.decision, existing) {
+                    (RouteDecision::Job { job, reason }, Some((id, state)))
+                        if state == "dead" || state == "dropped" =>
+                    {
+                        reroute_job(c, JobId(id), job, now)?;
+                        (
+                            "job",
+                            format!("replay: re-routed {state} job {id}; {reason}"),
+                            Some(id),
+                            Rerouted::Rerouted {
+                                job: JobId(id),
+                                was: state,
+                            },
+                        )
+                    }
+                    (RouteDecision::Job { reason, .. }, Some((id, state))) => (
+                        "job",
+                        format!("replay: kept existing job {id} ({state}); {reason}"),
+                        Some(id),
+                        Rerouted::Existing {
+                            job: JobId(id),
+                            state,
+                        },
+                    ),
+                    (RouteDecision::Job { job, reason }, None) => {
+                        let id = insert_job(c, ipn.0, &route.integration, job, now)?;
+                        (
+                            "job",
+                            format!("replay: {reason}"),
+                            Some(id.0),
+                            Rerouted::Created(id),
+                        )
+                    }
+                    (RouteDecision::Skip { reason }, _) => (
+                        "skipped",
+                        format!("replay: {reason}"),
+                        None,
+                        Rerouted::Skipped,
+                    ),
+                };
+                c.prepare_cached(
+                    "INSERT INTO routes (ipn_id, integration, decision, reason, job_id, decided_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    ipn.0,
+                    route.integration,
+                    decision,
+                    reason,
+                    job_id,
+                    now
+                ])?;
+                out.push(result);
+            }
+            c.prepare_cached(
+                "INSERT INTO operator_actions (at, user, command, ipn_id, reason)
+                 VALUES (?1, ?2, 'replay', ?3, 'replay with the current configuration')",
+            )?
+            .execute(params![now, user, ipn.0])?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// A cheap real write that proves the database file accepts commits (for health
+    /// checks): page 1 of the file is rewritten (its `application_id`) and committed with an
+    /// fsync like any IPN, and the writer checks afterwards that the file is still the one
+    /// at the path. The error says why not.
+    pub async fn probe_writable(&self) -> Result<(), StoreError> {
+        self.call(|c| {
+            c.prepare_cached(&format!(
+                "PRAGMA application_id = {}",
+                writer::APPLICATION_ID
+            ))?
+            .execute([])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// A ledger row with its two JSON lists still encoded (rusqlite's row closures cannot
+/// return a JSON error; [`decode_ledger_row`] finishes the job).
+fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(LedgerRow, String, String)> {
+    Ok((
+        LedgerRow {
+            job_id: r.get(0)?,
+            integration: r.get(1)?,
+            ds24_order_id: r.get(2)?,
+            ds24_item: r.get(3)?,
+            ds24_transaction_id: r.get(4)?,
+            reference: r.get(5)?,
+            target_order_id: r.get(6)?,
+            target_customer_id: r.get(7)?,
+            purchase_ids: Vec::new(),
+            transaction_ids: Vec::new(),
+            created_at: r.get(10)?,
+            ds24_parent_transaction_id: r.get(11)?,
+        },
+        r.get(8)?,
+        r.get(9)?,
+    ))
+}
+
+fn decode_ledger_row(
+    (mut entry, purchases, transactions): (LedgerRow, String, String),
+) -> Result<LedgerRow, StoreError> {
+    entry.purchase_ids = serde_json::from_str(&purchases)?;
+    entry.transaction_ids = serde_json::from_str(&transactions)?;
+    Ok(entry)
+}
+
+/// Every attempt of a job, oldest first.
+fn attempts_of(c: &Connection, job_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, job_id, number, kind, started_at, finished_at, outcome, endpoint,
+                http_status, request, response, reason
+         FROM attempts WHERE job_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![job_id], |r| {
+        Ok(AttemptRow {
+            id: r.get(0)?,
+            job_id: r.get(1)?,
+            number: r.get(2)?,
+            kind: r.get(3)?,
+            started_at: r.get(4)?,
+            finished_at: r.get(5)?,
+            outcome: r.get(6)?,
+            endpoint: r.get(7)?,
+            http_status: r.get(8)?,
+            request: r.get(9)?,
+            response: r.get(10)?,
+            reason: r.get(11)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        ipn_id: r.get(1)?,
+        integration: r.get(2)?,
+        target: r.get(3)?,
+        action: r.get(4)?,
+        order_key: r.get(5)?,
+        state: r.get(6)?,
+        attempts: r.get(7)?,
+        needs_reconcile: r.get(8)?,
+        next_attempt_at: r.get(9)?,
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
+        last_error: r.get(12)?,
+    })
+}
+
+fn ingest(c: &Connection, ipn: &NewIpn) -> Result<Ingested, StoreError> {
+    let inserted: Option<i64> = c
+        .prepare_cached(
+            "INSERT INTO ipns (source, business_key, event, order_id, order_item_id, product_id,
+                               transaction_id, buyer_email, amount, currency, received_at, raw_body,
+                               parent_transaction_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT (source, business_key) DO NOTHING
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                ipn.source,
+                ipn.business_key,
+                ipn.event,
+                ipn.order_id,
+                ipn.order_item_id,
+                ipn.product_id,
+                ipn.transaction_id,
+                ipn.buyer_email,
+                ipn.amount,
+                ipn.currency,
+                ipn.received_at,
+                ipn.raw_body,
+                ipn.parent_transaction_id
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(ipn_id) = inserted else {
+        let existing: i64 = c
+            .prepare_cached("SELECT id FROM ipns WHERE source = ?1 AND business_key = ?2")?
+            .query_row(params![ipn.source, ipn.business_key], |r| r.get(0))?;
+        return Ok(Ingested::Duplicate {
+            ipn_id: EventId(existing),
+        });
+    };
+    let mut jobs = Vec::new();
+    for route in &ipn.routes {
+        let (decision, reason, job_id) = match &route.decision {
+            RouteDecision::Skip { reason } => ("skipped", reason.as_str(), None),
+            RouteDecision::Job { job, reason } => {
+                let id = insert_job(c, ipn_id, &route.integration, job, ipn.received_at)?;
+                jobs.push(id);
+                ("job", reason.as_str(), Some(id.0))
+            }
+        };
+        c.prepare_cached(
+            "INSERT INTO routes (ipn_id, integration, decision, reason, job_id, decided_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            ipn_id,
+            route.integration,
+            decision,
+            reason,
+            job_id,
+            ipn.received_at
+        ])?;
+    }
+    for alert in &ipn.alerts {
+        alerts::insert_alert(c, &super::alerts::with_event_id(alert, EventId(ipn_id)))?;
+    }
+    Ok(Ingested::Stored {
+        ipn_id: EventId(ipn_id),
+        jobs,
+    })
+}
+
+fn insert_job(
+    c: &Connection,
+    ipn_id: i64,
+    integration: &str,
+    job: &NewJob,
+    now: i64,
+) -> Result<JobId, StoreError> {
+    let payload = serde_json::to_string(&job.action)?;
+    let hold = hold_reason(c, integration, &job.order_key, job.action.kind(), i64::MAX)?;
+    let id = c
+        .prepare_cached(
+            "INSERT INTO jobs (ipn_id, integration, target, action, payload, order_key, state,
+                               next_attempt_at, created_at, updated_at, last_error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                ipn_id,
+                integration,
+                job.target,
+                job.action.kind().config_name(),
+                payload,
+                job.order_key,
+                if hold.is_some() { "held" } else { "pending" },
+                job.not_before,
+                now,
+                hold
+            ],
+            |r| r.get(0),
+        )?;
+    Ok(JobId(id))
+}
+
+/// Gives a dead or dropped job a new action (a replay) and makes it pending; the jobs held
+/// behind it that no other dead job blocks are released.
+fn reroute_job(c: &Connection, id: JobId, job: &NewJob, now: i64) -> Result<(), StoreError> {
+    let payload = serde_json::to_string(&job.action)?;
+    c.prepare_cached(
+        "UPDATE jobs SET target = ?2, action = ?3, payload = ?4, state = 'pending',
+                next_attempt_at = ?5, retry_base = ?5, updated_at = ?5, last_error = NULL
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id.0,
+        job.target,
+        job.action.kind().config_name(),
+        payload,
+        now.max(job.not_before)
+    ])?;
+    c.prepare_cached(
+        "UPDATE jobs SET state = 'pending', updated_at = ?2, last_error = NULL
+         WHERE state = 'held'
+           AND (integration, order_key) = (SELECT integration, order_key FROM jobs WHERE id = ?1)
+           AND NOT EXISTS (
+               SELECT 1 FROM jobs e
+               WHERE e.integration = jobs.integration AND e.order_key = jobs.order_key
+                 AND e.id < jobs.id AND e.state = 'dead')",
+    )?
+    .execute(params![id.0, now])?;
+    Ok(())
+}
+
+/// Why a new job with action `kind` of `(integration, order_key)` must be held: the first
+/// dead earlier job of the same Digistore24 order that it depends on, with its error.
+///
+/// Jobs of one order run in the order received, with one exception: an import never waits
+/// for (and is never held behind) an earlier refund, chargeback or cancellation, because it
+/// cannot depend on them, while they may be waiting for it: Digistore24 does not guarantee
+/// the order of IPNs, and a refund can arrive before its payment.
+fn hold_reason(
+    c: &Connection,
+    integration: &str,
+    order_key: &str,
+    kind: ActionKind,
+    before: i64,
+) -> Result<Option<String>, StoreError> {
+    Ok(c.prepare_cached(
+        "SELECT 'held: job ' || id || ' of the same Digistore24 order is dead'
+                || COALESCE(' (' || last_error || ')', '')
+         FROM jobs
+         WHERE integration = ?1 AND order_key = ?2 AND id < ?3 AND state = 'dead'
+           AND (?4 != 'import_order' OR action = 'import_order')
+         ORDER BY id LIMIT 1",
+    )?
+    .query_row(
+        params![integration, order_key, before, kind.config_name()],
+        |r| r.get(0),
+    )
+    .optional()?)
+}
+
+/// Holds the unfinished jobs that follow a job that just died.
+fn hold_followers(c: &Connection, dead: JobId, now: i64) -> Result<(), StoreError> {
+    let (integration, order_key, error, action): (String, String, Option<String>, String) = c
+        .prepare_cached(
+            "SELECT integration, order_key, last_error, action FROM jobs WHERE id = ?1",
+        )?
+        .query_row(params![dead.0], |r| <_>::try_from(r))?;
+    let reason = format!(
+        "held: job {dead} of the same Digistore24 order is dead{}",
+        error.map(|e| format!(" ({e})")).unwrap_or_default()
+    );
+    c.prepare_cached(
+        "UPDATE jobs SET state = 'held', last_error = ?4, updated_at = ?5
+         WHERE integration = ?1 AND order_key = ?2 AND id > ?3 AND state = 'pending'
+           AND (action != 'import_order' OR ?6 = 'import_order')",
+    )?
+    .execute(params![integration, order_key, dead.0, reason, now, action])?;
+    Ok(())
+}
+
+/// After an import was delivered, the actions of the same order waiting for it (a refund
+/// that arrived first, say) are due at once instead of at their next back-off.
+fn wake_dependents(c: &Connection, delivered: JobId, now: i64) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE jobs SET next_attempt_at = MIN(next_attempt_at, ?2)
+         WHERE state = 'pending' AND action != 'import_order'
+           AND (integration, order_key) =
+               (SELECT integration, order_key FROM jobs
+                WHERE id = ?1 AND action = 'import_order')",
+    )?
+    .execute(params![delivered.0, now])?;
+    Ok(())
+}
+
+fn lease_due(
+    c: &Connection,
+    target: &str,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<LeasedJob>, StoreError> {
+    // (id, ipn_id, integration, target, payload, needs_reconcile, attempts, created_at,
+    //  retry_base)
+    type Candidate = (i64, i64, String, String, String, bool, u32, i64, i64);
+    let candidates: Vec<Candidate> = {
+        let mut stmt = c.prepare_cached(
+            "SELECT j.id, j.ipn_id, j.integration, j.target, j.payload, j.needs_reconcile,
+                    j.attempts, j.created_at, COALESCE(j.retry_base, j.created_at)
+             FROM jobs j
+             WHERE j.target = ?1 AND j.state = 'pending' AND j.next_attempt_at <= ?2
+               AND NOT EXISTS (
+                   SELECT 1 FROM jobs e
+                   WHERE e.integration = j.integration AND e.order_key = j.order_key
+                     AND e.id < j.id AND e.state IN ('pending', 'in_flight', 'held', 'dead')
+                     AND (j.action != 'import_order' OR e.action = 'import_order'))
+             ORDER BY j.next_attempt_at, j.id
+             LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![target, now, limit as i64], |r| {
+            Candidate::try_from(r)
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut leased = Vec::with_capacity(candidates.len());
+    for (id, ipn_id, integration, target, payload, reconcile, attempts, created_at, retry_base) in
+        candidates
+    {
+        let action: Action = serde_json::from_str(&payload)?;
+        let number = attempts + 1;
+        c.prepare_cached(
+            "UPDATE jobs SET state = 'in_flight', attempts = ?2, updated_at = ?3 WHERE id = ?1",
+        )?
+        .execute(params![id, number, now])?;
+        let kind = if reconcile {
+            AttemptKind::Reconcile
+        } else {
+            AttemptKind::Send
+        };
+        let attempt_id = open_attempt(c, JobId(id), number, kind, now)?;
+        leased.push(LeasedJob {
+            id: JobId(id),
+            ipn_id: EventId(ipn_id),
+            integration,
+            target,
+            action,
+            attempt_id,
+            attempt_no: number,
+            kind,
+            created_at,
+            retry_base,
+        });
+    }
+    Ok(leased)
+}
+
+fn open_attempt(
+    c: &Connection,
+    job: JobId,
+    number: u32,
+    kind: AttemptKind,
+    now: i64,
+) -> Result<i64, StoreError> {
+    Ok(c.prepare_cached(
+        "INSERT INTO attempts (job_id, number, kind, started_at) VALUES (?1, ?2, ?3, ?4)
+         RETURNING id",
+    )?
+    .query_row(params![job.0, number, kind.as_str(), now], |r| r.get(0))?)
+}
+
+fn close_attempt(
+    c: &Connection,
+    attempt_id: i64,
+    now: i64,
+    outcome: &str,
+    report: &AttemptReport,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE attempts SET finished_at = ?2, outcome = ?3, endpoint = ?4, http_status = ?5,
+                request = ?6, response = ?7, reason = ?8
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        attempt_id,
+        now,
+        outcome,
+        report.endpoint,
+        report.http_status,
+        report.request,
+        report.response,
+        report.outcome.reason()
+    ])?;
+    Ok(())
+}
+
+fn finish_attempt(
+    c: &Connection,
+    job: JobId,
+    attempt_id: i64,
+    report: &AttemptReport,
+    disposition: &Disposition,
+    now: i64,
+) -> Result<(), StoreError> {
+    close_attempt(c, attempt_id, now, report.outcome.label(), report)?;
+    let last_error = match report.outcome.reason() {
+        "" => None,
+        r => Some(r.to_owned()),
+    };
+    match disposition {
+        Disposition::Delivered(receipt) => {
+            c.prepare_cached(
+                "UPDATE jobs SET state = 'delivered', needs_reconcile = 0, updated_at = ?2,
+                        last_error = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![job.0, now])?;
+            write_ledger(c, job, receipt, now)?;
+            wake_dependents(c, job, now)?;
+        }
+        Disposition::Retry { at, reconcile } => {
+            c.prepare_cached(
+                "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?3,
+                        needs_reconcile = ?4, last_error = ?5
+                 WHERE id = ?1",
+            )?
+            .execute(params![job.0, at, now, reconcile, last_error])?;
+        }
+        Disposition::Requeue { at } => {
+            c.prepare_cached(
+                "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?3,
+                        attempts = MAX(attempts - 1, 0), last_error = ?4
+                 WHERE id = ?1",
+            )?
+            .execute(params![job.0, at, now, last_error])?;
+        }
+        Disposition::Dead => {
+            c.prepare_cached(
+                "UPDATE jobs SET state = 'dead', updated_at = ?2, last_error = ?3 WHERE id = ?1",
+            )?
+            .execute(params![job.0, now, last_error])?;
+            hold_followers(c, job, now)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_ledger(c: &Connection, job: JobId, receipt: &Receipt, now: i64) -> Result<(), StoreError> {
+    /// `(integration, payload, order_id, order_item_id, product_id, transaction_id,
+    /// parent_transaction_id)` of the job and its IPN.
+    type Source = (
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let (integration, payload, order_id, item, product, txn, parent): Source = c
+        .prepare_cached(
+            "SELECT j.integration, j.payload, i.order_id, i.order_item_id, i.product_id,
+                    i.transaction_id, i.parent_transaction_id
+             FROM jobs j JOIN ipns i ON i.id = j.ipn_id WHERE j.id = ?1",
+        )?
+        .query_row(params![job.0], |r| <_>::try_from(r))?;
+    let action: Action = serde_json::from_str(&payload)?;
+    let reference = action
+        .reconcile_reference()
+        .map(|o| o.reference.clone())
+        .unwrap_or_default();
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO ledger (job_id, integration, ds24_order_id, ds24_item,
+                ds24_transaction_id, reference, target_order_id, target_customer_id,
+                purchase_ids, transaction_ids, created_at, action, ds24_parent_transaction_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        job.0,
+        integration,
+        order_id.unwrap_or_default(),
+        item.or(product),
+        txn,
+        reference,
+        receipt.order_id,
+        receipt.customer_id,
+        serde_json::to_string(&receipt.purchase_ids)?,
+        serde_json::to_string(&receipt.transaction_ids)?,
+        now,
+        action.kind().config_name(),
+        parent
+    ])?;
+    Ok(())
+}
