@@ -12,6 +12,10 @@
 //! Duplicates are refused across instances by the unique constraint
 //! `ipns (source, business_key)`.
 
+mod alerts;
+mod audit;
+mod jobs;
+mod review;
 pub mod schema;
 
 use std::sync::Arc;

@@ -2,76 +2,11 @@
 //! the job life cycle through a crash, per-order sequencing, close and migrations.
 
 use super::*;
-use crate::domain::{Address, Buyer, ImportRef, Money, Order, OrderItem};
+use crate::domain::{ImportRef, Money};
 use crate::store::{alerts, review};
 use alerts::NewAlert;
 
-fn order(reference: &str) -> Order {
-    Order {
-        reference: reference.into(),
-        reference_field: "custom1".into(),
-        campaign_id: 12,
-        buyer: Buyer {
-            email: "jane@example.com".into(),
-            ..Buyer::default()
-        },
-        address: Address::default(),
-        items: vec![OrderItem {
-            product_id: 31,
-            quantity: 1,
-            unit_price: Money::from_minor(9700),
-            ship_price: Money::ZERO,
-        }],
-        currency: "USD".into(),
-        placed_on: "2026-11-22".into(),
-        extra_fields: Vec::new(),
-        address_fallback: Vec::new(),
-    }
-}
-
-fn ipn(key: &str, order_id: &str, with_job: bool) -> NewIpn {
-    let routes = if with_job {
-        vec![NewRoute {
-            integration: "main".into(),
-            decision: RouteDecision::Job {
-                job: NewJob {
-                    target: "crm".into(),
-                    action: Box::new(Action::ImportOrder {
-                        order: Box::new(order(&format!("DS24-{key}"))),
-                        auto_approve: false,
-                    }),
-                    order_key: order_id.into(),
-                    not_before: 1_000,
-                },
-                reason: "import".into(),
-            },
-        }]
-    } else {
-        vec![NewRoute {
-            integration: "main".into(),
-            decision: RouteDecision::Skip {
-                reason: "language fr not in [de, en]".into(),
-            },
-        }]
-    };
-    NewIpn {
-        source: "ds24".into(),
-        business_key: key.into(),
-        event: "on_payment".into(),
-        order_id: Some(order_id.into()),
-        order_item_id: Some("1".into()),
-        product_id: Some("412346".into()),
-        transaction_id: Some(format!("t-{key}")),
-        buyer_email: Some("jane@example.com".into()),
-        amount: Some("97.00".into()),
-        currency: Some("USD".into()),
-        received_at: 1_000,
-        raw_body: b"event=on_payment".to_vec(),
-        routes,
-        alerts: Vec::new(),
-        parent_transaction_id: None,
-    }
-}
+use crate::store::tests::{ipn, order};
 
 fn report(outcome: Outcome) -> AttemptReport {
     AttemptReport {
@@ -88,40 +23,6 @@ use crate::domain::Outcome;
 
 fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&dir.path().join("t.db")).expect("open")
-}
-
-#[tokio::test]
-async fn a_repeated_ipn_is_stored_once_and_creates_no_job() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = open(&dir);
-    let first = store.ingest(ipn("k1", "A", true)).await.expect("ingest");
-    let Ingested::Stored { ipn_id, jobs } = first else {
-        panic!("stored expected");
-    };
-    assert_eq!(jobs.len(), 1);
-    let again = store.ingest(ipn("k1", "A", true)).await.expect("ingest");
-    assert_eq!(again, Ingested::Duplicate { ipn_id });
-    assert_eq!(
-        store
-            .list_jobs(JobFilter::default())
-            .await
-            .expect("jobs")
-            .len(),
-        1
-    );
-    let skipped = store.ingest(ipn("k2", "B", false)).await.expect("ingest");
-    let Ingested::Stored { ipn_id, jobs } = skipped else {
-        panic!("stored expected");
-    };
-    assert!(jobs.is_empty());
-    assert_eq!(
-        store.routes_of_ipn(ipn_id).await.expect("routes"),
-        vec![(
-            "main".to_owned(),
-            "skipped".to_owned(),
-            "language fr not in [de, en]".to_owned()
-        )]
-    );
 }
 
 /// While another process holds the write lock briefly, concurrent ingests queue up; when it
