@@ -61,3 +61,16 @@ impl PgStore {
         ))
     }
 }
+
+/// Writes an alert and its delivery rows inside the caller's transaction (the state change
+/// it reports, or [`PgStore::record_alert`] alone). Returns the alert's id.
+#[allow(dead_code)]
+pub(super) async fn insert_alert(
+    tx: &deadpool_postgres::Transaction<'_>,
+    a: &NewAlert,
+) -> Result<i64, StoreError> {
+    let _ = (tx, a);
+    Err(StoreError::Internal(
+        "insert_alert: not yet on PostgreSQL".into(),
+    ))
+}

@@ -6,6 +6,8 @@
 //! message on stderr (and `.ci/run` says so loudly). Tests of what only one backend has
 //! (SQLite's file safety and group commit, PostgreSQL's locks) live beside that backend.
 
+mod review_suite;
+
 use super::*;
 use crate::domain::{Address, Buyer, Money, Order, OrderItem};
 
