@@ -314,6 +314,18 @@ pub(crate) fn reconciled_kind_names() -> Vec<&'static str> {
         .collect()
 }
 
+/// Whether this instance dispatches a target (see [`Store::claim_target`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This instance dispatches it, as before.
+    Held,
+    /// This instance has just become its dispatcher; `recovered` jobs that another
+    /// instance left in flight were recovered (reconciled before any resend).
+    Taken { recovered: u64 },
+    /// Another instance dispatches it.
+    Elsewhere,
+}
+
 /// The store: one API over the backends (see the module doc). Clone it freely.
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -362,6 +374,46 @@ impl Store {
         match self {
             Store::Sqlite(s) => Some(s.path()),
             Store::Postgres(_) => None,
+        }
+    }
+
+    /// `sqlite` or `postgresql`.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// Where the data is, for people: the SQLite file, or the PostgreSQL database as
+    /// `postgres://user@host:port/db` (never the password).
+    pub fn database(&self) -> String {
+        match self {
+            Store::Sqlite(s) => s.path().display().to_string(),
+            Store::Postgres(s) => s.shown_url().to_owned(),
+        }
+    }
+
+    /// Whether several daemons may share this store (PostgreSQL). Each then recovers the
+    /// interrupted jobs of a target when it takes the target over ([`Store::claim_target`]),
+    /// never all of them at start, which would take jobs from a running instance.
+    pub fn shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
+    /// Whether this instance dispatches `target` now. SQLite: always (one daemon per file,
+    /// which recovered everything at start). PostgreSQL: one instance per target, chosen by
+    /// an advisory lock with fail-over (see [`postgres::claims`]); a new claim first
+    /// recovers the target's jobs left in flight, due at `retry_at`.
+    pub async fn claim_target(
+        &self,
+        target: &str,
+        now: i64,
+        retry_at: i64,
+    ) -> Result<Claim, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(Claim::Held),
+            Store::Postgres(s) => s.claim_target(target, now, retry_at).await,
         }
     }
 

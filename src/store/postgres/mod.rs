@@ -14,6 +14,7 @@
 
 mod alerts;
 mod audit;
+pub mod claims;
 mod jobs;
 mod review;
 pub mod schema;
@@ -38,6 +39,8 @@ pub struct PgStore {
     /// The connection string without its password, for messages.
     shown: Arc<str>,
     stats: Arc<Stats>,
+    /// The dispatcher locks of this instance (see [`claims`]).
+    claims: Arc<claims::Claims>,
 }
 
 #[derive(Default)]
@@ -62,6 +65,7 @@ impl PgStore {
             ))
         })?;
         let shown: Arc<str> = shown_url(&config).into();
+        let claims = Arc::new(claims::Claims::new(config.clone()));
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -77,6 +81,7 @@ impl PgStore {
             pool,
             shown,
             stats: Arc::new(Stats::default()),
+            claims,
         };
         let mut client = store.client().await?;
         schema::migrate(&mut client).await?;
@@ -112,6 +117,7 @@ impl PgStore {
 
     /// Closes every pooled connection; later operations fail with [`StoreError::Closed`].
     pub async fn close(self) {
+        self.claims.release().await;
         self.pool.close();
     }
 }
