@@ -275,5 +275,32 @@ async fn two_daemons_share_one_queue_and_one_rate_limit_and_survive_a_sigkill() 
         fake.requests().len() > IPNS,
         "the test sent fewer requests than jobs"
     );
+
+    // `events` and `replay` work against the shared database while an instance runs: a
+    // replay of a delivered IPN keeps its job and imports nothing again.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ipn-bridge"))
+            .args(args)
+            .arg("-c")
+            .arg(work_b.config_path())
+            .output()
+            .expect("operator command");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let events = cli(&["events", "list", "--limit", "0"]);
+    assert!(events.contains("PG000002"), "{events}");
+    let delivered = jobs
+        .iter()
+        .find(|j| j.state == "delivered")
+        .expect("a delivered job");
+    let replayed = cli(&["replay", &delivered.ipn_id.to_string()]);
+    assert!(replayed.contains("kept"), "{replayed}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(fake.orders().len(), found.len(), "a replay imported again");
     drop(survivor);
 }
