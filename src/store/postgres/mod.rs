@@ -110,6 +110,26 @@ impl PgStore {
         (n, n)
     }
 
+    /// Counts the result of one operation for [`PgStore::error_count`] and
+    /// [`PgStore::commit_stats`], and passes it on: a success is one commit (one transaction
+    /// per operation; a read counts as one too, as on SQLite where it rides a batch), a
+    /// failure of the store itself (`Unavailable`, `Internal`, `Damaged`) one failed
+    /// operation. A refused request (`Invalid`, `NotFound`, …) is neither. Every public
+    /// operation of the backend ends in it.
+    #[allow(dead_code)] // until the operations use it (next commits)
+    pub(super) fn count<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &r {
+            Ok(_) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(StoreError::Unavailable(_) | StoreError::Internal(_) | StoreError::Damaged(_)) => {
+                self.stats.failed_ops.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
     /// Closes every pooled connection; later operations fail with [`StoreError::Closed`].
     pub async fn close(self) {
         self.pool.close();
@@ -202,6 +222,32 @@ mod tests {
             .expect("bump");
         let err = PgStore::connect(&url).await.expect_err("newer schema");
         assert!(matches!(err, StoreError::Incompatible(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn count_adds_successes_to_commits_and_store_failures_to_errors() {
+        let Some(url) = crate::store::testing::fresh_database().await else {
+            return;
+        };
+        let store = PgStore::connect(&url).await.expect("connect");
+        let (commits, _) = store.commit_stats();
+        assert_eq!(store.count(Ok(7)), Ok(7));
+        for failure in [
+            StoreError::Unavailable("down".into()),
+            StoreError::Internal("bug".into()),
+            StoreError::Damaged("bad".into()),
+        ] {
+            assert_eq!(store.count::<()>(Err(failure.clone())), Err(failure));
+        }
+        for answer in [
+            StoreError::Invalid("no".into()),
+            StoreError::NotFound("x".into()),
+        ] {
+            assert_eq!(store.count::<()>(Err(answer.clone())), Err(answer));
+        }
+        assert_eq!(store.commit_stats(), (commits + 1, commits + 1));
+        assert_eq!(store.error_count(), 3);
+        store.close().await;
     }
 
     #[test]
