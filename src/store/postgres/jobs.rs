@@ -253,10 +253,20 @@ impl PgStore {
     }
 
     pub async fn jobs_of_ipn(&self, ipn: EventId) -> Result<Vec<JobRow>, StoreError> {
-        let _ = (ipn,);
-        Err(StoreError::Internal(
-            "jobs_of_ipn: not yet on PostgreSQL".into(),
-        ))
+        self.count(
+            async {
+                let client = self.client().await?;
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs WHERE ipn_id = $1 ORDER BY id"
+                    ))
+                    .await
+                    .map_err(pg_error)?;
+                let rows = client.query(&stmt, &[&ipn.0]).await.map_err(pg_error)?;
+                rows.iter().map(job_row).collect()
+            }
+            .await,
+        )
     }
 
     pub async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRow>, StoreError> {
@@ -409,10 +419,41 @@ impl PgStore {
         integration: &str,
         import: &ImportRef,
     ) -> Result<Option<Receipt>, StoreError> {
-        let _ = (integration, import);
-        Err(StoreError::Internal(
-            "ledger_import: not yet on PostgreSQL".into(),
-        ))
+        self.count(
+            async {
+                let client = self.client().await?;
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT reference, target_order_id, target_customer_id, purchase_ids,
+                                transaction_ids
+                         FROM ledger
+                         WHERE integration = $1 AND ds24_order_id = $2
+                           AND action = 'import_order'
+                         ORDER BY job_id DESC",
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let rows = client
+                    .query(&stmt, &[&integration, &import.ds24_order_id])
+                    .await
+                    .map_err(pg_error)?;
+                for r in &rows {
+                    let reference: String = col(r, 0)?;
+                    if import.matches(&reference) {
+                        let purchases: String = col(r, 3)?;
+                        let transactions: String = col(r, 4)?;
+                        return Ok(Some(Receipt {
+                            order_id: col(r, 1)?,
+                            customer_id: col(r, 2)?,
+                            purchase_ids: serde_json::from_str(&purchases)?,
+                            transaction_ids: serde_json::from_str(&transactions)?,
+                        }));
+                    }
+                }
+                Ok(None)
+            }
+            .await,
+        )
     }
 
     /// Every delivered import of Digistore24 order `ds24_order_id` in `integration`, newest
@@ -422,10 +463,26 @@ impl PgStore {
         integration: &str,
         ds24_order_id: &str,
     ) -> Result<Vec<LedgerRow>, StoreError> {
-        let _ = (integration, ds24_order_id);
-        Err(StoreError::Internal(
-            "ledger_imports: not yet on PostgreSQL".into(),
-        ))
+        self.count(
+            async {
+                let client = self.client().await?;
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "SELECT {LEDGER_COLUMNS} FROM ledger
+                         WHERE integration = $1 AND ds24_order_id = $2
+                           AND action = 'import_order'
+                         ORDER BY job_id DESC"
+                    ))
+                    .await
+                    .map_err(pg_error)?;
+                let rows = client
+                    .query(&stmt, &[&integration, &ds24_order_id])
+                    .await
+                    .map_err(pg_error)?;
+                rows.iter().map(ledger_row).collect()
+            }
+            .await,
+        )
     }
 
     /// How `integration` last routed the payment IPN of Digistore24 order `ds24_order_id`,
@@ -438,16 +495,66 @@ impl PgStore {
         item: &str,
         payment: &str,
     ) -> Result<Option<PaymentRoute>, StoreError> {
-        let _ = (integration, ds24_order_id, item, payment);
-        Err(StoreError::Internal(
-            "payment_route: not yet on PostgreSQL".into(),
-        ))
+        self.count(
+            async {
+                let client = self.client().await?;
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT i.id, r.decision, r.reason, r.job_id
+                         FROM ipns i JOIN routes r ON r.ipn_id = i.id
+                         WHERE i.order_id = $2 AND i.event = 'on_payment'
+                           AND COALESCE(i.order_item_id, i.product_id) = $3
+                           AND (i.transaction_id = $4 OR i.parent_transaction_id = $4)
+                           AND r.integration = $1
+                         ORDER BY i.id DESC, r.id DESC LIMIT 1",
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let row = client
+                    .query_opt(&stmt, &[&integration, &ds24_order_id, &item, &payment])
+                    .await
+                    .map_err(pg_error)?;
+                let Some(r) = row else {
+                    return Ok(None);
+                };
+                let decision: String = col(&r, 1)?;
+                Ok(Some(PaymentRoute {
+                    ipn_id: EventId(col(&r, 0)?),
+                    skipped: decision == "skipped",
+                    reason: col(&r, 2)?,
+                    job_id: col::<Option<i64>>(&r, 3)?.map(JobId),
+                }))
+            }
+            .await,
+        )
     }
 
     /// A stored IPN by id.
     pub async fn ipn(&self, id: EventId) -> Result<StoredIpn, StoreError> {
-        let _ = (id,);
-        Err(StoreError::Internal("ipn: not yet on PostgreSQL".into()))
+        self.count(
+            async {
+                let client = self.client().await?;
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT id, source, event, received_at, raw_body FROM ipns WHERE id = $1",
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let row = client
+                    .query_opt(&stmt, &[&id.0])
+                    .await
+                    .map_err(pg_error)?
+                    .ok_or_else(|| StoreError::NotFound(format!("event {id}")))?;
+                Ok(StoredIpn {
+                    id: EventId(col(&row, 0)?),
+                    source: col(&row, 1)?,
+                    event: col(&row, 2)?,
+                    received_at: col(&row, 3)?,
+                    raw_body: col(&row, 4)?,
+                })
+            }
+            .await,
+        )
     }
 
     /// Records new routing decisions for a stored IPN (a replay with today's
@@ -464,20 +571,33 @@ impl PgStore {
         user: String,
         now: i64,
     ) -> Result<Vec<Rerouted>, StoreError> {
-        let _ = (ipn, routes, user, now);
-        Err(StoreError::Internal(
-            "add_routes: not yet on PostgreSQL".into(),
-        ))
+        self.count(
+            async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(pg_error)?;
+                let out = add_routes(&tx, ipn, &routes, &user, now).await?;
+                tx.commit().await.map_err(pg_error)?;
+                Ok(out)
+            }
+            .await,
+        )
     }
 
-    /// A cheap real write that proves the database file accepts commits (for health
-    /// checks): page 1 of the file is rewritten (its `application_id`) and committed with an
-    /// fsync like any IPN, and the writer checks afterwards that the file is still the one
-    /// at the path. The error says why not.
+    /// A cheap real write that proves the database accepts commits (for health checks): the
+    /// one row of `ipn_bridge_schema` is updated (to the same value) and committed like any
+    /// IPN. A server that is read-only or in recovery (a standby) refuses it with
+    /// `Unavailable`; so does one that cannot be reached.
     pub async fn probe_writable(&self) -> Result<(), StoreError> {
-        Err(StoreError::Internal(
-            "probe_writable: not yet on PostgreSQL".into(),
-        ))
+        self.count(
+            async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(pg_error)?;
+                let stmt = prepare(&tx, "UPDATE ipn_bridge_schema SET version = version").await?;
+                tx.execute(&stmt, &[]).await.map_err(pg_error)?;
+                tx.commit().await.map_err(pg_error)
+            }
+            .await,
+        )
     }
 }
 
@@ -1134,5 +1254,136 @@ async fn write_ledger(
     )
     .await
     .map_err(pg_error)?;
+    Ok(())
+}
+
+async fn add_routes(
+    tx: &Transaction<'_>,
+    ipn: EventId,
+    routes: &[NewRoute],
+    user: &str,
+    now: i64,
+) -> Result<Vec<Rerouted>, StoreError> {
+    // A replay creates, re-opens and releases jobs of these orders.
+    lock_orders_of(tx, routes).await?;
+    let existing_job = prepare(
+        tx,
+        "SELECT id, state FROM jobs WHERE ipn_id = $1 AND integration = $2 FOR UPDATE",
+    )
+    .await?;
+    let mut out = Vec::with_capacity(routes.len());
+    for route in routes {
+        let existing: Option<(i64, String)> = match tx
+            .query_opt(&existing_job, &[&ipn.0, &route.integration])
+            .await
+            .map_err(pg_error)?
+        {
+            Some(r) => Some((col(&r, 0)?, col(&r, 1)?)),
+            None => None,
+        };
+        let (decision, reason, job_id, result) = match (&route.decision, existing) {
+            (RouteDecision::Job { job, reason }, Some((id, state)))
+                if state == "dead" || state == "dropped" =>
+            {
+                reroute_job(tx, JobId(id), job, now).await?;
+                (
+                    "job",
+                    format!("replay: re-routed {state} job {id}; {reason}"),
+                    Some(id),
+                    Rerouted::Rerouted {
+                        job: JobId(id),
+                        was: state,
+                    },
+                )
+            }
+            (RouteDecision::Job { reason, .. }, Some((id, state))) => (
+                "job",
+                format!("replay: kept existing job {id} ({state}); {reason}"),
+                Some(id),
+                Rerouted::Existing {
+                    job: JobId(id),
+                    state,
+                },
+            ),
+            (RouteDecision::Job { job, reason }, None) => {
+                let id = insert_job(tx, ipn.0, &route.integration, job, now).await?;
+                (
+                    "job",
+                    format!("replay: {reason}"),
+                    Some(id.0),
+                    Rerouted::Created(id),
+                )
+            }
+            (RouteDecision::Skip { reason }, _) => (
+                "skipped",
+                format!("replay: {reason}"),
+                None,
+                Rerouted::Skipped,
+            ),
+        };
+        insert_route(
+            tx,
+            ipn.0,
+            &route.integration,
+            decision,
+            &reason,
+            job_id,
+            now,
+        )
+        .await?;
+        out.push(result);
+    }
+    let stmt = prepare(
+        tx,
+        "INSERT INTO operator_actions (at, \"user\", command, ipn_id, reason)
+         VALUES ($1, $2, 'replay', $3, 'replay with the current configuration')",
+    )
+    .await?;
+    tx.execute(&stmt, &[&now, &user, &ipn.0])
+        .await
+        .map_err(pg_error)?;
+    Ok(out)
+}
+
+/// Gives a dead or dropped job a new action (a replay) and makes it pending; the jobs held
+/// behind it that no other dead job blocks are released. The caller holds the order's lock.
+async fn reroute_job(
+    tx: &Transaction<'_>,
+    id: JobId,
+    job: &NewJob,
+    now: i64,
+) -> Result<(), StoreError> {
+    let payload = serde_json::to_string(&job.action)?;
+    let stmt = prepare(
+        tx,
+        "UPDATE jobs SET target = $2, action = $3, payload = $4, state = 'pending',
+                next_attempt_at = $5, retry_base = $5, updated_at = $5, last_error = NULL
+         WHERE id = $1",
+    )
+    .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &id.0,
+            &job.target,
+            &job.action.kind().config_name(),
+            &payload,
+            &now.max(job.not_before),
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    let stmt = prepare(
+        tx,
+        "UPDATE jobs SET state = 'pending', updated_at = $2, last_error = NULL
+         WHERE state = 'held'
+           AND (integration, order_key) = (SELECT integration, order_key FROM jobs WHERE id = $1)
+           AND NOT EXISTS (
+               SELECT 1 FROM jobs e
+               WHERE e.integration = jobs.integration AND e.order_key = jobs.order_key
+                 AND e.id < jobs.id AND e.state = 'dead')",
+    )
+    .await?;
+    tx.execute(&stmt, &[&id.0, &now]).await.map_err(pg_error)?;
     Ok(())
 }

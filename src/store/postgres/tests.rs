@@ -361,3 +361,61 @@ async fn a_late_finish_of_a_recovered_attempt_is_refused_and_changes_nothing() {
     old.close().await;
     new.close().await;
 }
+
+/// The health probe is a real write: it commits on a writable server and fails with
+/// `Unavailable` on one that refuses writes (a standby, a read-only database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_probe_fails_when_the_database_refuses_writes() {
+    let Some(url) = crate::store::testing::fresh_database().await else {
+        return;
+    };
+    let store = PgStore::connect(&url).await.expect("connect");
+    store.probe_writable().await.expect("a writable database");
+    let db = url.rsplit('/').next().expect("database name").to_owned();
+    let admin = store.client().await.expect("client");
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} SET default_transaction_read_only = on"
+        ))
+        .await
+        .expect("read-only");
+    drop(admin);
+    // Sessions opened from now on are read-only; end the store's older ones.
+    let (killer, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    killer
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("terminate");
+    // The first probes may meet the ended sessions (also `Unavailable`); the pool then
+    // opens read-only ones.
+    let mut last = Ok(());
+    for _ in 0..(POOL_SIZE + 4) {
+        last = store.probe_writable().await;
+        if matches!(&last, Err(StoreError::Unavailable(m)) if m.contains("read-only")) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        matches!(&last, Err(StoreError::Unavailable(m)) if m.contains("read-only transaction")),
+        "{last:?}"
+    );
+    killer
+        .batch_execute("SET default_transaction_read_only = off")
+        .await
+        .expect("this session writable");
+    killer
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} RESET default_transaction_read_only"
+        ))
+        .await
+        .expect("writable again");
+    store.close().await;
+}
