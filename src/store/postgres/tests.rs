@@ -334,8 +334,8 @@ async fn a_late_finish_of_a_recovered_attempt_is_refused_and_changes_nothing() {
     );
 
     // The new owner's own answer is applied.
-    let (report, disposition) = delivered();
-    new.finish_attempt(taken.id, taken.attempt_id, report, disposition, None, 2_200)
+    let (answer, disposition) = delivered();
+    new.finish_attempt(taken.id, taken.attempt_id, answer, disposition, None, 2_200)
         .await
         .expect("the owner finishes");
     assert_eq!(
@@ -343,21 +343,64 @@ async fn a_late_finish_of_a_recovered_attempt_is_refused_and_changes_nothing() {
         "delivered"
     );
 
-    // A job that moved on without its attempt being closed (the attempt of another job
-    // named by mistake, say) is refused the same way.
+    // The attempt of another job, named by mistake, is refused the same way.
     old.ingest(ipn("k2", "B", true)).await.expect("ingest");
     let other = old
         .lease_due("crm", 3_000, 10)
         .await
         .expect("lease")
         .remove(0);
-    let (report, disposition) = delivered();
+    let (late, disposition) = delivered();
     assert!(matches!(
-        old.finish_attempt(lost.id, other.attempt_id, report, disposition, None, 3_100)
+        old.finish_attempt(lost.id, other.attempt_id, late, disposition, None, 3_100)
             .await,
         Err(StoreError::Invalid(_))
     ));
     assert_eq!(old.job(other.id).await.expect("job").state, "in_flight");
+
+    // A job that moved on while its attempt is still open (dropped by the operator, say):
+    // refused, and the attempt stays open (closing it is rolled back with the rest).
+    new.client()
+        .await
+        .expect("client")
+        .execute(
+            "UPDATE jobs SET state = 'dropped' WHERE id = $1",
+            &[&other.id.0],
+        )
+        .await
+        .expect("drop");
+    for disposition in [
+        Disposition::Retry {
+            at: 9_000,
+            reconcile: false,
+        },
+        Disposition::Requeue { at: 9_000 },
+        Disposition::Dead,
+    ] {
+        assert_eq!(
+            old.finish_attempt(
+                other.id,
+                other.attempt_id,
+                report(Outcome::Retryable {
+                    reason: "502".into(),
+                    retry_after: None
+                }),
+                disposition,
+                None,
+                3_200
+            )
+            .await,
+            Err(StoreError::Invalid(format!(
+                "attempt {} of job {} is no longer open: another instance recovered the job",
+                other.attempt_id, other.id
+            )))
+        );
+    }
+    let attempts = old.attempts(other.id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, None, "still open");
+    let job = old.job(other.id).await.expect("job");
+    assert_eq!((job.state.as_str(), job.attempts), ("dropped", 1));
     old.close().await;
     new.close().await;
 }
