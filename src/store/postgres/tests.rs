@@ -462,3 +462,62 @@ async fn the_health_probe_fails_when_the_database_refuses_writes() {
         .expect("writable again");
     store.close().await;
 }
+
+/// A job of an order dies on one instance while another instance ingests more IPNs of the
+/// same order: every one of them ends up held behind the dead job, none pending (an insert
+/// that read "no dead job" just before the death and committed just after it would be
+/// missed by the holding update; the order's advisory lock serialises the two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_ingested_while_an_earlier_job_of_their_order_dies_are_all_held() {
+    use crate::domain::Outcome;
+    use crate::store::Disposition;
+    use crate::store::tests::ipn;
+    let Some((a, b)) = two_instances().await else {
+        return;
+    };
+    for round in 0..5 {
+        let order = format!("A{round}");
+        a.ingest(ipn(&format!("first{round}"), &order, true))
+            .await
+            .expect("ingest");
+        let dying = a
+            .lease_due("crm", 1_000, 10)
+            .await
+            .expect("lease")
+            .remove(0);
+        let mut ingests = Vec::new();
+        for i in 0..40 {
+            let (b, key, order) = (b.clone(), format!("r{round}-{i}"), order.clone());
+            ingests.push(tokio::spawn(async move {
+                b.ingest(ipn(&key, &order, true)).await
+            }));
+        }
+        a.finish_attempt(
+            dying.id,
+            dying.attempt_id,
+            report(Outcome::Permanent {
+                reason: "refused".into(),
+            }),
+            Disposition::Dead,
+            None,
+            1_100,
+        )
+        .await
+        .expect("dead");
+        for t in ingests {
+            t.await.expect("task").expect("ingest");
+        }
+        let jobs = b
+            .list_jobs(crate::store::JobFilter::default())
+            .await
+            .expect("jobs");
+        let pending: Vec<i64> = jobs
+            .iter()
+            .filter(|j| j.order_key == order && j.state != "dead" && j.state != "held")
+            .map(|j| j.id)
+            .collect();
+        assert!(pending.is_empty(), "round {round}: not held: {pending:?}");
+    }
+    a.close().await;
+    b.close().await;
+}
