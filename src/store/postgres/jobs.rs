@@ -30,12 +30,14 @@ use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
 
 use super::{PgStore, pg_error};
-use crate::domain::{ActionKind, AttemptReport, EventId, ImportRef, JobId, JobState, Receipt};
+use crate::domain::{
+    Action, ActionKind, AttemptReport, EventId, ImportRef, JobId, JobState, Receipt,
+};
 use crate::store::alerts::NewAlert;
 use crate::store::{
-    AttemptRow, Disposition, Ingested, IpnRow, JOB_COLUMNS, JobFilter, JobRow, LeasedJob,
-    LedgerRow, NewIpn, NewJob, NewRoute, PaymentRoute, Rerouted, RouteDecision, StoreError,
-    StoredIpn,
+    AttemptKind, AttemptRow, Disposition, Ingested, IpnRow, JOB_COLUMNS, JobFilter, JobRow,
+    LEDGER_COLUMNS, LeasedJob, LedgerRow, NewIpn, NewJob, NewRoute, PaymentRoute, Rerouted,
+    RouteDecision, StoreError, StoredIpn, reconciled_kind_names,
 };
 
 impl PgStore {
@@ -59,10 +61,40 @@ impl PgStore {
     /// repeat ([`ActionKind::needs_reconcile`], the one list of such kinds: an import, a
     /// refund). Returns the number of jobs recovered.
     pub async fn recover_interrupted(&self, now: i64, retry_at: i64) -> Result<u64, StoreError> {
-        let _ = (now, retry_at);
-        Err(StoreError::Internal(
-            "recover_interrupted: not yet on PostgreSQL".into(),
-        ))
+        self.count(
+            async {
+                let unsafe_kinds = reconciled_kind_names();
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(pg_error)?;
+                // One statement, so the attempts it closes and the jobs it moves are read in
+                // one snapshot: a lease or a finish committing meanwhile is either wholly
+                // seen or not at all. The uncorrelated `(SELECT count(*) FROM closed)` makes
+                // the attempts be closed before any job row is locked (the lock order of the
+                // module doc).
+                let stmt = prepare(
+                    &tx,
+                    "WITH closed AS (
+                         UPDATE attempts SET outcome = 'interrupted', finished_at = $1,
+                                reason = 'the process stopped while this attempt was running'
+                         WHERE outcome IS NULL
+                         RETURNING job_id)
+                     UPDATE jobs SET state = 'pending', next_attempt_at = $2, updated_at = $1,
+                            needs_reconcile = CASE
+                                WHEN action = ANY($3::text[]) THEN TRUE
+                                ELSE needs_reconcile END,
+                            last_error = 'interrupted by a restart'
+                     WHERE state = 'in_flight' AND (SELECT count(*) FROM closed) >= 0",
+                )
+                .await?;
+                let n = tx
+                    .execute(&stmt, &[&now, &retry_at, &unsafe_kinds])
+                    .await
+                    .map_err(pg_error)?;
+                tx.commit().await.map_err(pg_error)?;
+                Ok(n)
+            }
+            .await,
+        )
     }
 
     /// Leases up to `limit` due jobs of `target`: each becomes `in_flight` with a new open
@@ -74,18 +106,40 @@ impl PgStore {
         now: i64,
         limit: usize,
     ) -> Result<Vec<LeasedJob>, StoreError> {
-        let _ = (target, now, limit);
-        Err(StoreError::Internal(
-            "lease_due: not yet on PostgreSQL".into(),
-        ))
+        self.count(
+            async {
+                let limit = i64::try_from(limit)
+                    .map_err(|_| StoreError::Invalid(format!("lease limit {limit} too large")))?;
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(pg_error)?;
+                let leased = lease_due(&tx, target, now, limit).await?;
+                tx.commit().await.map_err(pg_error)?;
+                Ok(leased)
+            }
+            .await,
+        )
     }
 
     /// The earliest `next_attempt_at` of the target's pending jobs.
     pub async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {
-        let _ = (target,);
-        Err(StoreError::Internal(
-            "next_due_at: not yet on PostgreSQL".into(),
-        ))
+        self.count(
+            async {
+                let client = self.client().await?;
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT MIN(next_attempt_at) FROM jobs
+                         WHERE target = $1 AND state = 'pending'",
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let row = client
+                    .query_one(&stmt, &[&target])
+                    .await
+                    .map_err(pg_error)?;
+                col(&row, 0)
+            }
+            .await,
+        )
     }
 
     /// A reconcile attempt found nothing: closes it and opens a send attempt for the same
@@ -97,10 +151,31 @@ impl PgStore {
         report: AttemptReport,
         now: i64,
     ) -> Result<(i64, u32), StoreError> {
-        let _ = (job, attempt_id, report, now);
-        Err(StoreError::Internal(
-            "reconciled_absent: not yet on PostgreSQL".into(),
-        ))
+        self.count(
+            async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(pg_error)?;
+                close_open_attempt(&tx, job, attempt_id, now, "absent", &report).await?;
+                let stmt = prepare(
+                    &tx,
+                    "UPDATE jobs SET needs_reconcile = FALSE, attempts = attempts + 1,
+                            updated_at = $2
+                     WHERE id = $1 AND state = 'in_flight'
+                     RETURNING attempts",
+                )
+                .await?;
+                let row = tx
+                    .query_opt(&stmt, &[&job.0, &now])
+                    .await
+                    .map_err(pg_error)?
+                    .ok_or_else(|| not_open(job, attempt_id))?;
+                let number = col_u32(&row, 0)?;
+                let id = open_attempt(&tx, job, number, AttemptKind::Send, now).await?;
+                tx.commit().await.map_err(pg_error)?;
+                Ok((id, number))
+            }
+            .await,
+        )
     }
 
     /// Records the end of an attempt and moves its job on. `alert` (a dead letter's) is
@@ -115,15 +190,36 @@ impl PgStore {
         alert: Option<NewAlert>,
         now: i64,
     ) -> Result<(), StoreError> {
-        let _ = (job, attempt_id, report, disposition, alert, now);
-        Err(StoreError::Internal(
-            "finish_attempt: not yet on PostgreSQL".into(),
-        ))
+        self.count(
+            async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(pg_error)?;
+                finish_attempt(&tx, job, attempt_id, &report, &disposition, now).await?;
+                if let Some(alert) = &alert {
+                    super::alerts::insert_alert(&tx, alert).await?;
+                }
+                tx.commit().await.map_err(pg_error)
+            }
+            .await,
+        )
     }
 
     pub async fn job(&self, id: JobId) -> Result<JobRow, StoreError> {
-        let _ = (id,);
-        Err(StoreError::Internal("job: not yet on PostgreSQL".into()))
+        self.count(
+            async {
+                let client = self.client().await?;
+                let stmt = client
+                    .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+                    .await
+                    .map_err(pg_error)?;
+                let row = client.query_opt(&stmt, &[&id.0]).await.map_err(pg_error)?;
+                match row {
+                    Some(row) => job_row(&row),
+                    None => Err(StoreError::NotFound(format!("job {id}"))),
+                }
+            }
+            .await,
+        )
     }
 
     pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRow>, StoreError> {
@@ -164,15 +260,64 @@ impl PgStore {
     }
 
     pub async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRow>, StoreError> {
-        let _ = (job,);
-        Err(StoreError::Internal(
-            "attempts: not yet on PostgreSQL".into(),
-        ))
+        self.count(
+            async {
+                let client = self.client().await?;
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT id, job_id, number, kind, started_at, finished_at, outcome,
+                                endpoint, http_status, request, response, reason
+                         FROM attempts WHERE job_id = $1 ORDER BY id",
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let rows = client.query(&stmt, &[&job.0]).await.map_err(pg_error)?;
+                rows.iter()
+                    .map(|r| {
+                        let status: Option<i32> = col(r, 8)?;
+                        Ok(AttemptRow {
+                            id: col(r, 0)?,
+                            job_id: col(r, 1)?,
+                            number: col_u32(r, 2)?,
+                            kind: col(r, 3)?,
+                            started_at: col(r, 4)?,
+                            finished_at: col(r, 5)?,
+                            outcome: col(r, 6)?,
+                            endpoint: col(r, 7)?,
+                            http_status: status
+                                .map(|s| {
+                                    u16::try_from(s).map_err(|_| {
+                                        StoreError::Internal(format!("HTTP status {s} stored"))
+                                    })
+                                })
+                                .transpose()?,
+                            request: col(r, 9)?,
+                            response: col(r, 10)?,
+                            reason: col(r, 11)?,
+                        })
+                    })
+                    .collect()
+            }
+            .await,
+        )
     }
 
     /// Every ledger entry, oldest first.
     pub async fn ledger(&self) -> Result<Vec<LedgerRow>, StoreError> {
-        Err(StoreError::Internal("ledger: not yet on PostgreSQL".into()))
+        self.count(
+            async {
+                let client = self.client().await?;
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "SELECT {LEDGER_COLUMNS} FROM ledger ORDER BY job_id"
+                    ))
+                    .await
+                    .map_err(pg_error)?;
+                let rows = client.query(&stmt, &[]).await.map_err(pg_error)?;
+                rows.iter().map(ledger_row).collect()
+            }
+            .await,
+        )
     }
 
     /// Stored IPNs, oldest first.
@@ -212,9 +357,25 @@ impl PgStore {
 
     /// Number of jobs per state.
     pub async fn job_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        Err(StoreError::Internal(
-            "job_counts: not yet on PostgreSQL".into(),
-        ))
+        self.count(
+            async {
+                let client = self.client().await?;
+                let stmt = client
+                    .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+                    .await
+                    .map_err(pg_error)?;
+                let rows = client.query(&stmt, &[]).await.map_err(pg_error)?;
+                rows.iter()
+                    .map(|r| {
+                        let n: i64 = col(r, 1)?;
+                        let n = u64::try_from(n)
+                            .map_err(|_| StoreError::Internal(format!("negative count {n}")))?;
+                        Ok((col(r, 0)?, n))
+                    })
+                    .collect()
+            }
+            .await,
+        )
     }
 
     /// The routing decisions recorded for an IPN: `(integration, decision, reason)`.
@@ -332,6 +493,12 @@ fn col_u32(row: &Row, i: usize) -> Result<u32, StoreError> {
     u32::try_from(v).map_err(|_| StoreError::Internal(format!("negative count {v} in column {i}")))
 }
 
+/// A count or number for an `INTEGER` column.
+fn int4(v: u32) -> Result<i32, StoreError> {
+    i32::try_from(v)
+        .map_err(|_| StoreError::Internal(format!("{v} does not fit an INTEGER column")))
+}
+
 async fn prepare(tx: &Transaction<'_>, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
     tx.prepare_cached(sql).await.map_err(pg_error)
 }
@@ -352,6 +519,26 @@ fn job_row(r: &Row) -> Result<JobRow, StoreError> {
         created_at: col(r, 10)?,
         updated_at: col(r, 11)?,
         last_error: col(r, 12)?,
+    })
+}
+
+/// A row of [`LEDGER_COLUMNS`].
+fn ledger_row(r: &Row) -> Result<LedgerRow, StoreError> {
+    let purchases: String = col(r, 8)?;
+    let transactions: String = col(r, 9)?;
+    Ok(LedgerRow {
+        job_id: col(r, 0)?,
+        integration: col(r, 1)?,
+        ds24_order_id: col(r, 2)?,
+        ds24_item: col(r, 3)?,
+        ds24_transaction_id: col(r, 4)?,
+        reference: col(r, 5)?,
+        target_order_id: col(r, 6)?,
+        target_customer_id: col(r, 7)?,
+        purchase_ids: serde_json::from_str(&purchases)?,
+        transaction_ids: serde_json::from_str(&transactions)?,
+        created_at: col(r, 10)?,
+        ds24_parent_transaction_id: col(r, 11)?,
     })
 }
 
@@ -577,4 +764,375 @@ async fn hold_reason(
         .await
         .map_err(pg_error)?;
     row.map(|r| col(&r, 0)).transpose()
+}
+
+/// Why `finish_attempt` or `reconciled_absent` changed nothing: the attempt was closed, or
+/// its job moved on, by someone else, typically another instance that took over the
+/// target's dispatcher and recovered the job; what it did stands.
+fn not_open(job: JobId, attempt_id: i64) -> StoreError {
+    StoreError::Invalid(format!(
+        "attempt {attempt_id} of job {job} is no longer open: another instance recovered the job"
+    ))
+}
+
+async fn lease_due(
+    tx: &Transaction<'_>,
+    target: &str,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<LeasedJob>, StoreError> {
+    // The selection and the per-order rule of the SQLite backend; `SKIP LOCKED` leaves the
+    // jobs another leaser is taking to it.
+    let select = prepare(
+        tx,
+        "SELECT j.id, j.ipn_id, j.integration, j.target, j.payload, j.needs_reconcile,
+                j.attempts, j.created_at, COALESCE(j.retry_base, j.created_at)
+         FROM jobs j
+         WHERE j.target = $1 AND j.state = 'pending' AND j.next_attempt_at <= $2
+           AND NOT EXISTS (
+               SELECT 1 FROM jobs e
+               WHERE e.integration = j.integration AND e.order_key = j.order_key
+                 AND e.id < j.id AND e.state IN ('pending', 'in_flight', 'held', 'dead')
+                 AND (j.action <> 'import_order' OR e.action = 'import_order'))
+         ORDER BY j.next_attempt_at, j.id
+         LIMIT $3
+         FOR UPDATE OF j SKIP LOCKED",
+    )
+    .await?;
+    let rows = tx
+        .query(&select, &[&target, &now, &limit])
+        .await
+        .map_err(pg_error)?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut leased = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let payload: String = col(r, 4)?;
+        let action: Action = serde_json::from_str(&payload)?;
+        let kind = if col(r, 5)? {
+            AttemptKind::Reconcile
+        } else {
+            AttemptKind::Send
+        };
+        let number = col_u32(r, 6)? + 1;
+        leased.push(LeasedJob {
+            id: JobId(col(r, 0)?),
+            ipn_id: EventId(col(r, 1)?),
+            integration: col(r, 2)?,
+            target: col(r, 3)?,
+            action,
+            attempt_id: 0,
+            attempt_no: number,
+            kind,
+            created_at: col(r, 7)?,
+            retry_base: col(r, 8)?,
+        });
+    }
+    // The rows are locked by this transaction: one statement for the jobs, one for their
+    // attempts, whatever the batch size.
+    let ids: Vec<i64> = leased.iter().map(|j| j.id.0).collect();
+    let numbers = leased
+        .iter()
+        .map(|j| int4(j.attempt_no))
+        .collect::<Result<Vec<i32>, _>>()?;
+    let kinds: Vec<&str> = leased.iter().map(|j| j.kind.as_str()).collect();
+    let update = prepare(
+        tx,
+        "UPDATE jobs SET state = 'in_flight', attempts = n.number, updated_at = $3
+         FROM unnest($1::bigint[], $2::int4[]) AS n (id, number)
+         WHERE jobs.id = n.id",
+    )
+    .await?;
+    tx.execute(&update, &[&ids, &numbers, &now])
+        .await
+        .map_err(pg_error)?;
+    let insert = prepare(
+        tx,
+        "INSERT INTO attempts (job_id, number, kind, started_at)
+         SELECT a.job_id, a.number, a.kind, $4
+         FROM unnest($1::bigint[], $2::int4[], $3::text[]) AS a (job_id, number, kind)
+         RETURNING job_id, id",
+    )
+    .await?;
+    let opened: BTreeMap<i64, i64> = tx
+        .query(&insert, &[&ids, &numbers, &kinds, &now])
+        .await
+        .map_err(pg_error)?
+        .iter()
+        .map(|r| Ok((col(r, 0)?, col(r, 1)?)))
+        .collect::<Result<_, StoreError>>()?;
+    for job in &mut leased {
+        job.attempt_id = *opened.get(&job.id.0).ok_or_else(|| {
+            StoreError::Internal(format!("no attempt was opened for job {}", job.id))
+        })?;
+    }
+    Ok(leased)
+}
+
+async fn open_attempt(
+    tx: &Transaction<'_>,
+    job: JobId,
+    number: u32,
+    kind: AttemptKind,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let stmt = prepare(
+        tx,
+        "INSERT INTO attempts (job_id, number, kind, started_at) VALUES ($1, $2, $3, $4)
+         RETURNING id",
+    )
+    .await?;
+    let row = tx
+        .query_one(&stmt, &[&job.0, &int4(number)?, &kind.as_str(), &now])
+        .await
+        .map_err(pg_error)?;
+    col(&row, 0)
+}
+
+/// Closes attempt `attempt_id` of `job` with `outcome` if it is still open, else fails with
+/// [`not_open`]. Locks the attempt row (the first lock of the finishing transaction).
+async fn close_open_attempt(
+    tx: &Transaction<'_>,
+    job: JobId,
+    attempt_id: i64,
+    now: i64,
+    outcome: &str,
+    report: &AttemptReport,
+) -> Result<(), StoreError> {
+    let stmt = prepare(
+        tx,
+        "UPDATE attempts SET finished_at = $3, outcome = $4, endpoint = $5, http_status = $6,
+                request = $7, response = $8, reason = $9
+         WHERE id = $1 AND job_id = $2 AND outcome IS NULL",
+    )
+    .await?;
+    let status = report.http_status.map(i32::from);
+    let closed = tx
+        .execute(
+            &stmt,
+            &[
+                &attempt_id,
+                &job.0,
+                &now,
+                &outcome,
+                &report.endpoint,
+                &status,
+                &report.request,
+                &report.response,
+                &report.outcome.reason(),
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    if closed == 1 {
+        Ok(())
+    } else {
+        Err(not_open(job, attempt_id))
+    }
+}
+
+async fn finish_attempt(
+    tx: &Transaction<'_>,
+    job: JobId,
+    attempt_id: i64,
+    report: &AttemptReport,
+    disposition: &Disposition,
+    now: i64,
+) -> Result<(), StoreError> {
+    if let Disposition::Dead = disposition {
+        // The jobs behind this one become held: take the order's lock first.
+        let stmt = prepare(tx, "SELECT integration, order_key FROM jobs WHERE id = $1").await?;
+        let row = tx
+            .query_opt(&stmt, &[&job.0])
+            .await
+            .map_err(pg_error)?
+            .ok_or_else(|| StoreError::NotFound(format!("job {job}")))?;
+        let (integration, order_key): (String, String) = (col(&row, 0)?, col(&row, 1)?);
+        lock_order(tx, &integration, &order_key).await?;
+    }
+    close_open_attempt(tx, job, attempt_id, now, report.outcome.label(), report).await?;
+    let last_error = match report.outcome.reason() {
+        "" => None,
+        r => Some(r.to_owned()),
+    };
+    // Each update applies only to a job still `in_flight` (the guard of the module doc).
+    let moved = match disposition {
+        Disposition::Delivered(_) => {
+            let stmt = prepare(
+                tx,
+                "UPDATE jobs SET state = 'delivered', needs_reconcile = FALSE, updated_at = $2,
+                        last_error = NULL
+                 WHERE id = $1 AND state = 'in_flight'",
+            )
+            .await?;
+            tx.execute(&stmt, &[&job.0, &now]).await
+        }
+        Disposition::Retry { at, reconcile } => {
+            let stmt = prepare(
+                tx,
+                "UPDATE jobs SET state = 'pending', next_attempt_at = $2, updated_at = $3,
+                        needs_reconcile = $4, last_error = $5
+                 WHERE id = $1 AND state = 'in_flight'",
+            )
+            .await?;
+            tx.execute(&stmt, &[&job.0, at, &now, reconcile, &last_error])
+                .await
+        }
+        Disposition::Requeue { at } => {
+            let stmt = prepare(
+                tx,
+                "UPDATE jobs SET state = 'pending', next_attempt_at = $2, updated_at = $3,
+                        attempts = GREATEST(attempts - 1, 0), last_error = $4
+                 WHERE id = $1 AND state = 'in_flight'",
+            )
+            .await?;
+            tx.execute(&stmt, &[&job.0, at, &now, &last_error]).await
+        }
+        Disposition::Dead => {
+            let stmt = prepare(
+                tx,
+                "UPDATE jobs SET state = 'dead', updated_at = $2, last_error = $3
+                 WHERE id = $1 AND state = 'in_flight'",
+            )
+            .await?;
+            tx.execute(&stmt, &[&job.0, &now, &last_error]).await
+        }
+    }
+    .map_err(pg_error)?;
+    if moved != 1 {
+        return Err(not_open(job, attempt_id));
+    }
+    match disposition {
+        Disposition::Delivered(receipt) => {
+            write_ledger(tx, job, receipt, now).await?;
+            wake_dependents(tx, job, now).await?;
+        }
+        Disposition::Dead => hold_followers(tx, job, now).await?,
+        Disposition::Retry { .. } | Disposition::Requeue { .. } => {}
+    }
+    Ok(())
+}
+
+/// Holds the unfinished jobs that follow a job that just died (the caller holds the order's
+/// lock).
+async fn hold_followers(tx: &Transaction<'_>, dead: JobId, now: i64) -> Result<(), StoreError> {
+    let stmt = prepare(
+        tx,
+        "SELECT integration, order_key, last_error, action FROM jobs WHERE id = $1",
+    )
+    .await?;
+    let row = tx.query_one(&stmt, &[&dead.0]).await.map_err(pg_error)?;
+    let (integration, order_key, error, action): (String, String, Option<String>, String) =
+        (col(&row, 0)?, col(&row, 1)?, col(&row, 2)?, col(&row, 3)?);
+    let reason = format!(
+        "held: job {dead} of the same Digistore24 order is dead{}",
+        error.map(|e| format!(" ({e})")).unwrap_or_default()
+    );
+    let stmt = prepare(
+        tx,
+        "UPDATE jobs SET state = 'held', last_error = $4, updated_at = $5
+         WHERE integration = $1 AND order_key = $2 AND id > $3 AND state = 'pending'
+           AND (action <> 'import_order' OR $6 = 'import_order')",
+    )
+    .await?;
+    tx.execute(
+        &stmt,
+        &[&integration, &order_key, &dead.0, &reason, &now, &action],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
+}
+
+/// After an import was delivered, the actions of the same order waiting for it (a refund
+/// that arrived first, say) are due at once instead of at their next back-off.
+async fn wake_dependents(
+    tx: &Transaction<'_>,
+    delivered: JobId,
+    now: i64,
+) -> Result<(), StoreError> {
+    let stmt = prepare(
+        tx,
+        "UPDATE jobs SET next_attempt_at = LEAST(next_attempt_at, $2)
+         WHERE state = 'pending' AND action <> 'import_order'
+           AND (integration, order_key) =
+               (SELECT integration, order_key FROM jobs
+                WHERE id = $1 AND action = 'import_order')",
+    )
+    .await?;
+    tx.execute(&stmt, &[&delivered.0, &now])
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
+
+async fn write_ledger(
+    tx: &Transaction<'_>,
+    job: JobId,
+    receipt: &Receipt,
+    now: i64,
+) -> Result<(), StoreError> {
+    let stmt = prepare(
+        tx,
+        "SELECT j.integration, j.payload, i.order_id, i.order_item_id, i.product_id,
+                i.transaction_id, i.parent_transaction_id
+         FROM jobs j JOIN ipns i ON i.id = j.ipn_id WHERE j.id = $1",
+    )
+    .await?;
+    let row = tx.query_one(&stmt, &[&job.0]).await.map_err(pg_error)?;
+    let integration: String = col(&row, 0)?;
+    let payload: String = col(&row, 1)?;
+    let order_id: Option<String> = col(&row, 2)?;
+    let item: Option<String> = col(&row, 3)?;
+    let product: Option<String> = col(&row, 4)?;
+    let txn: Option<String> = col(&row, 5)?;
+    let parent: Option<String> = col(&row, 6)?;
+    let action: Action = serde_json::from_str(&payload)?;
+    let reference = action
+        .reconcile_reference()
+        .map(|o| o.reference.clone())
+        .unwrap_or_default();
+    let stmt = prepare(
+        tx,
+        "INSERT INTO ledger (job_id, integration, ds24_order_id, ds24_item,
+                ds24_transaction_id, reference, target_order_id, target_customer_id,
+                purchase_ids, transaction_ids, created_at, action, ds24_parent_transaction_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT (job_id) DO UPDATE SET
+                integration = EXCLUDED.integration,
+                ds24_order_id = EXCLUDED.ds24_order_id,
+                ds24_item = EXCLUDED.ds24_item,
+                ds24_transaction_id = EXCLUDED.ds24_transaction_id,
+                reference = EXCLUDED.reference,
+                target_order_id = EXCLUDED.target_order_id,
+                target_customer_id = EXCLUDED.target_customer_id,
+                purchase_ids = EXCLUDED.purchase_ids,
+                transaction_ids = EXCLUDED.transaction_ids,
+                created_at = EXCLUDED.created_at,
+                action = EXCLUDED.action,
+                ds24_parent_transaction_id = EXCLUDED.ds24_parent_transaction_id",
+    )
+    .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &job.0,
+            &integration,
+            &order_id.unwrap_or_default(),
+            &item.or(product),
+            &txn,
+            &reference,
+            &receipt.order_id,
+            &receipt.customer_id,
+            &serde_json::to_string(&receipt.purchase_ids)?,
+            &serde_json::to_string(&receipt.transaction_ids)?,
+            &now,
+            &action.kind().config_name(),
+            &parent,
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
 }

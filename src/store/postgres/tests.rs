@@ -2,6 +2,8 @@
 //! instances (handles) on one database at once, the guard of a lost lease. The behaviour
 //! both backends share is tested in `crate::store::tests`, on both.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,4 +137,227 @@ async fn two_instances_ingesting_the_same_ipns_at_once_store_each_once_under_one
     assert_eq!(jobs.len(), 200);
     a.close().await;
     b.close().await;
+}
+
+fn report(outcome: crate::domain::Outcome) -> crate::domain::AttemptReport {
+    crate::domain::AttemptReport {
+        outcome,
+        endpoint: "order/import".into(),
+        http_status: Some(200),
+        request: "loginId=x&password=%5Bredacted%5D".into(),
+        response: "{}".into(),
+        maybe_applied: false,
+    }
+}
+
+fn delivered() -> (crate::domain::AttemptReport, crate::store::Disposition) {
+    let receipt = crate::domain::Receipt {
+        order_id: Some("K-1".into()),
+        ..crate::domain::Receipt::default()
+    };
+    (
+        report(crate::domain::Outcome::Delivered(receipt.clone())),
+        crate::store::Disposition::Delivered(receipt),
+    )
+}
+
+/// Two instances drain one target at once: 500 jobs, 100 orders of 5 jobs each. Every job is
+/// leased exactly once (one attempt each), and within an order the jobs were leased in
+/// order, each after the one before it was delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_leasers_on_one_target_never_lease_the_same_job() {
+    use crate::store::tests::ipn;
+    let Some((a, b)) = two_instances().await else {
+        return;
+    };
+    let mut ingests = Vec::new();
+    for i in 0..500 {
+        let a = a.clone();
+        ingests.push(tokio::spawn(async move {
+            a.ingest(ipn(&format!("k{i}"), &format!("O{}", i % 100), true))
+                .await
+        }));
+    }
+    for t in ingests {
+        t.await.expect("task").expect("ingest");
+    }
+    let drain = |store: PgStore| async move {
+        let mut leased = Vec::new();
+        loop {
+            let batch = store.lease_due("crm", 1_000, 8).await.expect("lease");
+            if batch.is_empty() {
+                let counts = store.job_counts().await.expect("counts");
+                if counts.get("delivered") == Some(&500) {
+                    return leased;
+                }
+                tokio::task::yield_now().await;
+                continue;
+            }
+            for job in batch {
+                let (report, disposition) = delivered();
+                store
+                    .finish_attempt(job.id, job.attempt_id, report, disposition, None, 1_100)
+                    .await
+                    .expect("finish");
+                leased.push((job.id, job.attempt_id));
+            }
+        }
+    };
+    let (from_a, from_b) = tokio::join!(
+        tokio::spawn(drain(a.clone())),
+        tokio::spawn(drain(b.clone()))
+    );
+    let (from_a, from_b) = (from_a.expect("a"), from_b.expect("b"));
+    eprintln!("leased by a: {}, by b: {}", from_a.len(), from_b.len());
+    let mut jobs: Vec<_> = from_a.iter().chain(&from_b).map(|(job, _)| job.0).collect();
+    jobs.sort_unstable();
+    let total = jobs.len();
+    jobs.dedup();
+    assert_eq!(
+        (total, jobs.len()),
+        (500, 500),
+        "every job leased exactly once"
+    );
+
+    let all = a
+        .list_jobs(crate::store::JobFilter::default())
+        .await
+        .expect("jobs");
+    let mut by_order: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for job in &all {
+        let attempts = a
+            .attempts(crate::domain::JobId(job.id))
+            .await
+            .expect("attempts");
+        assert_eq!(attempts.len(), 1, "job {} has one attempt", job.id);
+        by_order
+            .entry(job.order_key.clone())
+            .or_default()
+            .push(attempts[0].id);
+    }
+    for (order, attempts) in by_order {
+        assert!(
+            attempts.windows(2).all(|w| w[0] < w[1]),
+            "order {order}: jobs leased out of order {attempts:?}"
+        );
+    }
+    a.close().await;
+    b.close().await;
+}
+
+/// An instance that lost its dispatcher lock (a long pause, a partition) still holds a
+/// lease the new owner has recovered. Its late answers must change nothing: they are
+/// refused, and what the new owner did stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_finish_of_a_recovered_attempt_is_refused_and_changes_nothing() {
+    use crate::domain::{JobId, Outcome};
+    use crate::store::tests::ipn;
+    use crate::store::{AttemptKind, Disposition};
+    let Some((old, new)) = two_instances().await else {
+        return;
+    };
+    old.ingest(ipn("k1", "A", true)).await.expect("ingest");
+    let lost = old
+        .lease_due("crm", 1_000, 10)
+        .await
+        .expect("lease")
+        .remove(0);
+
+    // The new owner recovers the job and leases it again (a reconcile: an import).
+    assert_eq!(
+        new.recover_interrupted(2_000, 2_000)
+            .await
+            .expect("recover"),
+        1
+    );
+    let taken = new
+        .lease_due("crm", 2_000, 10)
+        .await
+        .expect("lease")
+        .remove(0);
+    assert_eq!((taken.id, taken.kind), (lost.id, AttemptKind::Reconcile));
+
+    let refused = format!(
+        "attempt {} of job {} is no longer open: another instance recovered the job",
+        lost.attempt_id, lost.id
+    );
+    let (late, disposition) = delivered();
+    assert_eq!(
+        old.finish_attempt(lost.id, lost.attempt_id, late, disposition, None, 2_100)
+            .await,
+        Err(StoreError::Invalid(refused.clone()))
+    );
+    assert_eq!(
+        old.reconciled_absent(
+            lost.id,
+            lost.attempt_id,
+            report(Outcome::Retryable {
+                reason: String::new(),
+                retry_after: None
+            }),
+            2_100
+        )
+        .await,
+        Err(StoreError::Invalid(refused.clone()))
+    );
+    assert_eq!(
+        old.finish_attempt(
+            lost.id,
+            lost.attempt_id,
+            report(Outcome::Permanent {
+                reason: "refused".into()
+            }),
+            Disposition::Dead,
+            None,
+            2_100
+        )
+        .await,
+        Err(StoreError::Invalid(refused))
+    );
+    let job = new.job(lost.id).await.expect("job");
+    assert_eq!(
+        (job.state.as_str(), job.attempts, job.needs_reconcile),
+        ("in_flight", 2, true),
+        "the new owner's lease stands"
+    );
+    let outcomes: Vec<Option<String>> = new
+        .attempts(lost.id)
+        .await
+        .expect("attempts")
+        .into_iter()
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(outcomes, [Some("interrupted".to_owned()), None]);
+    assert!(
+        new.ledger().await.expect("ledger").is_empty(),
+        "nothing delivered"
+    );
+
+    // The new owner's own answer is applied.
+    let (report, disposition) = delivered();
+    new.finish_attempt(taken.id, taken.attempt_id, report, disposition, None, 2_200)
+        .await
+        .expect("the owner finishes");
+    assert_eq!(
+        new.job(JobId(lost.id.0)).await.expect("job").state,
+        "delivered"
+    );
+
+    // A job that moved on without its attempt being closed (the attempt of another job
+    // named by mistake, say) is refused the same way.
+    old.ingest(ipn("k2", "B", true)).await.expect("ingest");
+    let other = old
+        .lease_due("crm", 3_000, 10)
+        .await
+        .expect("lease")
+        .remove(0);
+    let (report, disposition) = delivered();
+    assert!(matches!(
+        old.finish_attempt(lost.id, other.attempt_id, report, disposition, None, 3_100)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(old.job(other.id).await.expect("job").state, "in_flight");
+    old.close().await;
+    new.close().await;
 }
