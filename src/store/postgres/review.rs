@@ -807,3 +807,163 @@ async fn actions_of(
     })
     .collect()
 }
+
+/// What only PostgreSQL has to get right here: a command runs while other instances change
+/// the same jobs. Each test holds a lock in a transaction of its own (as a daemon's lease or
+/// dead letter would), starts the command, waits until PostgreSQL reports it waiting on a
+/// lock, then lets the other transaction commit.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{AttemptReport, Outcome};
+    use crate::store::tests::ipn;
+    use crate::store::{Disposition, Ingested};
+
+    fn ops() -> Operator {
+        Operator {
+            user: "alice".into(),
+            reason: "test".into(),
+        }
+    }
+
+    async fn connect(url: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// Returns once another session of this database waits on a lock (polled; at most 5 s).
+    async fn until_someone_waits_on_a_lock(url: &str) {
+        let observer = connect(url).await;
+        for _ in 0..500 {
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            if waiting > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the command never waited for the lock");
+    }
+
+    async fn one_job(store: &PgStore, key: &str, order: &str) -> i64 {
+        match store.ingest(ipn(key, order, true)).await.expect("ingest") {
+            Ingested::Stored { jobs, .. } => jobs[0].0,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Regression guard: without the row lock the command read `pending`, waited on its
+    /// `UPDATE` for the lease, and then dropped the job the lease had just taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_drop_waits_for_a_lease_in_progress_and_refuses_the_job_it_took() {
+        let Some(url) = crate::store::testing::fresh_database().await else {
+            return;
+        };
+        let store = PgStore::connect(&url).await.expect("connect");
+        let job = one_job(&store, "k1", "A").await;
+        let lease = connect(&url).await;
+        lease
+            .batch_execute(&format!(
+                "BEGIN; UPDATE jobs SET state = 'in_flight' WHERE id = {job}"
+            ))
+            .await
+            .expect("lease in progress");
+        let dropping = tokio::spawn({
+            let store = store.clone();
+            async move { store.drop_jobs(vec![JobId(job)], ops(), 5_000).await }
+        });
+        until_someone_waits_on_a_lock(&url).await;
+        lease.batch_execute("COMMIT").await.expect("commit");
+        let refused = dropping.await.expect("join");
+        assert!(
+            matches!(&refused, Err(StoreError::Invalid(why)) if why.contains("being delivered")),
+            "{refused:?}"
+        );
+        assert_eq!(store.job(JobId(job)).await.expect("job").state, "in_flight");
+    }
+
+    /// Regression guard: without the order's lock a retry released the held jobs it could
+    /// see, and a job held by an ingest committing a moment later stayed held for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_waits_for_the_order_lock_and_releases_a_job_held_meanwhile() {
+        let Some(url) = crate::store::testing::fresh_database().await else {
+            return;
+        };
+        let store = PgStore::connect(&url).await.expect("connect");
+        let dead = one_job(&store, "k1", "A").await;
+        let leased = store.lease_due("crm", 1_000, 10).await.expect("lease");
+        let report = AttemptReport {
+            outcome: Outcome::Permanent {
+                reason: "No products exist in the order".into(),
+            },
+            endpoint: "order/import".into(),
+            http_status: Some(200),
+            request: String::new(),
+            response: String::new(),
+            maybe_applied: false,
+        };
+        store
+            .finish_attempt(
+                leased[0].id,
+                leased[0].attempt_id,
+                report,
+                Disposition::Dead,
+                None,
+                1_100,
+            )
+            .await
+            .expect("dead");
+
+        // Another instance's ingest of a job of order A, held behind the dead job, under the
+        // order's lock.
+        let mut other = store.client().await.expect("client");
+        let ingest = other.transaction().await.expect("begin");
+        lock_order(&ingest, "main", "A").await.expect("order lock");
+        let retrying = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .retry_jobs(RetrySelection::Ids(vec![JobId(dead)]), ops(), 5_000)
+                    .await
+            }
+        });
+        until_someone_waits_on_a_lock(&url).await;
+        let held: i64 = ingest
+            .query_one(
+                "WITH i AS (
+                     INSERT INTO ipns (source, business_key, event, received_at, raw_body)
+                     VALUES ('ds24', 'k2', 'on_refund', 1200, 'event=on_refund'::bytea)
+                     RETURNING id)
+                 INSERT INTO jobs (ipn_id, integration, target, action, payload, order_key,
+                                   state, next_attempt_at, created_at, updated_at)
+                 SELECT id, 'main', 'crm', 'refund', '{}', 'A', 'held', 1200, 1200, 1200 FROM i
+                 RETURNING id",
+                &[],
+            )
+            .await
+            .expect("held job")
+            .get(0);
+        ingest.commit().await.expect("commit");
+        let change = retrying.await.expect("join").expect("retry");
+        assert_eq!(
+            change,
+            QueueChange {
+                changed: vec![dead],
+                released: vec![held],
+            }
+        );
+        assert_eq!(store.job(JobId(held)).await.expect("job").state, "pending");
+    }
+}
