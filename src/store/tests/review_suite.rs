@@ -20,6 +20,7 @@ on_both_backends!(
     drop_is_final_records_the_reason_and_releases_held_jobs,
     a_job_being_delivered_is_refused_by_retry_and_drop,
     retry_of_several_jobs_of_one_order_goes_in_ascending_order,
+    a_dead_import_is_retried_even_behind_an_earlier_dead_refund,
     purge_clears_only_old_final_history_in_bounded_batches_and_keeps_every_key,
     refusals_of_operator_commands_are_not_store_errors,
     an_alert_is_owed_to_each_recipient_once_and_marked_sent_per_recipient,
@@ -644,6 +645,76 @@ async fn retry_of_several_jobs_of_one_order_goes_in_ascending_order(db: TestDb) 
     let held = q.store.job_detail(JobId(q.held)).await.expect("detail");
     let commands: Vec<&str> = held.actions.iter().map(|a| a.command.as_str()).collect();
     assert_eq!(commands, ["release", "retry"]);
+}
+
+/// An import never waits for an earlier refund of its order (a refund may arrive before its
+/// payment): a dead import is retried although the refund before it is dead too.
+async fn a_dead_import_is_retried_even_behind_an_earlier_dead_refund(db: TestDb) {
+    let store = db.open().await;
+    let mut refund = ipn("refund", "A", true);
+    if let Some(NewRoute {
+        decision: RouteDecision::Job { job, .. },
+        ..
+    }) = refund.routes.first_mut()
+    {
+        *job.action = Action::Refund {
+            import: ImportRef {
+                ds24_order_id: "A".into(),
+                ds24_item: "1".into(),
+                payment_transaction: Some("t-import".into()),
+                reference_field: "custom1".into(),
+                email: "jane@example.com".into(),
+                campaign_id: 12,
+                since: "2026-11-22".into(),
+            },
+            amount: Money::from_minor(2_000),
+            ds24_transaction_id: "t-refund".into(),
+            full: false,
+        };
+    }
+    let mut ids = Vec::new();
+    for new in [refund, ipn("import", "A", true)] {
+        let Ingested::Stored { jobs, .. } = store.ingest(new).await.expect("ingest") else {
+            panic!("stored expected");
+        };
+        ids.push(jobs[0].0);
+    }
+    let (refund, import) = (ids[0], ids[1]);
+    let leased = store.lease_due("crm", 1_000, 10).await.expect("lease");
+    assert_eq!(leased.len(), 2, "the import does not wait for the refund");
+    for l in leased {
+        store
+            .finish_attempt(
+                l.id,
+                l.attempt_id,
+                report(Outcome::Permanent {
+                    reason: "refused".into(),
+                }),
+                Disposition::Dead,
+                None,
+                1_100,
+            )
+            .await
+            .expect("dead");
+    }
+    assert_eq!(
+        store
+            .retry_jobs(
+                RetrySelection::Ids(vec![JobId(import)]),
+                alice("product fixed"),
+                2_000,
+            )
+            .await
+            .expect("retry"),
+        change(&[import], &[]),
+        "the dead refund before it does not block it, nor is anything released"
+    );
+    let state = |id| {
+        let store = store.clone();
+        async move { store.job_detail(JobId(id)).await.expect("detail").job.state }
+    };
+    assert_eq!(state(import).await, "pending");
+    assert_eq!(state(refund).await, "dead");
 }
 
 // ---------------------------------------------------------------- purge
