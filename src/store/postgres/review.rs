@@ -18,8 +18,9 @@
 //! - **Purge without a long lock.** Each batch is one short transaction; a row that a
 //!   daemon changes at the same time is either seen before or after that change (as if the
 //!   purge ran just before it on SQLite).
-//! - The row readers (`job_row`, `attempt_row`, the ledger's) are local to this file: the
-//!   inbox/jobs file has its own needs; they read the same columns the same way.
+//! - The row readers here (`job_row`, the attempts' and the ledger's, and `col` in
+//!   `alerts.rs`) were written while `jobs.rs` was written in parallel, which has private
+//!   twins of them (`job_row`, `ledger_row`, `col`): one set should go once both are merged.
 
 use std::collections::{BTreeMap, BTreeSet};
 
