@@ -134,6 +134,8 @@ macro_rules! on_both_backends {
         }
     };
 }
+// By path too, for the suites in submodules declared above the macro (`review_suite`).
+pub(crate) use on_both_backends;
 
 on_both_backends!(
     a_repeated_ipn_is_stored_once_and_creates_no_job,
