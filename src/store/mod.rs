@@ -417,6 +417,16 @@ impl Store {
         }
     }
 
+    /// Whether this instance plays `role` now (`alert-sender`, `audit:<source>`): always
+    /// on SQLite; on PostgreSQL one instance at a time, with fail-over (see
+    /// [`postgres::claims`]).
+    pub async fn claim_role(&self, role: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(true),
+            Store::Postgres(s) => s.claim_role(role).await,
+        }
+    }
+
     /// Connects to the PostgreSQL database at `url` and migrates it (see [`postgres`]).
     pub async fn connect_postgres(url: &str) -> Result<Store, StoreError> {
         Ok(Store::Postgres(PgStore::connect(url).await?))

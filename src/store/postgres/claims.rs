@@ -21,7 +21,11 @@
 //! attempt it still finishes afterwards is refused by the store (the attempt must still be
 //! open), so it cannot overwrite what the new owner did.
 //!
-//! Lock keys: `pg_try_advisory_lock(LOCK_SPACE, fnv1a(target name))`. Two names with the
+//! The same connection holds the *role* locks (see [`PgStore::claim_role`]): which instance
+//! mails the shared alert outbox and runs each source's periodic audit.
+//!
+//! Lock keys: `pg_try_advisory_lock(TARGET_SPACE, fnv1a(target name))`, and `ROLE_SPACE`
+//! for roles. Two names with the
 //! same hash share a lock: both targets are then dispatched by the same instance, which is
 //! correct, only less spread out.
 
@@ -35,7 +39,22 @@ use super::{PgStore, pg_error};
 use crate::store::{Claim, StoreError, reconciled_kind_names};
 
 /// First key of every dispatcher lock: "ipnb" in ASCII.
-const LOCK_SPACE: i32 = 0x6970_6e62;
+const TARGET_SPACE: i32 = 0x6970_6e62;
+
+/// First key of every role lock (see [`PgStore::claim_role`]): "ipnr".
+const ROLE_SPACE: i32 = 0x6970_6e72;
+
+/// Gives up the lock `(space, name)` (after a claim that could not be completed).
+async fn unlock(state: &State, space: i32, name: &str) {
+    if let Some(client) = &state.client {
+        let _ = client
+            .query_one(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&space, &name_key(name)],
+            )
+            .await;
+    }
+}
 
 /// How often a held lock connection is checked with a round trip.
 pub const PING_EVERY: Duration = Duration::from_secs(1);
@@ -49,7 +68,8 @@ pub(super) struct Claims {
 #[derive(Default)]
 struct State {
     client: Option<Client>,
-    held: BTreeSet<String>,
+    /// `(key space, name)` of every lock held.
+    held: BTreeSet<(i32, String)>,
     checked_at: Option<Instant>,
 }
 
@@ -74,14 +94,21 @@ impl Claims {
     }
 }
 
-/// The lock key of a target name (FNV-1a, 32 bits).
-fn target_key(name: &str) -> i32 {
+/// The second lock key of a target or role name (FNV-1a, 32 bits).
+fn name_key(name: &str) -> i32 {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in name.bytes() {
         hash ^= u32::from(byte);
         hash = hash.wrapping_mul(0x0100_0193);
     }
     i32::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// What asking for one lock gave.
+enum Lock {
+    AlreadyHeld,
+    NewlyTaken,
+    Elsewhere,
 }
 
 impl PgStore {
@@ -93,8 +120,50 @@ impl PgStore {
         now: i64,
         retry_at: i64,
     ) -> Result<Claim, StoreError> {
-        let claims = &self.claims;
-        let mut state = claims.state.lock().await;
+        let mut state = self.claims.state.lock().await;
+        match self.try_lock(&mut state, TARGET_SPACE, target).await? {
+            Lock::AlreadyHeld => Ok(Claim::Held),
+            Lock::Elsewhere => Ok(Claim::Elsewhere),
+            Lock::NewlyTaken => match self.recover_target(target, now, retry_at).await {
+                Ok(recovered) => {
+                    state.held.insert((TARGET_SPACE, target.to_owned()));
+                    Ok(Claim::Taken { recovered })
+                }
+                Err(e) => {
+                    // Not recovered: not ours. Another instance (or this one, next round)
+                    // tries again from the start.
+                    unlock(&state, TARGET_SPACE, target).await;
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// Whether this instance plays `role` (one instance at a time, fail-over as for
+    /// targets): `alert-sender` mails the shared alert outbox, `audit:<source>` runs a
+    /// source's periodic Digistore24 audit, so several instances neither mail a digest twice
+    /// nor ask the API twice.
+    pub async fn claim_role(&self, role: &str) -> Result<bool, StoreError> {
+        let mut state = self.claims.state.lock().await;
+        match self.try_lock(&mut state, ROLE_SPACE, role).await? {
+            Lock::AlreadyHeld => Ok(true),
+            Lock::NewlyTaken => {
+                tracing::info!(role, "this instance now plays the role");
+                state.held.insert((ROLE_SPACE, role.to_owned()));
+                Ok(true)
+            }
+            Lock::Elsewhere => Ok(false),
+        }
+    }
+
+    /// Asks for the lock `(space, name)` on the lock connection, (re)connecting it first
+    /// when it is gone (every lock it held is then lost, and said so).
+    async fn try_lock(
+        &self,
+        state: &mut State,
+        space: i32,
+        name: &str,
+    ) -> Result<Lock, StoreError> {
         let alive = match &state.client {
             Some(client) if !client.is_closed() => {
                 let fresh = state.checked_at.is_some_and(|at| at.elapsed() < PING_EVERY);
@@ -105,14 +174,15 @@ impl PgStore {
         if !alive {
             if !state.held.is_empty() {
                 tracing::error!(
-                    targets = ?state.held,
+                    held = ?state.held.iter().map(|(_, n)| n).collect::<Vec<_>>(),
                     "lost the connection that holds the dispatcher locks; this instance stops \
-                     dispatching those targets until it holds their locks again"
+                     dispatching those targets (and playing those roles) until it holds their \
+                     locks again"
                 );
             }
             state.held.clear();
             state.client = None;
-            let (client, connection) = claims.config.connect(NoTls).await.map_err(pg_error)?;
+            let (client, connection) = self.claims.config.connect(NoTls).await.map_err(pg_error)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "dispatcher lock connection ended");
@@ -121,35 +191,25 @@ impl PgStore {
             state.client = Some(client);
         }
         state.checked_at = Some(Instant::now());
-        if state.held.contains(target) {
-            return Ok(Claim::Held);
+        if state.held.contains(&(space, name.to_owned())) {
+            return Ok(Lock::AlreadyHeld);
         }
         let Some(client) = &state.client else {
             return Err(StoreError::Unavailable("no lock connection".into()));
         };
-        let key = target_key(target);
         let taken: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_SPACE, &key])
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&space, &name_key(name)],
+            )
             .await
             .map_err(pg_error)?
             .get(0);
-        if !taken {
-            return Ok(Claim::Elsewhere);
-        }
-        match self.recover_target(target, now, retry_at).await {
-            Ok(recovered) => {
-                state.held.insert(target.to_owned());
-                Ok(Claim::Taken { recovered })
-            }
-            Err(e) => {
-                // Not recovered: not ours. Another instance (or this one, next round) tries
-                // again from the start.
-                let _ = client
-                    .query_one("SELECT pg_advisory_unlock($1, $2)", &[&LOCK_SPACE, &key])
-                    .await;
-                Err(e)
-            }
-        }
+        Ok(if taken {
+            Lock::NewlyTaken
+        } else {
+            Lock::Elsewhere
+        })
     }
 
     /// Every job of `target` left `in_flight` (by an instance that stopped) goes back to
@@ -196,13 +256,88 @@ impl PgStore {
 mod tests {
     use super::*;
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_instance_holds_a_target_and_another_takes_it_over_with_its_jobs() {
+        let Some(url) = crate::store::testing::fresh_database().await else {
+            return;
+        };
+        let a = PgStore::connect(&url).await.expect("instance a");
+        let b = PgStore::connect(&url).await.expect("instance b");
+        let store_a = crate::store::Store::Postgres(a.clone());
+        store_a
+            .ingest(crate::store::tests::ipn("k1", "A", true))
+            .await
+            .expect("ingest");
+        assert_eq!(
+            a.claim_target("crm", 1_000, 1_000).await.expect("claim"),
+            Claim::Taken { recovered: 0 }
+        );
+        assert_eq!(
+            a.claim_target("crm", 1_000, 1_000).await.expect("again"),
+            Claim::Held
+        );
+        assert_eq!(
+            b.claim_target("crm", 1_000, 1_000).await.expect("b"),
+            Claim::Elsewhere
+        );
+        // Another target is free for b.
+        assert_eq!(
+            b.claim_target("webhook", 1_000, 1_000)
+                .await
+                .expect("b other"),
+            Claim::Taken { recovered: 0 }
+        );
+        let leased = store_a.lease_due("crm", 2_000, 10).await.expect("lease");
+        assert_eq!(leased.len(), 1);
+        // a stops (as a crash ends its session): b takes the target and its in-flight job.
+        a.close().await;
+        assert_eq!(
+            b.claim_target("crm", 3_000, 3_500)
+                .await
+                .expect("take over"),
+            Claim::Taken { recovered: 1 }
+        );
+        let store_b = crate::store::Store::Postgres(b.clone());
+        let job = store_b.job(leased[0].id).await.expect("job");
+        assert_eq!(job.state, "pending");
+        assert!(
+            job.needs_reconcile,
+            "an import is looked up before it is sent again"
+        );
+        assert_eq!(job.next_attempt_at, 3_500);
+        let attempts = store_b.attempts(leased[0].id).await.expect("attempts");
+        assert_eq!(attempts[0].outcome.as_deref(), Some("interrupted"));
+        b.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_role_is_played_by_one_instance_at_a_time() {
+        let Some(url) = crate::store::testing::fresh_database().await else {
+            return;
+        };
+        let a = PgStore::connect(&url).await.expect("instance a");
+        let b = PgStore::connect(&url).await.expect("instance b");
+        assert!(a.claim_role("alert-sender").await.expect("a"));
+        assert!(a.claim_role("alert-sender").await.expect("a again"));
+        assert!(!b.claim_role("alert-sender").await.expect("b"));
+        assert!(b.claim_role("audit:ds24").await.expect("b audit"));
+        // A role and a target of the same name are different locks.
+        assert_eq!(
+            a.claim_target("audit:ds24", 0, 0).await.expect("target"),
+            Claim::Taken { recovered: 0 }
+        );
+        a.close().await;
+        assert!(b.claim_role("alert-sender").await.expect("b after a"));
+        b.close().await;
+    }
+
     #[test]
     fn target_keys_are_stable_and_spread() {
-        assert_eq!(target_key("crm"), target_key("crm"));
-        assert_ne!(target_key("crm"), target_key("crm2"));
+        assert_eq!(name_key("crm"), name_key("crm"));
+        assert_ne!(name_key("crm"), name_key("crm2"));
         // FNV-1a of the empty string is its offset basis.
         assert_eq!(
-            target_key(""),
+            name_key(""),
             i32::from_ne_bytes(0x811c_9dc5_u32.to_ne_bytes())
         );
     }
