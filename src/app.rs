@@ -142,6 +142,10 @@ fn keep_restart_only_settings(old: &Config, mut new: Config) -> Config {
         );
         new.store.path = old.store.path.clone();
     }
+    if !same_secret(old.store.url.as_ref(), new.store.url.as_ref()) {
+        tracing::warn!("store.url changes only with a restart");
+    }
+    new.store.url = old.store.url.clone();
     if new.server.max_connections != old.server.max_connections {
         tracing::warn!(
             running = old.server.max_connections,
@@ -157,12 +161,36 @@ fn keep_restart_only_settings(old: &Config, mut new: Config) -> Config {
     new
 }
 
-/// Opens the daemon's store: takes the database's lock (a second daemon stops here, naming
-/// the first one's PID) and refuses an empty, damaged or read-only file (see
-/// [`Store::open_exclusive`]). May take up to the `quick_check` budget.
-pub fn open_store(config: &Config, empty: EmptyFile) -> anyhow::Result<Store> {
-    Store::open_exclusive(&config.store.path, empty)
-        .with_context(|| format!("cannot open the store {}", config.store.path.display()))
+/// Opens the daemon's store. SQLite: takes the database's lock (a second daemon stops here,
+/// naming the first one's PID) and refuses an empty, damaged or read-only file (see
+/// [`Store::open_exclusive`]); may take up to the `quick_check` budget. PostgreSQL
+/// (`[store] url`): connects and migrates (an instance starting during another's migration
+/// waits for it); several daemons share the database.
+pub async fn open_store(config: &Config, empty: EmptyFile) -> anyhow::Result<Store> {
+    use secrecy::ExposeSecret;
+    match &config.store.url {
+        Some(url) => Store::connect_postgres(url.expose_secret())
+            .await
+            .context("cannot open the PostgreSQL store ([store] url)"),
+        None => Store::open_exclusive(&config.store.path, empty)
+            .with_context(|| format!("cannot open the store {}", config.store.path.display())),
+    }
+}
+
+/// Whether two optional secrets are equal (compared in constant time; the values go
+/// nowhere else).
+fn same_secret(a: Option<&secrecy::SecretString>, b: Option<&secrecy::SecretString>) -> bool {
+    use secrecy::ExposeSecret;
+    use subtle::ConstantTimeEq;
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => bool::from(
+            a.expose_secret()
+                .as_bytes()
+                .ct_eq(b.expose_secret().as_bytes()),
+        ),
+        _ => false,
+    }
 }
 
 /// What differs in `[alerts]` between the running and the reloaded file, one message per key
@@ -172,23 +200,13 @@ pub fn open_store(config: &Config, empty: EmptyFile) -> anyhow::Result<Store> {
 /// same `[REDACTED]`, so comparing that form missed a changed password. The password is
 /// exposed here only to compare it (in constant time), and goes nowhere else.
 fn alerts_changes(old: Option<&Alerts>, new: Option<&Alerts>) -> Vec<String> {
-    use secrecy::ExposeSecret;
-    use subtle::ConstantTimeEq;
     let (old, new) = match (old, new) {
         (None, None) => return Vec::new(),
         (None, Some(_)) => return vec!["[alerts] added; restart to apply".to_owned()],
         (Some(_), None) => return vec!["[alerts] removed; restart to apply".to_owned()],
         (Some(old), Some(new)) => (old, new),
     };
-    let same_password = match (&old.smtp_password, &new.smtp_password) {
-        (None, None) => true,
-        (Some(a), Some(b)) => bool::from(
-            a.expose_secret()
-                .as_bytes()
-                .ct_eq(b.expose_secret().as_bytes()),
-        ),
-        _ => false,
-    };
+    let same_password = same_secret(old.smtp_password.as_ref(), new.smtp_password.as_ref());
     [
         ("smtp_url", old.smtp_url == new.smtp_url),
         ("smtp_username", old.smtp_username == new.smtp_username),
@@ -209,7 +227,7 @@ pub async fn start(
     listener: TcpListener,
     clock: SharedClock,
 ) -> anyhow::Result<Running> {
-    let store = open_store(&config, EmptyFile::Refuse)?;
+    let store = open_store(&config, EmptyFile::Refuse).await?;
     start_with_store(config, store, listener, clock).await
 }
 
@@ -223,10 +241,16 @@ pub async fn start_with_store(
     let config = Arc::new(config);
     let now = clock.now_ms();
     let first_retry_ms = i64::try_from(config.delivery.retry_initial.as_millis()).unwrap_or(0);
-    let recovered = store
-        .recover_interrupted(now, now.saturating_add(first_retry_ms))
-        .await
-        .context("cannot recover interrupted jobs")?;
+    // Shared (PostgreSQL): each target's jobs are recovered when this instance takes the
+    // target over, never all at start (another instance may be running them).
+    let recovered = if store.shared() {
+        0
+    } else {
+        store
+            .recover_interrupted(now, now.saturating_add(first_retry_ms))
+            .await
+            .context("cannot recover interrupted jobs")?
+    };
     if recovered > 0 {
         tracing::warn!(
             jobs = recovered,
@@ -346,7 +370,7 @@ pub async fn run(config_path: &Path, empty: EmptyFile) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     // The store first: a second daemon on the same database must say so, not fail on the
     // (usually also taken) listening address.
-    let store = open_store(&config, empty)?;
+    let store = open_store(&config, empty).await?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -15,6 +15,7 @@
 //! | `ipn_bridge_delivery_duration_seconds` | histogram | |
 //! | `ipn_bridge_ingest_duration_seconds` | histogram | |
 //! | `ipn_bridge_targets_paused` | gauge | `target` |
+//! | `ipn_bridge_target_dispatched` | gauge | `target` |
 //! | `ipn_bridge_store_errors_total` | counter | |
 //! | `ipn_bridge_connections_open` | gauge | |
 //! | `ipn_bridge_connections_refused_total` | counter | |
@@ -105,6 +106,7 @@ struct Inner {
     delivery_duration: Histogram,
     ingest_duration: Histogram,
     targets_paused: Family<TargetLabels, Gauge>,
+    target_dispatched: Family<TargetLabels, Gauge>,
     store_errors: Counter,
     /// The store's running total that `store_errors` has caught up with.
     store_errors_seen: AtomicU64,
@@ -175,6 +177,12 @@ impl Metrics {
             "1 while a target is paused after a target-wide failure (bad login, IP not allow-listed), else 0",
             targets_paused.clone(),
         );
+        let target_dispatched = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "target_dispatched",
+            "1 while this instance dispatches the target; 0 while another instance sharing the PostgreSQL store does",
+            target_dispatched.clone(),
+        );
         let store_errors = Counter::default();
         registry.register(
             "store_errors",
@@ -209,6 +217,7 @@ impl Metrics {
                 delivery_duration,
                 ingest_duration,
                 targets_paused,
+                target_dispatched,
                 store_errors,
                 store_errors_seen: AtomicU64::new(0),
                 connections_open,
@@ -277,6 +286,16 @@ impl Metrics {
                 target: label_value(target),
             })
             .set(i64::from(paused));
+    }
+
+    /// Whether this instance dispatches `target` (always on SQLite).
+    pub fn set_target_dispatched(&self, target: &str, dispatched: bool) {
+        self.inner
+            .target_dispatched
+            .get_or_create(&TargetLabels {
+                target: label_value(target),
+            })
+            .set(i64::from(dispatched));
     }
 
     /// The store reports `total` failed operations so far (a running total that only

@@ -152,6 +152,10 @@ impl Alert {
     }
 }
 
+/// The role (see `Store::claim_role`) of the instance that mails the outbox when several
+/// share one PostgreSQL database.
+pub const SENDER_ROLE: &str = "alert-sender";
+
 /// Records alerts and mails them. Cheap to clone; every clone shares the outbox wake-up.
 #[derive(Clone)]
 pub struct Alerter {
@@ -292,6 +296,10 @@ impl Alerter {
     /// Mails every recipient that is due; then checks the backlog if anything failed.
     async fn round(&self, settings: &Settings, retry: &mut RetryState) {
         let store = &self.inner.store;
+        // Several instances on one database share one outbox: one of them mails it.
+        if !store.claim_role(SENDER_ROLE).await.unwrap_or(false) {
+            return;
+        }
         let now = self.inner.clock.now_ms();
         let due = match store
             .alert_outbox_due(now.saturating_sub(settings.window_ms), DIGEST_MAX_ITEMS)

@@ -13,7 +13,6 @@
 //! - `audit` exits 1 when any transaction is missing (so cron can mail it).
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -396,7 +395,7 @@ fn audit(
     let since =
         crate::config::parse_duration(since).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
     let client = client(source)?;
-    let store = open_store(&config.store.path)?;
+    let store = rt.block_on(super::output::open_existing_store(config))?;
     let result = rt.block_on(crate::ds24::audit::audit(
         &client,
         &store,
@@ -444,15 +443,4 @@ fn audit(
     } else {
         ExitCode::from(1)
     })
-}
-
-fn open_store(path: &Path) -> anyhow::Result<crate::store::Store> {
-    if !path.exists() {
-        anyhow::bail!(
-            "no database at {} ([store].path); has the daemon run here?",
-            path.display()
-        );
-    }
-    crate::store::Store::open(path)
-        .with_context(|| format!("cannot open the database {}", path.display()))
 }

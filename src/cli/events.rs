@@ -143,8 +143,8 @@ pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
         EventsCommand::List(a) => &a.config,
         EventsCommand::Show(a) => &a.config,
     };
-    let store = output::open_store(&config.config)?;
     let runtime = output::runtime()?;
+    let store = runtime.block_on(output::open_store(&config.config))?;
     runtime.block_on(async move {
         let result = match args.command {
             EventsCommand::List(a) => list(&store, a).await,

@@ -29,7 +29,7 @@ use crate::domain::{
 };
 use crate::ipn;
 use crate::rules::{self, Decision};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// Exit code when the event id does not exist.
 pub const EXIT_NOT_FOUND: u8 = 3;
@@ -66,8 +66,8 @@ async fn explain(
     source: Option<&str>,
     check_signature: bool,
 ) -> anyhow::Result<ExitCode> {
-    let store = if config.store.path.exists() {
-        Some(Store::open(&config.store.path).context("cannot open the store")?)
+    let store = if config.store.url.is_some() || config.store.path.exists() {
+        Some(super::output::open_existing_store(config).await?)
     } else {
         None
     };

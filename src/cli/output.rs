@@ -35,22 +35,34 @@ pub const DEFAULT_LIMIT: u32 = 50;
 /// working directory). A missing database file is an error, not a new empty database.
 /// Secrets are not read (these commands need none, and systemd credentials exist only
 /// inside the service).
-pub fn open_store(config_path: &Path) -> anyhow::Result<Store> {
+pub async fn open_store(config_path: &Path) -> anyhow::Result<Store> {
     let loaded = crate::config::load_without_secrets(config_path).map_err(|errors| {
         anyhow::anyhow!(
             "{errors}\n{}: the configuration is not valid (see `ipn-bridge check-config`)",
             config_path.display()
         )
     })?;
-    let db = loaded.config.store.path;
+    open_existing_store(&loaded.config).await
+}
+
+/// The database of `config` for an operator command, beside running daemons: the
+/// PostgreSQL database of `[store] url`, or the SQLite file of `[store] path`, which must
+/// exist (a missing file is an error, not a new empty database).
+pub async fn open_existing_store(config: &crate::config::Config) -> anyhow::Result<Store> {
+    use secrecy::ExposeSecret;
+    if let Some(url) = &config.store.url {
+        return Store::connect_postgres(url.expose_secret())
+            .await
+            .context("cannot open the PostgreSQL store ([store] url)");
+    }
+    let db = &config.store.path;
     if !db.exists() {
         anyhow::bail!(
-            "no database at {} ([store].path of {}); has the daemon run here?",
-            db.display(),
-            config_path.display()
+            "no database at {} ([store] path); has the daemon run here?",
+            db.display()
         );
     }
-    Store::open(&db).with_context(|| format!("cannot open the database {}", db.display()))
+    Store::open(db).with_context(|| format!("cannot open the database {}", db.display()))
 }
 
 /// A current-thread runtime for one command.

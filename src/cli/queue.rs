@@ -256,8 +256,8 @@ pub fn run(args: QueueArgs) -> anyhow::Result<ExitCode> {
         QueueCommand::Drop(a) => &a.config,
         QueueCommand::Purge(a) => &a.config,
     };
-    let store = output::open_store(&config.config)?;
     let runtime = output::runtime()?;
+    let store = runtime.block_on(output::open_store(&config.config))?;
     runtime.block_on(async move {
         let result = match args.command {
             QueueCommand::List(a) => list(&store, a).await,

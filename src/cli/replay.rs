@@ -12,14 +12,12 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{EventId, IpnEvent};
 use crate::ingest;
 use crate::ipn;
 use crate::rules::{self, Decision};
-use crate::store::{Rerouted, Store, StoreError};
+use crate::store::{Rerouted, StoreError};
 
 use super::explain::EXIT_NOT_FOUND;
 
@@ -40,7 +38,7 @@ pub fn run(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let store = Store::open(&config.store.path).context("cannot open the store")?;
+        let store = super::output::open_existing_store(&config).await?;
         let mut missing = false;
         let mut failed = false;
         for &id in events {

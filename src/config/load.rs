@@ -26,11 +26,13 @@ pub struct Loaded {
 }
 
 /// Like [`load`], but secrets written as `{ env = … }`, `{ file = … }` or
-/// `{ credential = … }` are not read: they hold a placeholder. For the commands that never
+/// `{ credential = … }` are not read: they hold a placeholder. The one exception is
+/// `[store] url`, read for real: these commands need the database. For the commands that never
 /// use a secret (`queue`, `events`, `replay`), so an operator can run them outside the
 /// service, where systemd credentials do not exist. Everything else is validated as usual.
 pub fn load_without_secrets(path: &Path) -> Result<Loaded, ConfigErrors> {
-    parse(&read_config(path)?, path, &SecretsUnread)
+    let text = read_config(path)?;
+    parse_collecting(&text, path, &SecretsUnread, &SystemEnvironment).map(|(loaded, _)| loaded)
 }
 
 /// The file's text; an unreadable file is one error at 1:1.
@@ -72,7 +74,8 @@ impl Environment for SecretsUnread {
 /// or others.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let text = read_config(path)?;
-    let (mut loaded, plain_secrets) = parse_collecting(&text, path, &SystemEnvironment)?;
+    let (mut loaded, plain_secrets) =
+        parse_collecting(&text, path, &SystemEnvironment, &SystemEnvironment)?;
     if let Some(mode) = readable_by_others(path)
         && !plain_secrets.is_empty()
     {
@@ -103,7 +106,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
 /// Validates `text` (the contents of `path`, which is used for messages and to resolve
 /// relative secret files) and resolves its secrets through `env`.
 pub fn parse(text: &str, path: &Path, env: &dyn Environment) -> Result<Loaded, ConfigErrors> {
-    parse_collecting(text, path, env).map(|(loaded, _)| loaded)
+    parse_collecting(text, path, env, env).map(|(loaded, _)| loaded)
 }
 
 /// [`parse`], also returning the spans of the secrets written in plain text.
@@ -111,10 +114,11 @@ fn parse_collecting(
     text: &str,
     path: &Path,
     env: &dyn Environment,
+    store_env: &dyn Environment,
 ) -> Result<(Loaded, Vec<Range<usize>>), ConfigErrors> {
     let (tree_text, syntax_errors) = recover(text);
     let (root, _) = DeTable::parse_recoverable(&tree_text);
-    let walked = walk(text, &root, path, env);
+    let walked = walk(text, &root, path, env, store_env);
     let had_syntax_errors = !syntax_errors.is_empty();
     let mut errors = syntax_errors;
     errors.extend(

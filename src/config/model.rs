@@ -37,8 +37,12 @@ pub struct Server {
 
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// Default `ipn-bridge.db`; a relative path is relative to the working directory.
+    /// Default `ipn-bridge.db`; a relative path is relative to the working directory. Not
+    /// used when `url` is set.
     pub path: PathBuf,
+    /// `[store] url` (any secret form): a PostgreSQL connection string, for several daemons
+    /// sharing one database. `None`: the SQLite file at `path`. Never both in the file.
+    pub url: Option<secrecy::SecretString>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

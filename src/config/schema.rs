@@ -76,7 +76,7 @@ const ROOT_KEYS: [&str; 7] = [
     "integration",
 ];
 const SERVER_KEYS: [&str; 4] = ["listen", "max_body_bytes", "public_url", "max_connections"];
-const STORE_KEYS: [&str; 1] = ["path"];
+const STORE_KEYS: [&str; 2] = ["path", "url"];
 const DELIVERY_KEYS: [&str; 4] = ["timeout", "retry_initial", "retry_max", "give_up_after"];
 const ALERTS_KEYS: [&str; 6] = [
     "smtp_url",
@@ -172,17 +172,21 @@ pub(crate) fn walk(
     tree: &Spanned<DeTable<'_>>,
     path: &Path,
     env: &dyn Environment,
+    store_env: &dyn Environment,
 ) -> Walked {
     let mut walker = Walker {
         text,
         out: Findings::default(),
         secrets: SecretResolver::new(env, path),
+        store_secrets: SecretResolver::new(store_env, path),
     };
     let config = walker.config(&Section::root(tree), path);
+    let mut plain_secret_spans = walker.secrets.plain_spans;
+    plain_secret_spans.extend(walker.store_secrets.plain_spans);
     Walked {
         config,
         findings: walker.out,
-        plain_secret_spans: walker.secrets.plain_spans,
+        plain_secret_spans,
     }
 }
 
@@ -207,7 +211,32 @@ fn default_server() -> Server {
 fn default_store() -> Store {
     Store {
         path: PathBuf::from(DEFAULT_STORE_PATH),
+        url: None,
     }
+}
+
+/// Whether `url` reads as a PostgreSQL connection string (`postgres://…`,
+/// `postgresql://…` or `key=value …`); reports it at `field` otherwise, without the value,
+/// which may hold a password.
+fn postgres_url_is_valid(
+    url: &secrecy::SecretString,
+    field: &crate::config::reader::Field<'_, '_>,
+    out: &mut Findings,
+) -> bool {
+    use secrecy::ExposeSecret;
+    let text = url.expose_secret();
+    let uri_form = text.starts_with("postgres://") || text.starts_with("postgresql://");
+    let key_value_form = !text.contains("://") && text.contains('=');
+    if (uri_form || key_value_form) && text.parse::<tokio_postgres::Config>().is_ok() {
+        return true;
+    }
+    field.error_hint(
+        out,
+        "is not a PostgreSQL connection string",
+        "write it as \"postgres://USER@HOST/DATABASE\" (the password in the secret's \
+         value, or in ~/.pgpass)",
+    );
+    false
 }
 
 /// `[A-Za-z0-9_-]+`, the form of source, target and integration names.
@@ -243,6 +272,9 @@ struct Walker<'t, 'e> {
     text: &'t str,
     out: Findings,
     secrets: SecretResolver<'e>,
+    /// Resolves `[store] url`: the operator commands read it for real even where they
+    /// leave every other secret unread (they need the database, nothing else).
+    store_secrets: SecretResolver<'e>,
 }
 
 impl Walker<'_, '_> {
@@ -415,6 +447,20 @@ impl Walker<'_, '_> {
             && let Some(path) = f.non_empty_str(&mut self.out)
         {
             store.path = PathBuf::from(path);
+        }
+        if let Some(f) = s.get("url") {
+            if s.get("path").is_some() {
+                f.error_hint(
+                    &mut self.out,
+                    "set either `path` (one daemon on a SQLite file) or `url` (PostgreSQL, \
+                     shared by several daemons), not both",
+                    "remove one of the two keys",
+                );
+            }
+            store.url = self
+                .store_secrets
+                .resolve(&f, &mut self.out)
+                .filter(|url| postgres_url_is_valid(url, &f, &mut self.out));
         }
         store
     }

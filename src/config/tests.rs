@@ -1728,3 +1728,55 @@ fn fallback_address_errors_have_line_and_column() {
 
 #[path = "tests/ds24.rs"]
 mod ds24;
+
+#[test]
+fn a_postgres_store_url_is_a_secret_in_any_form() {
+    use secrecy::ExposeSecret;
+    let plain = ok(&format!(
+        "[store]\nurl = \"postgres://bridge:pw@db.example/ipn\"\n{MINIMAL}"
+    ));
+    assert_eq!(
+        plain.config.store.url.as_ref().map(|u| u.expose_secret()),
+        Some("postgres://bridge:pw@db.example/ipn")
+    );
+    let env = FakeEnv::default().var("IPN_BRIDGE_DATABASE_URL", "postgresql://bridge@db/ipn");
+    let from_env = parse_with(
+        &format!("[store]\nurl = {{ env = \"IPN_BRIDGE_DATABASE_URL\" }}\n{MINIMAL}"),
+        &env,
+    )
+    .expect("valid");
+    assert_eq!(
+        from_env
+            .config
+            .store
+            .url
+            .as_ref()
+            .map(|u| u.expose_secret()),
+        Some("postgresql://bridge@db/ipn")
+    );
+    let without = ok(MINIMAL);
+    assert!(without.config.store.url.is_none());
+}
+
+#[test]
+fn store_path_and_url_together_are_refused() {
+    let e = errors(&format!(
+        "[store]\npath = \"x.db\"\nurl = \"postgres://bridge@db/ipn\"\n{MINIMAL}"
+    ))
+    .to_string();
+    assert!(e.contains("either `path`"), "{e}");
+    assert!(e.contains("not both"), "{e}");
+}
+
+#[test]
+fn a_store_url_that_is_not_postgres_is_refused_without_showing_it() {
+    for url in [
+        "mysql://root:hunter2@db/ipn",
+        "hunter2",
+        "postgres://hunter2@db:notaport/x",
+    ] {
+        let e = errors(&format!("[store]\nurl = \"{url}\"\n{MINIMAL}")).to_string();
+        assert!(e.contains("is not a PostgreSQL connection string"), "{e}");
+        assert!(!e.contains("hunter2"), "the value leaked: {e}");
+    }
+}

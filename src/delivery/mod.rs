@@ -52,6 +52,13 @@
 //! the next due time, and at least every [`POLL_INTERVAL_MS`] so changes made by other
 //! processes (the queue commands) are seen quickly.
 //!
+//! Several instances (PostgreSQL): before each round the loop asks the store whether this
+//! instance dispatches the target ([`Store::claim_target`]; always yes on SQLite). Another
+//! instance's target is asked again every [`POLL_INTERVAL_MS`], which is how a target fails
+//! over when its instance dies. A target just taken over starts with an empty token bucket
+//! (its burst spent at once): the requests the previous owner made in its last moments count,
+//! so the sum over all instances never exceeds `requests_per_second` + `burst`.
+//!
 //! Wake-ups are coalesced, because every lease round costs store calls that queue in the same
 //! writer as ingest: the `watch` counter holds one pending wake-up however many IPNs were
 //! stored, and after a wake-up for new jobs the loop waits [`WAKE_COALESCE_MS`] before it
@@ -80,7 +87,7 @@ use crate::domain::{
     Action, AttemptReport, Day, DayWindow, ImportRef, Outcome, Receipt, import_reference,
 };
 use crate::metrics::Metrics;
-use crate::store::{AttemptKind, Disposition, LeasedJob, LedgerRow, Store, StoreError};
+use crate::store::{AttemptKind, Claim, Disposition, LeasedJob, LedgerRow, Store, StoreError};
 
 use schedule::JobClock;
 
@@ -205,6 +212,8 @@ struct TargetWorker {
     connector: Connector,
     policy: Delivery,
     limiter: DefaultDirectRateLimiter,
+    /// The bucket's size (`burst`), spent at once when the target is taken over.
+    burst: NonZeroU32,
     slots: Arc<Semaphore>,
     slot_freed: Notify,
     store: Store,
@@ -261,6 +270,9 @@ pub fn spawn(
         target_recipients.sort();
         target_recipients.dedup();
         metrics.set_target_paused(&target.name, board.get(&target.name).is_some());
+        if !store.shared() {
+            metrics.set_target_dispatched(&target.name, true);
+        }
         let worker = Arc::new(TargetWorker {
             name: target.name.clone(),
             alerter: alerter.clone(),
@@ -271,6 +283,7 @@ pub fn spawn(
             connector: Connector::new(config, target)?,
             policy: target.delivery.clone(),
             limiter: RateLimiter::direct(quota(target)),
+            burst: NonZeroU32::new(target.burst.max(1)).unwrap_or(NonZeroU32::MIN),
             slots: Arc::new(Semaphore::new(target.max_in_flight.max(1) as usize)),
             slot_freed: Notify::new(),
             store: store.clone(),
@@ -312,6 +325,13 @@ async fn target_loop(
         }
         let now = w.clock.now_ms();
         heartbeat.beat(now);
+        if !dispatches(&w, now).await {
+            tokio::select! {
+                _ = w.stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS as u64)) => {}
+            }
+            continue;
+        }
         if let Some(pause) = w.board.get(&w.name) {
             if now >= pause.next_probe_ms {
                 probe(&w).await;
@@ -372,6 +392,40 @@ async fn target_loop(
         }
     }
     tracing::debug!(target = %w.name, "dispatcher stopped taking jobs");
+}
+
+/// Whether this instance dispatches the target now (see the module doc). A target just
+/// taken over from a stopped instance has its interrupted jobs recovered (by the store) and
+/// its token bucket emptied before the first request.
+async fn dispatches(w: &TargetWorker, now: i64) -> bool {
+    let first_retry = i64::try_from(w.policy.retry_initial.as_millis()).unwrap_or(i64::MAX);
+    match w
+        .store
+        .claim_target(&w.name, now, now.saturating_add(first_retry))
+        .await
+    {
+        Ok(Claim::Held) => true,
+        Ok(Claim::Taken { recovered }) => {
+            tracing::info!(
+                target = %w.name, recovered,
+                "this instance now dispatches the target; jobs another instance left in flight \
+                 are reconciled before any resend"
+            );
+            w.metrics.set_target_dispatched(&w.name, true);
+            // Start with an empty bucket: the previous owner's last requests count.
+            let _ = w.limiter.until_n_ready(w.burst).await;
+            true
+        }
+        Ok(Claim::Elsewhere) => {
+            w.metrics.set_target_dispatched(&w.name, false);
+            false
+        }
+        Err(e) => {
+            tracing::debug!(target = %w.name, error = %e, "cannot tell whether this instance dispatches the target");
+            w.metrics.set_target_dispatched(&w.name, false);
+            false
+        }
+    }
 }
 
 /// One probe request through the limiter (the connector's probe: `campaign/query` for a

@@ -150,6 +150,10 @@ pub fn spawn(
                     _ = stop.cancelled() => return,
                     _ = ticks.tick() => {}
                 }
+                // Several instances on one database: one of them asks the API.
+                if !store.claim_role(&format!("audit:{name}")).await.unwrap_or(false) {
+                    continue;
+                }
                 let now = clock.now_ms();
                 let run = periodic(&client, &store, &name, every, now, &recipients);
                 let result = tokio::select! {

@@ -318,6 +318,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[derive(serde::Serialize)]
 struct Health {
     status: &'static str,
+    /// `sqlite` or `postgresql`.
+    store: &'static str,
+    /// The SQLite file, or the PostgreSQL database as `postgres://user@host:port/db` (never
+    /// the password).
+    store_database: String,
     store_writable: bool,
     store_error: Option<String>,
     dispatcher_alive: bool,
@@ -338,6 +343,8 @@ async fn healthz(State(state): State<AppState>) -> Response {
     let healthy = probe.is_ok() && dispatcher_alive;
     let health = Health {
         status: if healthy { "ok" } else { "unhealthy" },
+        store: state.store.backend_name(),
+        store_database: state.store.database(),
         store_writable: probe.is_ok(),
         store_error: probe.err().map(|e| e.to_string()),
         dispatcher_alive,

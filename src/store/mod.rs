@@ -10,6 +10,8 @@
 //! once, for both; all SQL lives in the backend modules. Nothing here knows about HTTP,
 //! Konnektive, the rules or the IPN format: payloads are kept as JSON.
 //!
+//! One test suite ([`tests`]) runs against both backends, so they cannot drift.
+//!
 
 pub mod alerts;
 pub mod postgres;
@@ -17,6 +19,8 @@ pub mod review;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +36,7 @@ use review::{
 };
 use std::collections::HashSet;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use sqlite::{EmptyFile, QUICK_CHECK_BUDGET_SECS, SCHEMA_VERSION, lock_path};
 
@@ -309,11 +314,25 @@ pub(crate) fn reconciled_kind_names() -> Vec<&'static str> {
         .collect()
 }
 
+/// Whether this instance dispatches a target (see [`Store::claim_target`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This instance dispatches it, as before.
+    Held,
+    /// This instance has just become its dispatcher; `recovered` jobs that another
+    /// instance left in flight were recovered (reconciled before any resend).
+    Taken { recovered: u64 },
+    /// Another instance dispatches it.
+    Elsewhere,
+}
+
 /// The store: one API over the backends (see the module doc). Clone it freely.
 #[derive(Clone, Debug)]
 pub enum Store {
     /// One daemon on one SQLite file (the default).
     Sqlite(SqliteStore),
+    /// Several daemons on one PostgreSQL database.
+    Postgres(PgStore),
 }
 
 impl Store {
@@ -338,6 +357,7 @@ impl Store {
     pub fn error_count(&self) -> u64 {
         match self {
             Store::Sqlite(s) => s.error_count(),
+            Store::Postgres(s) => s.error_count(),
         }
     }
 
@@ -345,13 +365,71 @@ impl Store {
     pub fn commit_stats(&self) -> (u64, u64) {
         match self {
             Store::Sqlite(s) => s.commit_stats(),
+            Store::Postgres(s) => s.commit_stats(),
         }
     }
 
-    pub fn path(&self) -> &Path {
+    /// The SQLite file, or `None` on PostgreSQL.
+    pub fn path(&self) -> Option<&Path> {
         match self {
-            Store::Sqlite(s) => s.path(),
+            Store::Sqlite(s) => Some(s.path()),
+            Store::Postgres(_) => None,
         }
+    }
+
+    /// `sqlite` or `postgresql`.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// Where the data is, for people: the SQLite file, or the PostgreSQL database as
+    /// `postgres://user@host:port/db` (never the password).
+    pub fn database(&self) -> String {
+        match self {
+            Store::Sqlite(s) => s.path().display().to_string(),
+            Store::Postgres(s) => s.shown_url().to_owned(),
+        }
+    }
+
+    /// Whether several daemons may share this store (PostgreSQL). Each then recovers the
+    /// interrupted jobs of a target when it takes the target over ([`Store::claim_target`]),
+    /// never all of them at start, which would take jobs from a running instance.
+    pub fn shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
+    /// Whether this instance dispatches `target` now. SQLite: always (one daemon per file,
+    /// which recovered everything at start). PostgreSQL: one instance per target, chosen by
+    /// an advisory lock with fail-over (see [`postgres::claims`]); a new claim first
+    /// recovers the target's jobs left in flight, due at `retry_at`.
+    pub async fn claim_target(
+        &self,
+        target: &str,
+        now: i64,
+        retry_at: i64,
+    ) -> Result<Claim, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(Claim::Held),
+            Store::Postgres(s) => s.claim_target(target, now, retry_at).await,
+        }
+    }
+
+    /// Whether this instance plays `role` now (`alert-sender`, `audit:<source>`): always
+    /// on SQLite; on PostgreSQL one instance at a time, with fail-over (see
+    /// [`postgres::claims`]).
+    pub async fn claim_role(&self, role: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(true),
+            Store::Postgres(s) => s.claim_role(role).await,
+        }
+    }
+
+    /// Connects to the PostgreSQL database at `url` and migrates it (see [`postgres`]).
+    pub async fn connect_postgres(url: &str) -> Result<Store, StoreError> {
+        Ok(Store::Postgres(PgStore::connect(url).await?))
     }
 
     /// Commits what is queued and stops the writer thread, for every clone of this handle:
@@ -359,6 +437,7 @@ impl Store {
     pub async fn close(self) {
         match self {
             Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
         }
     }
 
@@ -367,6 +446,7 @@ impl Store {
     pub async fn ingest(&self, ipn: NewIpn) -> Result<Ingested, StoreError> {
         match self {
             Store::Sqlite(s) => s.ingest(ipn).await,
+            Store::Postgres(s) => s.ingest(ipn).await,
         }
     }
 
@@ -377,6 +457,7 @@ impl Store {
     pub async fn recover_interrupted(&self, now: i64, retry_at: i64) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.recover_interrupted(now, retry_at).await,
+            Store::Postgres(s) => s.recover_interrupted(now, retry_at).await,
         }
     }
 
@@ -391,6 +472,7 @@ impl Store {
     ) -> Result<Vec<LeasedJob>, StoreError> {
         match self {
             Store::Sqlite(s) => s.lease_due(target, now, limit).await,
+            Store::Postgres(s) => s.lease_due(target, now, limit).await,
         }
     }
 
@@ -398,6 +480,7 @@ impl Store {
     pub async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {
         match self {
             Store::Sqlite(s) => s.next_due_at(target).await,
+            Store::Postgres(s) => s.next_due_at(target).await,
         }
     }
 
@@ -412,6 +495,7 @@ impl Store {
     ) -> Result<(i64, u32), StoreError> {
         match self {
             Store::Sqlite(s) => s.reconciled_absent(job, attempt_id, report, now).await,
+            Store::Postgres(s) => s.reconciled_absent(job, attempt_id, report, now).await,
         }
     }
 
@@ -432,30 +516,38 @@ impl Store {
                 s.finish_attempt(job, attempt_id, report, disposition, alert, now)
                     .await
             }
+            Store::Postgres(s) => {
+                s.finish_attempt(job, attempt_id, report, disposition, alert, now)
+                    .await
+            }
         }
     }
 
     pub async fn job(&self, id: JobId) -> Result<JobRow, StoreError> {
         match self {
             Store::Sqlite(s) => s.job(id).await,
+            Store::Postgres(s) => s.job(id).await,
         }
     }
 
     pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<JobRow>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list_jobs(filter).await,
+            Store::Postgres(s) => s.list_jobs(filter).await,
         }
     }
 
     pub async fn jobs_of_ipn(&self, ipn: EventId) -> Result<Vec<JobRow>, StoreError> {
         match self {
             Store::Sqlite(s) => s.jobs_of_ipn(ipn).await,
+            Store::Postgres(s) => s.jobs_of_ipn(ipn).await,
         }
     }
 
     pub async fn attempts(&self, job: JobId) -> Result<Vec<AttemptRow>, StoreError> {
         match self {
             Store::Sqlite(s) => s.attempts(job).await,
+            Store::Postgres(s) => s.attempts(job).await,
         }
     }
 
@@ -463,6 +555,7 @@ impl Store {
     pub async fn ledger(&self) -> Result<Vec<LedgerRow>, StoreError> {
         match self {
             Store::Sqlite(s) => s.ledger().await,
+            Store::Postgres(s) => s.ledger().await,
         }
     }
 
@@ -470,6 +563,7 @@ impl Store {
     pub async fn list_ipns(&self, limit: Option<u32>) -> Result<Vec<IpnRow>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list_ipns(limit).await,
+            Store::Postgres(s) => s.list_ipns(limit).await,
         }
     }
 
@@ -477,6 +571,7 @@ impl Store {
     pub async fn job_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         match self {
             Store::Sqlite(s) => s.job_counts().await,
+            Store::Postgres(s) => s.job_counts().await,
         }
     }
 
@@ -487,6 +582,7 @@ impl Store {
     ) -> Result<Vec<(String, String, String)>, StoreError> {
         match self {
             Store::Sqlite(s) => s.routes_of_ipn(ipn).await,
+            Store::Postgres(s) => s.routes_of_ipn(ipn).await,
         }
     }
 
@@ -499,6 +595,7 @@ impl Store {
     ) -> Result<Option<Receipt>, StoreError> {
         match self {
             Store::Sqlite(s) => s.ledger_import(integration, import).await,
+            Store::Postgres(s) => s.ledger_import(integration, import).await,
         }
     }
 
@@ -511,6 +608,7 @@ impl Store {
     ) -> Result<Vec<LedgerRow>, StoreError> {
         match self {
             Store::Sqlite(s) => s.ledger_imports(integration, ds24_order_id).await,
+            Store::Postgres(s) => s.ledger_imports(integration, ds24_order_id).await,
         }
     }
 
@@ -529,6 +627,10 @@ impl Store {
                 s.payment_route(integration, ds24_order_id, item, payment)
                     .await
             }
+            Store::Postgres(s) => {
+                s.payment_route(integration, ds24_order_id, item, payment)
+                    .await
+            }
         }
     }
 
@@ -536,6 +638,7 @@ impl Store {
     pub async fn ipn(&self, id: EventId) -> Result<StoredIpn, StoreError> {
         match self {
             Store::Sqlite(s) => s.ipn(id).await,
+            Store::Postgres(s) => s.ipn(id).await,
         }
     }
 
@@ -555,6 +658,7 @@ impl Store {
     ) -> Result<Vec<Rerouted>, StoreError> {
         match self {
             Store::Sqlite(s) => s.add_routes(ipn, routes, user, now).await,
+            Store::Postgres(s) => s.add_routes(ipn, routes, user, now).await,
         }
     }
 
@@ -565,6 +669,7 @@ impl Store {
     pub async fn probe_writable(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.probe_writable().await,
+            Store::Postgres(s) => s.probe_writable().await,
         }
     }
 
@@ -573,6 +678,7 @@ impl Store {
     pub async fn record_alert(&self, alert: NewAlert) -> Result<i64, StoreError> {
         match self {
             Store::Sqlite(s) => s.record_alert(alert).await,
+            Store::Postgres(s) => s.record_alert(alert).await,
         }
     }
 
@@ -588,6 +694,10 @@ impl Store {
                 s.alert_outbox_due(last_mail_at_or_before, limit_per_recipient)
                     .await
             }
+            Store::Postgres(s) => {
+                s.alert_outbox_due(last_mail_at_or_before, limit_per_recipient)
+                    .await
+            }
         }
     }
 
@@ -600,6 +710,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.mark_alerts_sent(recipient, alert_ids, now).await,
+            Store::Postgres(s) => s.mark_alerts_sent(recipient, alert_ids, now).await,
         }
     }
 
@@ -612,6 +723,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.record_alert_failure(recipient, alert_ids, error).await,
+            Store::Postgres(s) => s.record_alert_failure(recipient, alert_ids, error).await,
         }
     }
 
@@ -619,6 +731,7 @@ impl Store {
     pub async fn alert_backlog(&self, kind: &str) -> Result<OutboxBacklog, StoreError> {
         match self {
             Store::Sqlite(s) => s.alert_backlog(kind).await,
+            Store::Postgres(s) => s.alert_backlog(kind).await,
         }
     }
 
@@ -630,6 +743,7 @@ impl Store {
     ) -> Result<HashSet<(String, String)>, StoreError> {
         match self {
             Store::Sqlite(s) => s.received_transactions(source, wanted).await,
+            Store::Postgres(s) => s.received_transactions(source, wanted).await,
         }
     }
 
@@ -647,6 +761,10 @@ impl Store {
                 s.record_audit_alert(source, order_id, transaction_id, alert)
                     .await
             }
+            Store::Postgres(s) => {
+                s.record_audit_alert(source, order_id, transaction_id, alert)
+                    .await
+            }
         }
     }
 
@@ -654,6 +772,7 @@ impl Store {
     pub async fn review_jobs(&self, filter: ReviewFilter) -> Result<Vec<JobListing>, StoreError> {
         match self {
             Store::Sqlite(s) => s.review_jobs(filter).await,
+            Store::Postgres(s) => s.review_jobs(filter).await,
         }
     }
 
@@ -661,6 +780,7 @@ impl Store {
     pub async fn job_detail(&self, id: JobId) -> Result<JobDetail, StoreError> {
         match self {
             Store::Sqlite(s) => s.job_detail(id).await,
+            Store::Postgres(s) => s.job_detail(id).await,
         }
     }
 
@@ -672,6 +792,7 @@ impl Store {
     ) -> Result<Vec<EventListing>, StoreError> {
         match self {
             Store::Sqlite(s) => s.review_events(since, limit).await,
+            Store::Postgres(s) => s.review_events(since, limit).await,
         }
     }
 
@@ -679,6 +800,7 @@ impl Store {
     pub async fn review_event(&self, id: EventId) -> Result<EventListing, StoreError> {
         match self {
             Store::Sqlite(s) => s.review_event(id).await,
+            Store::Postgres(s) => s.review_event(id).await,
         }
     }
 
@@ -692,6 +814,7 @@ impl Store {
     ) -> Result<QueueChange, StoreError> {
         match self {
             Store::Sqlite(s) => s.retry_jobs(selection, operator, now).await,
+            Store::Postgres(s) => s.retry_jobs(selection, operator, now).await,
         }
     }
 
@@ -705,6 +828,7 @@ impl Store {
     ) -> Result<QueueChange, StoreError> {
         match self {
             Store::Sqlite(s) => s.drop_jobs(ids, operator, now).await,
+            Store::Postgres(s) => s.drop_jobs(ids, operator, now).await,
         }
     }
 
@@ -712,6 +836,7 @@ impl Store {
     pub async fn purge_preview(&self, cutoff: i64) -> Result<PurgeCount, StoreError> {
         match self {
             Store::Sqlite(s) => s.purge_preview(cutoff).await,
+            Store::Postgres(s) => s.purge_preview(cutoff).await,
         }
     }
 
@@ -732,6 +857,7 @@ impl Store {
     ) -> Result<PurgeCount, StoreError> {
         match self {
             Store::Sqlite(s) => s.purge_history_batch(cutoff, max_rows).await,
+            Store::Postgres(s) => s.purge_history_batch(cutoff, max_rows).await,
         }
     }
 
@@ -744,6 +870,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.record_operator_action(command, operator, now).await,
+            Store::Postgres(s) => s.record_operator_action(command, operator, now).await,
         }
     }
 }

@@ -12,6 +12,11 @@
 //! Duplicates are refused across instances by the unique constraint
 //! `ipns (source, business_key)`.
 
+mod alerts;
+mod audit;
+pub mod claims;
+mod jobs;
+mod review;
 pub mod schema;
 
 use std::sync::Arc;
@@ -34,6 +39,8 @@ pub struct PgStore {
     /// The connection string without its password, for messages.
     shown: Arc<str>,
     stats: Arc<Stats>,
+    /// The dispatcher locks of this instance (see [`claims`]).
+    claims: Arc<claims::Claims>,
 }
 
 #[derive(Default)]
@@ -58,6 +65,7 @@ impl PgStore {
             ))
         })?;
         let shown: Arc<str> = shown_url(&config).into();
+        let claims = Arc::new(claims::Claims::new(config.clone()));
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -73,6 +81,7 @@ impl PgStore {
             pool,
             shown,
             stats: Arc::new(Stats::default()),
+            claims,
         };
         let mut client = store.client().await?;
         schema::migrate(&mut client).await?;
@@ -86,11 +95,13 @@ impl PgStore {
 
     /// A pooled connection.
     pub(crate) async fn client(&self) -> Result<Object, StoreError> {
-        self.pool.get().await.map_err(|e| {
-            StoreError::Unavailable(format!(
+        self.pool.get().await.map_err(|e| match e {
+            // After `close`, as on SQLite.
+            deadpool_postgres::PoolError::Closed => StoreError::Closed,
+            e => StoreError::Unavailable(format!(
                 "cannot connect to PostgreSQL at {}: {e}",
                 self.shown
-            ))
+            )),
         })
     }
 
@@ -106,8 +117,28 @@ impl PgStore {
         (n, n)
     }
 
+    /// Counts the result of one operation for [`PgStore::error_count`] and
+    /// [`PgStore::commit_stats`], and passes it on: a success is one commit (one transaction
+    /// per operation; a read counts as one too, as on SQLite where it rides a batch), a
+    /// failure of the store itself (`Unavailable`, `Internal`, `Damaged`) one failed
+    /// operation. A refused request (`Invalid`, `NotFound`, …) is neither. Every public
+    /// operation of the backend ends in it.
+    pub(super) fn count<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &r {
+            Ok(_) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(StoreError::Unavailable(_) | StoreError::Internal(_) | StoreError::Damaged(_)) => {
+                self.stats.failed_ops.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
     /// Closes every pooled connection; later operations fail with [`StoreError::Closed`].
     pub async fn close(self) {
+        self.claims.release().await;
         self.pool.close();
     }
 }
@@ -153,60 +184,4 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn two_instances_starting_at_once_migrate_once() {
-        let Some(url) = crate::store::testing::fresh_database().await else {
-            return;
-        };
-        let (a, b) = tokio::join!(PgStore::connect(&url), PgStore::connect(&url));
-        let (a, b) = (a.expect("first instance"), b.expect("second instance"));
-        let client = a.client().await.expect("client");
-        let version: i64 = client
-            .query_one("SELECT version FROM ipn_bridge_schema", &[])
-            .await
-            .expect("version")
-            .get(0);
-        assert_eq!(version, schema::CURRENT_VERSION);
-        let tables: i64 = client
-            .query_one(
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'jobs'",
-                &[],
-            )
-            .await
-            .expect("count")
-            .get(0);
-        assert_eq!(tables, 1);
-        b.close().await;
-        a.close().await;
-    }
-
-    #[tokio::test]
-    async fn a_database_from_a_newer_build_is_refused() {
-        let Some(url) = crate::store::testing::fresh_database().await else {
-            return;
-        };
-        let store = PgStore::connect(&url).await.expect("connect");
-        store
-            .client()
-            .await
-            .expect("client")
-            .execute("UPDATE ipn_bridge_schema SET version = version + 1", &[])
-            .await
-            .expect("bump");
-        let err = PgStore::connect(&url).await.expect_err("newer schema");
-        assert!(matches!(err, StoreError::Incompatible(_)), "{err:?}");
-    }
-
-    #[test]
-    fn the_shown_url_never_carries_the_password() {
-        let config: tokio_postgres::Config = "postgres://bridge:s3cret@db.example:6543/ipn"
-            .parse()
-            .expect("url");
-        let shown = shown_url(&config);
-        assert_eq!(shown, "postgres://bridge@db.example:6543/ipn");
-        assert!(!shown.contains("s3cret"));
-    }
-}
+mod tests;
