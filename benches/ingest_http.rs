@@ -23,7 +23,8 @@
 //! Options: `--bodies N` (distinct bodies, default 150,000), `--duration S` (wrk seconds,
 //! default 5), `--threads T` and `--conns C` (wrk, default 2 and 64), `--rounds R` (default 2),
 //! `--rate R` (default 1,000/s), `--latency-secs S` (default 20), `--conns-paced N`
-//! (default 16), `--only throughput|latency`, `--log LEVEL` (the daemon's `RUST_LOG`).
+//! (default 16), `--only throughput|latency|accept` (`accept`: `ipn::accept` alone, µs per
+//! IPN on one thread), `--log LEVEL` (the daemon's `RUST_LOG`).
 //! `--write DIR` only writes the bodies and the wrk script there (for profiling by hand).
 //! `IPN_BRIDGE_BIN=path` runs another build of the daemon (a saved "before" binary).
 
@@ -533,6 +534,27 @@ fn latency(opts: &Options, dir: &Path) {
     );
 }
 
+/// `ipn::accept` alone on one thread (decode, verify, event, key): the request path's
+/// share that this crate's IPN code decides, without HTTP or the store. Best of 5.
+fn accept_alone() {
+    let bodies = common::signed_bodies(2_000, 'A', 900_000_000);
+    let passphrases = vec![secrecy::SecretString::from(common::PASSPHRASE.to_owned())];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        for body in &bodies {
+            let accepted = ipn_bridge::ipn::accept(body, &passphrases).expect("accepted");
+            std::hint::black_box(accepted);
+        }
+        best = best.min(start.elapsed().as_secs_f64() * 1e6 / bodies.len() as f64);
+    }
+    println!(
+        "ipn::accept on {} distinct signed bodies: {best:.1} µs per IPN (best of 5, one thread; load average {})",
+        bodies.len(),
+        loadavg()
+    );
+}
+
 fn main() {
     let opts = options();
     if let Some(dir) = &opts.write_to {
@@ -554,6 +576,10 @@ fn main() {
         opts.log,
         unit_environment()
     );
+    if opts.only.as_deref() == Some("accept") {
+        accept_alone();
+        return;
+    }
     if opts.only.as_deref() != Some("latency") {
         throughput(&opts, dir.path());
     }
