@@ -8,9 +8,10 @@
 //!    `POST /ipn/ds24` (verification, routing, storage). The load generator (reqwest, 256
 //!    clients) runs in the same process, on the same tokio workers and the same cores as the
 //!    server: on a 2-core machine it takes a large share of the CPU, so this figure is a lower
-//!    bound on the daemon's own throughput, not a measure of it. Use an external load
-//!    generator (`wrk`, see `benches/RESULTS.md`) for the daemon alone, and compare CPU time
-//!    per request rather than requests per second when the machine is shared.
+//!    bound on the daemon's own throughput, not a measure of it. For the daemon alone use
+//!    `cargo bench --bench ingest_http` (the release binary under `wrk`, beside a bare axum
+//!    server, with CPU time per request), and compare CPU time per request rather than
+//!    requests per second when the machine is shared.
 //!
 //! Results and how they were taken: `benches/RESULTS.md`.
 

@@ -33,16 +33,25 @@
 //!   that differ only in case make the meaning ambiguous and are refused as malformed (400);
 //!   Digistore24 does not send them. The raw pairs (and the stored body) keep the names as
 //!   sent.
+//! - **Cheap on the request path** (issue 13): the body is decoded once into pairs that
+//!   borrow from it where nothing needed decoding, sorted once into a view of the last value
+//!   per name ([`fields`]) that serves the signature, the duplicate warning and the event
+//!   alike; the server calls [`accept`], which builds no copy of the raw pairs (only
+//!   [`receive`], for tools and tests, does). The simple formulation this replaced is kept
+//!   in `reference.rs`, and property tests hold the two to the same answers.
 //! - **Business key** (see [`key`]): `event/o:ORDER/i:ITEM/t:TRANSACTION` for order events
 //!   (followed by `/s:REBILL_STOP_NOTED_AT` or `/d:SHA256` for those without a transaction of
 //!   their own, so a repeated cancellation is a new event), `eticket/e:ID/a:ACTION` for
 //!   e-tickets, `event/h:SHA256` over the canonical signed pairs otherwise. Always shorter
 //!   than 200 bytes, ASCII only.
 
+mod fields;
 mod form;
 mod key;
 mod signature;
 
+#[cfg(test)]
+mod reference;
 #[cfg(test)]
 mod tests;
 
@@ -51,6 +60,7 @@ pub use key::business_key;
 pub use signature::{sign, verify};
 
 use crate::domain::IpnEvent;
+use fields::Fields;
 use std::collections::BTreeMap;
 
 /// Which signing convention a verified IPN matched.
@@ -124,22 +134,67 @@ pub struct ReceivedIpn {
     pub key_case: KeyCase,
 }
 
+/// A verified IPN without its raw pairs: what the server stores (it keeps the body itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedIpn {
+    /// The fields as PHP's `$_POST` would hold them (last value wins).
+    pub event: IpnEvent,
+    /// The idempotency key (see [`business_key`]).
+    pub business_key: String,
+    /// The signing convention that matched.
+    pub key_case: KeyCase,
+}
+
 /// Decode, verify, and build the event and its business key.
 pub fn receive(
     body: &[u8],
     passphrases: &[secrecy::SecretString],
 ) -> Result<ReceivedIpn, IpnError> {
-    let pairs = parse_form(body)?;
-    let key_case = verify(&pairs, passphrases)?;
-    let mut fields = BTreeMap::new();
-    for (name, value) in &pairs {
-        fields.insert(name.clone(), value.clone());
-    }
-    refuse_names_equal_but_for_case(&fields)?;
-    let event = IpnEvent::new(fields);
-    let business_key = business_key(&event);
+    let pairs = form::parse_pairs(body)?;
+    let AcceptedIpn {
+        event,
+        business_key,
+        key_case,
+    } = accept_pairs(&pairs, passphrases)?;
     Ok(ReceivedIpn {
-        pairs,
+        pairs: pairs
+            .into_iter()
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect(),
+        event,
+        business_key,
+        key_case,
+    })
+}
+
+/// [`receive`] without the copy of every decoded pair: the same checks, warnings, event
+/// and key, for the request path (issue 13).
+pub fn accept(body: &[u8], passphrases: &[secrecy::SecretString]) -> Result<AcceptedIpn, IpnError> {
+    accept_pairs(&form::parse_pairs(body)?, passphrases)
+}
+
+/// Everything after decoding, over one sorted view of the decoded (mostly borrowed) pairs.
+fn accept_pairs(
+    pairs: &[form::Pair<'_>],
+    passphrases: &[secrecy::SecretString],
+) -> Result<AcceptedIpn, IpnError> {
+    let fields = Fields::new(
+        pairs
+            .iter()
+            .map(|(name, value)| (name.as_ref(), value.as_ref())),
+        true,
+    );
+    let key_case = signature::verify_fields(&fields, passphrases)?;
+    refuse_names_equal_but_for_case(&fields)?;
+    // Sorted and unique already: the map is built in bulk.
+    let map: BTreeMap<String, String> = fields
+        .all()
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    let event = IpnEvent::new(map);
+    let business_key = business_key(&event);
+    Ok(AcceptedIpn {
         event,
         business_key,
         key_case,
@@ -150,15 +205,13 @@ pub fn receive(
 /// `TRANSACTION_ID`): the event reads names without regard to case, so which of the two it
 /// meant would be a guess, and under the upper-case convention both are signed as one name.
 /// Digistore24 never sends such twins; a body that has them was altered after signing.
-fn refuse_names_equal_but_for_case(fields: &BTreeMap<String, String>) -> Result<(), IpnError> {
-    if !fields
-        .keys()
-        .any(|name| name.bytes().any(|b| b.is_ascii_uppercase()))
-    {
+fn refuse_names_equal_but_for_case(fields: &Fields<'_>) -> Result<(), IpnError> {
+    let names = || fields.all().iter().map(|(name, _)| *name);
+    if !names().any(|name| name.bytes().any(|b| b.is_ascii_uppercase())) {
         return Ok(());
     }
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
-    for name in fields.keys() {
+    for name in names() {
         if let Some(first) = seen.insert(name.to_ascii_lowercase(), name) {
             return Err(IpnError::Malformed(format!(
                 "the fields `{}` and `{}` differ only in the case of their names",

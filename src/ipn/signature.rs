@@ -17,56 +17,69 @@
 //! The passphrase is fed to the hasher piece by piece, so no string holding it is built.
 //!
 //! [`verify`] takes the received signature from `sha_sign` (last value; `SHASIGN` if
-//! `sha_sign` is absent or empty, as both names are excluded from signing anyway), upper-cases
-//! it and compares it in constant time with the expected value for **every** non-empty
-//! passphrase under **both** conventions, without stopping early. It fails closed: no
-//! signature → [`IpnError::MissingSignature`]; no usable passphrase or no match →
-//! [`IpnError::BadSignature`]. Errors never carry a passphrase or the expected value.
+//! `sha_sign` is absent or empty, as both names are excluded from signing anyway), decodes
+//! its hex (either case) and compares the 64 bytes in constant time with the expected digest
+//! for each non-empty passphrase under the original, then the upper-case convention. It
+//! fails closed: no signature → [`IpnError::MissingSignature`]; no usable passphrase or no
+//! match → [`IpnError::BadSignature`]. Errors never carry a passphrase or the expected value.
+//!
+//! Speed (issue 13): steps 1–4 run once per convention over a borrowed, sorted view of the
+//! fields ([`super::fields`]): no map, no copied name, the upper-case names written once;
+//! each passphrase then costs one SHA-512 pass over the prepared text. **The search stops at
+//! the first match**, so a genuine IPN from Digistore24 (original convention, first
+//! passphrase) costs one hash instead of two per passphrase. That leaks nothing: every
+//! comparison is still constant-time, a refused signature still costs every hash, and the
+//! time of an accepted one only tells which passphrase and convention matched to a sender
+//! who already holds a valid signature (the answer `OK` tells everyone it matched).
 
+use super::fields::Fields;
 use super::{IpnError, KeyCase};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha512};
-use std::borrow::Cow;
-use std::collections::BTreeMap;
 use subtle::ConstantTimeEq;
 
 /// Field names never signed.
 pub(super) const SIGNATURE_FIELDS: [&str; 2] = ["sha_sign", "SHASIGN"];
+
+/// Bytes of a SHA-512 digest.
+const DIGEST_BYTES: usize = 64;
 
 /// The upper-case hex SHA-512 signature of `pairs` under `passphrase` and `key_case`.
 ///
 /// Unlike PHP, an empty passphrase is not refused here (the function is total); [`verify`]
 /// never uses one.
 pub fn sign(pairs: &[(String, String)], passphrase: &str, key_case: KeyCase) -> String {
-    hash_fields(&signed_fields(pairs, key_case), passphrase)
+    let fields = Fields::new(borrowed(pairs), false);
+    hex::encode_upper(Signed::new(&fields, key_case).digest(passphrase.as_bytes()))
 }
 
-/// Step 5 over fields already selected and ordered by [`signed_fields`].
-fn hash_fields(fields: &[(Cow<'_, str>, &str)], passphrase: &str) -> String {
-    let mut hasher = Sha512::new();
-    for (name, value) in fields {
-        hasher.update(name.as_bytes());
-        hasher.update(b"=");
-        hasher.update(value.as_bytes());
-        hasher.update(passphrase.as_bytes());
-    }
-    hex::encode_upper(hasher.finalize())
-}
-
+/// The signing convention `pairs` (a decoded body) match under one of `passphrases`.
 pub fn verify(
     pairs: &[(String, String)],
     passphrases: &[SecretString],
 ) -> Result<KeyCase, IpnError> {
-    let received = received_signature(pairs)
-        .ok_or(IpnError::MissingSignature)?
-        .to_ascii_uppercase();
+    verify_fields(&Fields::new(borrowed(pairs), false), passphrases)
+}
 
-    // Steps 1–4 do not depend on the passphrase: select and order the fields once per
-    // convention, then hash them with every passphrase.
-    let conventions = [KeyCase::Original, KeyCase::Upper].map(|key_case| {
-        let fields = signed_fields(pairs, key_case);
-        (key_case, fields)
-    });
+fn borrowed(pairs: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+    pairs
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+}
+
+/// [`verify`] over the sorted view of the fields (see the module docs).
+pub(super) fn verify_fields(
+    fields: &Fields<'_>,
+    passphrases: &[SecretString],
+) -> Result<KeyCase, IpnError> {
+    let received = received_signature(fields).ok_or(IpnError::MissingSignature)?;
+    // Hex of any case; anything that is not 128 hex digits matches nothing.
+    let mut wanted = [0u8; DIGEST_BYTES];
+    let well_formed = hex::decode_to_slice(received, &mut wanted).is_ok();
+
+    // Steps 1–4 do not depend on the passphrase: each convention's text is built once, the
+    // upper-case one only when the original one did not match.
+    let mut texts: [Option<Signed>; 2] = [None, None];
     let mut usable = 0usize;
     let mut matched: Option<KeyCase> = None;
     for passphrase in passphrases {
@@ -75,12 +88,16 @@ pub fn verify(
             continue;
         }
         usable += 1;
-        for (key_case, fields) in &conventions {
-            let key_case = *key_case;
-            let expected = hash_fields(fields, passphrase);
-            let equal: bool = expected.as_bytes().ct_eq(received.as_bytes()).into();
-            if equal && matched.is_none() {
+        if matched.is_some() {
+            continue;
+        }
+        for (text, key_case) in texts.iter_mut().zip([KeyCase::Original, KeyCase::Upper]) {
+            let text = text.get_or_insert_with(|| Signed::new(fields, key_case));
+            let expected = text.digest(passphrase.as_bytes());
+            let equal: bool = expected.ct_eq(&wanted).into();
+            if equal && well_formed {
                 matched = Some(key_case);
+                break;
             }
         }
     }
@@ -92,40 +109,69 @@ pub fn verify(
 }
 
 /// The signature as PHP's `$_POST['sha_sign']` holds it (last value), else `SHASIGN`.
-fn received_signature(pairs: &[(String, String)]) -> Option<&str> {
-    SIGNATURE_FIELDS.iter().find_map(|wanted| {
-        pairs
-            .iter()
-            .rev()
-            .find(|(name, _)| name == wanted)
-            .map(|(_, value)| value.as_str())
-            .filter(|value| !value.is_empty())
-    })
+fn received_signature<'a>(fields: &Fields<'a>) -> Option<&'a str> {
+    SIGNATURE_FIELDS
+        .iter()
+        .find_map(|wanted| fields.get(wanted).filter(|value| !value.is_empty()))
 }
 
-/// Steps 1–4 of the algorithm: the `(name, value)` pairs to hash, in order.
-fn signed_fields(pairs: &[(String, String)], key_case: KeyCase) -> Vec<(Cow<'_, str>, &str)> {
-    let mut last: BTreeMap<&str, &str> = BTreeMap::new();
-    for (name, value) in pairs {
-        last.insert(name, value);
-    }
-    let fields = last
-        .into_iter()
-        .filter(|(name, value)| !value.is_empty() && !SIGNATURE_FIELDS.contains(name));
-    match key_case {
-        // A BTreeMap<&str, _> iterates in byte order already.
-        KeyCase::Original => fields
-            .map(|(name, value)| (Cow::Borrowed(name), value))
-            .collect(),
-        KeyCase::Upper => {
-            let mut upper: Vec<(String, &str, &str)> = fields
-                .map(|(name, value)| (name.to_ascii_uppercase(), name, value))
-                .collect();
-            upper.sort_by(|a, b| (a.0.as_str(), a.1).cmp(&(b.0.as_str(), b.1)));
-            upper
-                .into_iter()
-                .map(|(name, _, value)| (Cow::Owned(name), value))
-                .collect()
+/// Steps 1–4 of the algorithm for one convention: the signed `NAME=value` pieces in order,
+/// written once into one buffer, so that each passphrase costs one pass of the hash.
+struct Signed {
+    /// Every signed field's `NAME=value`, concatenated.
+    text: Vec<u8>,
+    /// Where each field's piece ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl Signed {
+    fn new(fields: &Fields<'_>, key_case: KeyCase) -> Self {
+        let mut signed: Vec<(&str, &str)> = fields
+            .all()
+            .iter()
+            .copied()
+            .filter(|(name, value)| !value.is_empty() && !SIGNATURE_FIELDS.contains(name))
+            .collect();
+        if key_case == KeyCase::Upper {
+            // By the upper-cased name, ties (names equal but for case) by the original one.
+            signed.sort_by(|a, b| upper_bytes(a.0).cmp(upper_bytes(b.0)).then(a.0.cmp(b.0)));
         }
+        let mut text = Vec::with_capacity(
+            signed
+                .iter()
+                .map(|(name, value)| name.len() + 1 + value.len())
+                .sum(),
+        );
+        let mut ends = Vec::with_capacity(signed.len());
+        for (name, value) in signed {
+            match key_case {
+                KeyCase::Original => text.extend_from_slice(name.as_bytes()),
+                KeyCase::Upper => text.extend(upper_bytes(name)),
+            }
+            text.push(b'=');
+            text.extend_from_slice(value.as_bytes());
+            ends.push(text.len());
+        }
+        Signed { text, ends }
     }
+
+    /// Step 5: SHA-512 over every piece followed by the passphrase. The passphrase is fed
+    /// to the hasher piece by piece; no buffer ever holds it.
+    fn digest(&self, passphrase: &[u8]) -> [u8; DIGEST_BYTES] {
+        let mut hasher = Sha512::new();
+        let mut start = 0;
+        for &end in &self.ends {
+            hasher.update(self.text.get(start..end).unwrap_or_default());
+            hasher.update(passphrase);
+            start = end;
+        }
+        let mut out = [0u8; DIGEST_BYTES];
+        out.copy_from_slice(&hasher.finalize());
+        out
+    }
+}
+
+/// The bytes of `name` upper-cased (ASCII only, like PHP 8's `strtoupper`).
+fn upper_bytes(name: &str) -> impl Iterator<Item = u8> + '_ {
+    name.bytes().map(|b| b.to_ascii_uppercase())
 }

@@ -1032,3 +1032,170 @@ fn cancelled_resumed_cancelled_again_are_three_events_and_a_resend_is_one() {
         assert!(key.contains("/s:") || key.contains("/d:"), "{name}: {key}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The borrowed, sorted code (issue 13) against the simple formulation it replaced
+// (`reference.rs`: owned pairs, a `BTreeMap` per convention, every hash computed)
+
+/// Bodies built from pieces that exercise every decoding rule: separators, escapes valid and
+/// invalid, `+`, bytes that are not UTF-8 raw or once decoded, names equal but for case,
+/// duplicates, array names, both signature fields.
+fn form_bodies() -> impl Strategy<Value = Vec<u8>> {
+    let pieces: Vec<&'static [u8]> = vec![
+        b"&",
+        b"&",
+        b"=",
+        b"=",
+        b"a",
+        b"A",
+        b"b",
+        b"_x",
+        b"event",
+        b"on_payment",
+        b"order_id",
+        b"ORDER_ID",
+        b"sha_sign",
+        b"SHASIGN",
+        b"%",
+        b"%4",
+        b"%41",
+        b"%zz",
+        b"%C3%A9",
+        b"%FF",
+        b"%2B",
+        b"%26",
+        b"%3D",
+        b"+",
+        b"[",
+        b"]",
+        b"\xc3\xa9",
+        b"\xff",
+        b"1",
+        b"x y",
+    ];
+    prop::collection::vec(prop::sample::select(pieces), 0..48).prop_map(|parts| parts.concat())
+}
+
+/// Pairs with repeated names, names equal but for case, empty values and signature fields.
+fn messy_pairs() -> impl Strategy<Value = Vec<(String, String)>> {
+    let names = prop::sample::select(vec![
+        "a",
+        "A",
+        "b",
+        "B",
+        "_x",
+        "event",
+        "order_id",
+        "ORDER_ID",
+        "transaction_id",
+        "product_id",
+        "SHASIGN",
+        "n[1]",
+        "é",
+    ]);
+    let values = prop::sample::select(vec!["", "", "1", "on_payment", "AB12", "x y", "é&="]);
+    prop::collection::vec((names, values), 0..10).prop_map(|pairs| {
+        pairs
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect()
+    })
+}
+
+/// How the signature of [`messy_pairs`] is given: by which passphrase (index into the
+/// candidates) and convention, in which case of hex, or not at all, or wrong.
+#[derive(Debug, Clone)]
+enum Given {
+    Signed(usize, KeyCase, bool),
+    Absent,
+    Empty,
+    Garbage(String),
+}
+
+fn given() -> impl Strategy<Value = Given> {
+    prop_oneof![
+        4 => (0..3usize, any_case(), any::<bool>()).prop_map(|(i, c, l)| Given::Signed(i, c, l)),
+        1 => Just(Given::Absent),
+        1 => Just(Given::Empty),
+        1 => "[0-9A-Fa-fz]{0,130}".prop_map(Given::Garbage),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn borrowed_parser_matches_the_reference(body in form_bodies()) {
+        prop_assert_eq!(parse_form(&body), reference::parse_form(&body));
+    }
+
+    #[test]
+    fn receive_and_accept_match_the_reference_on_arbitrary_bodies(body in form_bodies()) {
+        // Mostly refusals (unsigned bodies): the same error, or the same everything.
+        let passphrases = secrets(&["p"]);
+        let fast = receive(&body, &passphrases);
+        prop_assert_eq!(&fast, &reference::receive(&body, &passphrases));
+        let accepted = accept(&body, &passphrases);
+        prop_assert_eq!(accepted, fast.map(|r| AcceptedIpn {
+            event: r.event,
+            business_key: r.business_key,
+            key_case: r.key_case,
+        }));
+    }
+
+    #[test]
+    fn sorted_verifier_matches_the_reference(
+        pairs in messy_pairs(),
+        candidates in prop::collection::vec("[a-c]{0,2}", 3),
+        configured in prop::collection::vec(0..3usize, 0..3),
+        given in given(),
+        sig_name in prop::sample::select(vec!["sha_sign", "SHASIGN"]),
+    ) {
+        for key_case in [KeyCase::Original, KeyCase::Upper] {
+            for passphrase in &candidates {
+                prop_assert_eq!(
+                    sign(&pairs, passphrase, key_case),
+                    reference::sign(&pairs, passphrase, key_case)
+                );
+            }
+        }
+        let mut body_pairs = pairs.clone();
+        match &given {
+            Given::Signed(i, key_case, lower) => {
+                let sig = reference::sign(&pairs, &candidates[*i], *key_case);
+                let sig = if *lower { sig.to_ascii_lowercase() } else { sig };
+                body_pairs.push((sig_name.to_owned(), sig));
+            }
+            Given::Absent => {}
+            Given::Empty => body_pairs.push((sig_name.to_owned(), String::new())),
+            Given::Garbage(g) => body_pairs.push((sig_name.to_owned(), g.clone())),
+        }
+        let configured: Vec<&str> = configured.iter().map(|&i| candidates[i].as_str()).collect();
+        let passphrases = secrets(&configured);
+        prop_assert_eq!(
+            verify(&body_pairs, &passphrases),
+            reference::verify(&body_pairs, &passphrases)
+        );
+        let body = encode(&body_pairs);
+        prop_assert_eq!(
+            receive(body.as_bytes(), &passphrases),
+            reference::receive(body.as_bytes(), &passphrases)
+        );
+    }
+}
+
+#[test]
+fn accept_and_receive_agree_on_every_fixture() {
+    for (name, body) in FIXTURES {
+        let received = receive_fixture(name);
+        let accepted = accept(body.as_bytes(), &fixture_secrets()).expect(name);
+        assert_eq!(accepted.event, received.event, "{name}");
+        assert_eq!(accepted.business_key, received.business_key, "{name}");
+        assert_eq!(accepted.key_case, received.key_case, "{name}");
+        assert_eq!(
+            Ok(received),
+            reference::receive(body.as_bytes(), &fixture_secrets()),
+            "{name}"
+        );
+    }
+}

@@ -8,7 +8,7 @@
 //! frame into one growing buffer and drops it at once, so a connection holds at most its
 //! body (bounded by the limit) plus one read buffer.
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use http_body_util::BodyExt;
 
 /// Why a body could not be read.
@@ -21,8 +21,19 @@ pub(super) enum BodyError {
 }
 
 /// The body's data, at most `limit` bytes, copied frame by frame (see the module docs).
-pub(super) async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, BodyError> {
-    let mut out: Vec<u8> = Vec::new();
+///
+/// `expected` is the announced length (`Content-Length`), if any: the buffer is allocated
+/// once at that size (at most `limit`), so a body of the announced size costs one
+/// allocation and no copy when it grows, and it becomes the stored raw body as it is
+/// (issue 13). A client that announces more than it sends makes the daemon hold no more
+/// than `limit` for it, as before.
+pub(super) async fn collect_limited(
+    mut body: Body,
+    limit: usize,
+    expected: Option<u64>,
+) -> Result<Vec<u8>, BodyError> {
+    let capacity = expected.map_or(0, |n| usize::try_from(n).unwrap_or(limit).min(limit));
+    let mut out: Vec<u8> = Vec::with_capacity(capacity);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| BodyError::Unreadable)?;
         if let Ok(data) = frame.into_data() {
@@ -32,7 +43,7 @@ pub(super) async fn collect_limited(mut body: Body, limit: usize) -> Result<Byte
             out.extend_from_slice(&data);
         }
     }
-    Ok(Bytes::from(out))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -99,7 +110,7 @@ mod tests {
 
     /// Reads a [`Trickle`] through [`collect_limited`]; returns the result and the most
     /// frames alive at once.
-    async fn trickle(frames: usize, limit: usize) -> (Result<Bytes, BodyError>, usize) {
+    async fn trickle(frames: usize, limit: usize) -> (Result<Vec<u8>, BodyError>, usize) {
         let freed = Arc::new(AtomicUsize::new(0));
         let most_alive = Arc::new(AtomicUsize::new(0));
         struct Report(Trickle, Arc<AtomicUsize>);
@@ -127,7 +138,7 @@ mod tests {
             },
             most_alive.clone(),
         ));
-        let result = collect_limited(body, limit).await;
+        let result = collect_limited(body, limit, None).await;
         (result, most_alive.load(Ordering::SeqCst))
     }
 
@@ -142,6 +153,50 @@ mod tests {
             most_alive <= 1,
             "{most_alive} frames (8 KiB each) alive at once"
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_of_the_announced_length_is_read_into_one_buffer_of_that_size() {
+        // Two frames, as a body split across reads arrives: the buffer is sized once from
+        // the announced length and becomes the stored raw body without a copy (issue 13).
+        let frames = data_frames(&[&[b'a'; 3000], &[b'b'; 1082]]);
+        let body = collect_limited(frames, 65_536, Some(4082))
+            .await
+            .expect("read");
+        assert_eq!(body.len(), 4082);
+        assert_eq!(body.capacity(), 4082);
+        assert!(body[..3000].iter().all(|b| *b == b'a') && body[3000..].iter().all(|b| *b == b'b'));
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_beyond_the_limit_reserves_only_the_limit() {
+        let out = collect_limited(Body::empty(), 1_000, Some(u64::MAX))
+            .await
+            .expect("read");
+        assert!(out.is_empty());
+        assert!(out.capacity() <= 1_000, "reserved {}", out.capacity());
+    }
+
+    /// Data frames handed out one by one.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|data| Ok(Frame::data(data))))
+        }
+    }
+
+    /// A body made of the given data frames, in order.
+    fn data_frames(frames: &[&[u8]]) -> Body {
+        Body::new(Frames(
+            frames.iter().map(|f| Bytes::copy_from_slice(f)).collect(),
+        ))
     }
 
     #[tokio::test]

@@ -35,7 +35,7 @@ pub use listener::{
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -109,7 +109,7 @@ fn is_form(headers: &HeaderMap) -> bool {
         })
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Response> {
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, Response> {
     let too_large = || {
         text(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -125,7 +125,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
     let read = tokio::time::timeout(
         Duration::from_secs(BODY_READ_TIMEOUT_SECS),
-        body::collect_limited(body, limit),
+        body::collect_limited(body, limit, declared),
     );
     match read.await {
         Err(_) => Err(text(
@@ -185,7 +185,7 @@ async fn receive(state: &AppState, source_name: &str, headers: &HeaderMap, body:
             return resp;
         }
     };
-    let received = match ipn::receive(&body, &source.passphrases) {
+    let received = match ipn::accept(&body, &source.passphrases) {
         Ok(r) => r,
         Err(e) => {
             let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
@@ -205,7 +205,7 @@ async fn receive(state: &AppState, source_name: &str, headers: &HeaderMap, body:
         source_name,
         received.business_key.clone(),
         event,
-        body.to_vec(),
+        body,
         routes,
         now,
     );
