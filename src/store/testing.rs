@@ -30,7 +30,10 @@ pub async fn fresh_database() -> Option<String> {
     };
     tokio::spawn(connection);
     let pid = std::process::id();
-    sweep(&client, pid).await;
+    let client = std::sync::Arc::new(client);
+    // In the background, a few at a time: the next test of the run goes on sweeping, and a
+    // sweep cut short by the end of a test's runtime has dropped whole databases only.
+    tokio::spawn(sweep(client.clone(), pid));
     let name = format!("ipnb_test_{pid}_{}", NEXT.fetch_add(1, Ordering::Relaxed));
     if let Err(e) = client
         .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -44,18 +47,26 @@ pub async fn fresh_database() -> Option<String> {
     Some(url_of(&config, &name))
 }
 
-/// Drops the test databases of processes that are gone (their pid no longer runs).
-async fn sweep(client: &tokio_postgres::Client, own_pid: u32) {
+/// Databases one call of [`fresh_database`] drops at most.
+const SWEEP_AT_ONCE: usize = 8;
+
+/// Drops (up to [`SWEEP_AT_ONCE`]) test databases of processes that are gone (their pid no
+/// longer runs).
+async fn sweep(client: std::sync::Arc<tokio_postgres::Client>, own_pid: u32) {
     let Ok(rows) = client
         .query(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'ipnb\\_test\\_%'",
+            "SELECT datname FROM pg_database WHERE datname LIKE 'ipnb\\_test\\_%' ORDER BY random()",
             &[],
         )
         .await
     else {
         return;
     };
+    let mut dropped = 0;
     for row in rows {
+        if dropped == SWEEP_AT_ONCE {
+            break;
+        }
         let name: String = row.get(0);
         let pid: Option<u32> = name
             .strip_prefix("ipnb_test_")
@@ -68,6 +79,7 @@ async fn sweep(client: &tokio_postgres::Client, own_pid: u32) {
         let _ = client
             .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .await;
+        dropped += 1;
     }
 }
 

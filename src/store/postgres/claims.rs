@@ -86,10 +86,14 @@ impl Claims {
         }
     }
 
-    /// Closes the lock connection: PostgreSQL releases every lock it holds.
+    /// Gives up every lock (at once, so another instance can take over at its next poll)
+    /// and closes the lock connection. Were the unlock to fail, PostgreSQL still releases
+    /// the locks when it sees the session end.
     pub(super) async fn release(&self) {
         let mut state = self.state.lock().await;
-        state.client = None;
+        if let Some(client) = state.client.take() {
+            let _ = client.simple_query("SELECT pg_advisory_unlock_all()").await;
+        }
         state.held.clear();
     }
 }
