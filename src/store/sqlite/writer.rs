@@ -102,6 +102,10 @@ pub enum Msg {
     Op(Box<dyn Op>),
     /// Finish the batch in hand, then stop; later operations fail with `Closed`.
     Close,
+    /// The background `quick_check` found the file damaged (its finding): finish the batch
+    /// in hand, then refuse every operation until a restart, as for a file overwritten
+    /// under the daemon.
+    Damaged(String),
 }
 
 /// Opens the connection with the pragmas every connection of this program uses.
@@ -131,7 +135,7 @@ const STATEMENT_CACHE: usize = 128;
 
 /// Runs one of the transaction-control statements (`BEGIN`, `SAVEPOINT`, …) from the
 /// statement cache instead of parsing it on every use (`execute_batch` always parses).
-fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+pub fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
@@ -236,13 +240,16 @@ impl Writer {
         let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(MAX_BATCH);
         let mut closing = false;
         while !closing {
+            let mut damaged = None;
             match rx.blocking_recv() {
                 Some(Msg::Op(op)) => batch.push(op),
+                Some(Msg::Damaged(why)) => damaged = Some(why),
                 Some(Msg::Close) | None => break,
             }
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && damaged.is_none() {
                 match rx.try_recv() {
                     Ok(Msg::Op(op)) => batch.push(op),
+                    Ok(Msg::Damaged(why)) => damaged = Some(why),
                     Ok(Msg::Close) => {
                         closing = true;
                         break;
@@ -250,7 +257,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.run_batch(&mut batch);
+            if !batch.is_empty() {
+                self.run_batch(&mut batch);
+            }
+            if let Some(why) = damaged
+                && self.broken.is_none()
+            {
+                self.break_down(Problem::Damaged(why));
+            }
         }
         // Operations still queued behind the close are refused, not silently dropped.
         rx.close();
