@@ -365,3 +365,39 @@ async fn a_lease_given_back_unused_leaves_no_attempt_and_the_job_as_before() {
     let again = store.lease_due("crm", 1_300, 2).await.expect("lease");
     assert_eq!((again.len(), again[0].attempt_no), (1, 1));
 }
+
+#[tokio::test]
+async fn an_operator_store_closes_at_once_beside_a_long_reader() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&path).expect("open");
+    store.ingest(ipn("k0", "O0", true)).await.expect("ingest");
+    store.close().await;
+    // A reader that keeps its snapshot (the daemon's background quick_check of a big file).
+    let reader = Connection::open(&path).expect("open");
+    reader
+        .execute_batch("BEGIN; SELECT COUNT(*) FROM jobs;")
+        .expect("read transaction");
+    // `queue list`: open, read, close.
+    let started = std::time::Instant::now();
+    let store = SqliteStore::open(&path).expect("open");
+    store
+        .ingest(ipn("k1", "O1", true))
+        .await
+        .expect("write beside the reader");
+    assert_eq!(
+        store
+            .review_jobs(Default::default())
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+    store.close().await;
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(writer::BUSY_TIMEOUT_MS / 2),
+        "took {took:?}: the close waited for the reader"
+    );
+    reader.execute_batch("COMMIT").expect("end");
+}

@@ -274,8 +274,17 @@ impl Writer {
             }
         }
         if let Some(conn) = self.conn.take() {
-            // Leaves the WAL small for the next start; failure only costs a bigger WAL.
-            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            // The daemon leaves the WAL small for the next start; failure only costs a bigger
+            // WAL. An operator command beside a running daemon only copies what it can:
+            // TRUNCATE waits (up to the busy timeout) for every reader to finish, and a long
+            // reader (the daemon's background quick_check of a big file) made every
+            // `queue list` take 2 s longer at a million jobs (issue 13).
+            let mode = if self.lock.is_some() {
+                "PRAGMA wal_checkpoint(TRUNCATE)"
+            } else {
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            };
+            let _ = conn.execute_batch(mode);
             drop(conn);
         }
         drop(self.lock.take());
