@@ -8,7 +8,8 @@
 //! Set-up, per scenario (a fresh database and a fresh fake each time):
 //! * Konnektive is a minimal instant fake inside this file ([`MiniFake`], axum on
 //!   127.0.0.1): `order/import` answers the success object of reference §7 E1 with a fresh
-//!   `orderId`, and each request's arrival [`Instant`] is recorded. Not the integration tests'
+//!   `orderId`, `campaign/query` (the connector's currency check, once per generation)
+//!   campaign 12 in USD, and each request's arrival [`Instant`] is recorded. Not the integration tests'
 //!   `tests/support/fake_konnektive.rs`: that one checks every new order id against every
 //!   order it holds (`FakeState::hex_id`, a linear scan), so each import costs O(orders) and
 //!   a backlog of thousands measures the fake (perf: 26 % of all samples in that scan at 8000
@@ -119,6 +120,18 @@ async fn mini_fake(State(fake): State<Arc<MiniFake>>, uri: Uri, body: Bytes) -> 
         && body.contains("campaignId=12")
         && body.contains("product1_id=31");
     fake.seen.lock().expect("fake lock").push((import, at));
+    if uri.path().trim_matches('/') == "campaign/query" {
+        // The connector's check of the campaign's currency before the first import of a
+        // generation (reference E7): campaign 12 books in USD, the fixture's currency.
+        return json(
+            r#"{"result":"SUCCESS","message":{"totalResults":1,"resultsPerPage":25,"page":1,
+ "data":{"12":{"campaignId":12,"campaignName":"DS24 Import","campaignType":"LANDER",
+ "currency":"USD","coupons":[],"products":[{"campaignProductId":31,"productId":1031,
+ "productName":"(1031) Product 31","price":"0.00","shippingPrice":"0.00",
+ "billingCycleType":"ONE_TIME"}]}}}}"#
+                .to_owned(),
+        );
+    }
     if !import {
         return json(r#"{"result":"ERROR","message":"not served by this fake"}"#.to_owned());
     }

@@ -66,6 +66,7 @@
 //! `next_due_at`) per IPN. While every slot of the target is busy the loop listens only for a
 //! freed slot (and the poll interval): new jobs could not be leased anyway.
 
+pub mod recorder;
 pub mod schedule;
 
 use std::collections::BTreeMap;
@@ -84,10 +85,12 @@ use crate::clock::SharedClock;
 use crate::config::{Config, Delivery, Target};
 use crate::connectors::{Attempt, Connector};
 use crate::domain::{
-    Action, AttemptReport, Day, DayWindow, ImportRef, Outcome, Receipt, import_reference,
+    Action, AttemptReport, Day, DayWindow, ImportRef, JobId, Outcome, Receipt, import_reference,
 };
 use crate::metrics::Metrics;
-use crate::store::{AttemptKind, Claim, Disposition, LeasedJob, LedgerRow, Store, StoreError};
+use crate::store::{
+    AttemptKind, Claim, Disposition, FinishedAttempt, LeasedJob, LedgerRow, Store, StoreError,
+};
 
 use schedule::JobClock;
 
@@ -215,6 +218,8 @@ struct TargetWorker {
     /// The bucket's size (`burst`), spent at once when the target is taken over.
     burst: NonZeroU32,
     slots: Arc<Semaphore>,
+    /// `max_in_flight`: how many leased jobs may wait for a slot (see [`hand_out`]).
+    window: usize,
     slot_freed: Notify,
     store: Store,
     clock: SharedClock,
@@ -225,6 +230,8 @@ struct TargetWorker {
     stop: CancellationToken,
     /// One immediate probe after a target-wide refusal at a time (see [`confirm_refusal`]).
     refusal_probe: Semaphore,
+    /// Where finished attempts go to be written (see [`recorder`]).
+    records: recorder::RecordSender,
 }
 
 /// What every target loop shares with the rest of the daemon.
@@ -273,6 +280,15 @@ pub fn spawn(
         if !store.shared() {
             metrics.set_target_dispatched(&target.name, true);
         }
+        let (records, to_record) = tokio::sync::mpsc::unbounded_channel();
+        tracker.spawn(recorder::run(
+            store.clone(),
+            clock.clone(),
+            shutdown.clone(),
+            target.name.clone(),
+            to_record,
+            Duration::from_millis(STORE_RETRY_MS),
+        ));
         let worker = Arc::new(TargetWorker {
             name: target.name.clone(),
             alerter: alerter.clone(),
@@ -285,12 +301,14 @@ pub fn spawn(
             limiter: RateLimiter::direct(quota(target)),
             burst: NonZeroU32::new(target.burst.max(1)).unwrap_or(NonZeroU32::MIN),
             slots: Arc::new(Semaphore::new(target.max_in_flight.max(1) as usize)),
+            window: target.max_in_flight.max(1) as usize,
             slot_freed: Notify::new(),
             store: store.clone(),
             clock: clock.clone(),
             shutdown: shutdown.clone(),
             stop: stop.clone(),
             refusal_probe: Semaphore::new(1),
+            records,
         });
         tracker.spawn(target_loop(
             worker,
@@ -345,22 +363,16 @@ async fn target_loop(
             continue;
         }
         let free = w.slots.available_permits();
-        if free > 0 {
-            match w.store.lease_due(&w.name, now, free).await {
-                Ok(jobs) if !jobs.is_empty() => {
-                    for job in jobs {
-                        let Ok(permit) = w.slots.clone().acquire_owned().await else {
-                            return;
-                        };
-                        tracker.spawn(run_job(w.clone(), job, permit));
-                    }
-                    continue;
-                }
-                Ok(_) => {}
-                // The store logs its own failures (once, then summarised); a line per poll
-                // would flood the log while the disk is full.
-                Err(e) => tracing::debug!(target = %w.name, error = %e, "could not lease jobs"),
+        // The free slots, and one window more that waits for slots (see [`hand_out`]).
+        match w.store.lease_due(&w.name, now, free + w.window).await {
+            Ok(jobs) if !jobs.is_empty() => {
+                hand_out(&w, jobs, &tracker).await;
+                continue;
             }
+            Ok(_) => {}
+            // The store logs its own failures (once, then summarised); a line per poll
+            // would flood the log while the disk is full.
+            Err(e) => tracing::debug!(target = %w.name, error = %e, "could not lease jobs"),
         }
         if free == 0 {
             // Every slot is busy: nothing can be leased before one frees, so neither new jobs
@@ -392,6 +404,50 @@ async fn target_loop(
         }
     }
     tracing::debug!(target = %w.name, "dispatcher stopped taking jobs");
+}
+
+/// Starts each leased job as soon as one of the target's slots is free, in lease order.
+///
+/// The loop leases the free slots' jobs *and one window more* (`max_in_flight` jobs) in one
+/// store call, so the next round's lease is written while this round's requests run, and
+/// one commit carries many leases (issue 13: with an instant target, a lease round per
+/// freed slot made the commits, not the target, the limit). A leased job waiting for a
+/// slot is already `in_flight` with its attempt open, as durable as one on the wire: a crash
+/// recovers it like any interrupted job (an import is looked up before it is sent again).
+///
+/// Jobs whose turn comes when the target has been paused meanwhile, or after this
+/// generation was told to stop, are not sent: their leases are given back unused
+/// ([`Store::release_leases`]: no attempt recorded, the job `pending` as before).
+async fn hand_out(w: &Arc<TargetWorker>, jobs: Vec<LeasedJob>, tracker: &TaskTracker) {
+    let mut jobs = jobs.into_iter();
+    while let Some(job) = jobs.next() {
+        let permit = tokio::select! {
+            biased;
+            permit = w.slots.clone().acquire_owned() => permit.ok(),
+            _ = w.stop.cancelled() => None,
+        };
+        match permit {
+            Some(permit) if w.board.get(&w.name).is_none() => {
+                tracker.spawn(run_job(w.clone(), job, permit));
+            }
+            _ => {
+                let unused: Vec<(JobId, i64)> = std::iter::once(job)
+                    .chain(jobs)
+                    .map(|j| (j.id, j.attempt_id))
+                    .collect();
+                let (store, clock) = (w.store.clone(), w.clock.clone());
+                // Given up only when the process stops: the jobs are then recovered on the
+                // next start, as interrupted.
+                let _ = persist(w, move || {
+                    let (store, unused) = (store.clone(), unused.clone());
+                    let now = clock.now_ms();
+                    async move { store.release_leases(unused, now).await }
+                })
+                .await;
+                return;
+            }
+        }
+    }
 }
 
 /// Whether this instance dispatches the target now (see the module doc). A target just
@@ -555,14 +611,35 @@ async fn pause_target(w: &TargetWorker, reason: &str) {
 }
 
 async fn run_job(w: Arc<TargetWorker>, job: LeasedJob, permit: OwnedSemaphorePermit) {
-    attempt(&w, &job, std::time::Instant::now()).await;
-    drop(permit);
-    w.slot_freed.notify_one();
+    let run = Run {
+        started: std::time::Instant::now(),
+        slot: std::sync::Mutex::new(Some(permit)),
+    };
+    attempt(&w, &job, &run).await;
+    run.release(&w);
+}
+
+/// One job's run: when it started, and its in-flight slot until the request is over.
+struct Run {
+    started: std::time::Instant,
+    slot: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl Run {
+    /// Gives the slot back (once) and wakes the target loop: the request is over, the result
+    /// waits for the recorder (see [`recorder`]).
+    fn release(&self, w: &TargetWorker) {
+        let permit = self.slot.lock().ok().and_then(|mut slot| slot.take());
+        if permit.is_some() {
+            drop(permit);
+            w.slot_freed.notify_one();
+        }
+    }
 }
 
 /// One lease of a job: resolve the import it refers to, reconcile if an earlier attempt may
 /// have been applied, send, record.
-async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant) {
+async fn attempt(w: &TargetWorker, job: &LeasedJob, run: &Run) {
     let mut attempt_id = job.attempt_id;
     let mut attempt_no = job.attempt_no;
     let reconciling = job.kind == AttemptKind::Reconcile;
@@ -576,15 +653,7 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant)
         Some(import_ref) => match resolve_import(w, job, import_ref).await {
             Ok(resolved) => Some(resolved),
             Err(report) => {
-                settle(
-                    w,
-                    job,
-                    (attempt_id, attempt_no),
-                    report,
-                    reconciling,
-                    started,
-                )
-                .await;
+                settle(w, job, (attempt_id, attempt_no), report, reconciling, run).await;
                 return;
             }
         },
@@ -617,7 +686,7 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant)
                     report,
                     Disposition::Delivered(receipt),
                     None,
-                    started,
+                    run,
                 )
                 .await;
                 return;
@@ -651,7 +720,7 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant)
                 }
             }
             Err(report) => {
-                settle(w, job, (attempt_id, attempt_no), report, true, started).await;
+                settle(w, job, (attempt_id, attempt_no), report, true, run).await;
                 return;
             }
         }
@@ -662,7 +731,7 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant)
         .precheck(&job.action, || w.limiter.until_ready())
         .await
     {
-        settle(w, job, (attempt_id, attempt_no), report, false, started).await;
+        settle(w, job, (attempt_id, attempt_no), report, false, run).await;
         return;
     }
 
@@ -683,7 +752,7 @@ async fn attempt(w: &TargetWorker, job: &LeasedJob, started: std::time::Instant)
         None => w.connector.execute(&job.action, None, sending).await,
     };
     let reconcile = report.maybe_applied && job.action.needs_reconcile();
-    settle(w, job, (attempt_id, attempt_no), report, reconcile, started).await;
+    settle(w, job, (attempt_id, attempt_no), report, reconcile, run).await;
 }
 
 /// Ends an attempt: pauses the target on a target-wide refusal, decides the job's next step,
@@ -695,7 +764,7 @@ async fn settle(
     (attempt_id, attempt_no): (i64, u32),
     report: AttemptReport,
     reconcile: bool,
-    started: std::time::Instant,
+    run: &Run,
 ) {
     let report = confirm_refusal(w, report).await;
     if let Outcome::TargetDown { reason } = &report.outcome {
@@ -716,7 +785,7 @@ async fn settle(
             .unwrap_or_default();
         alert
     });
-    finish(w, job, attempt_id, report, disposition, alert, started).await;
+    finish(w, job, attempt_id, report, disposition, alert, run).await;
 }
 
 /// An alert about `job`, with the Digistore24 facts its action carries.
@@ -1014,30 +1083,28 @@ async fn finish(
     report: AttemptReport,
     disposition: Disposition,
     alert: Option<Alert>,
-    started: std::time::Instant,
+    run: &Run,
 ) {
     w.metrics
-        .delivery_attempt(&w.name, report.outcome.label(), started.elapsed());
+        .delivery_attempt(&w.name, report.outcome.label(), run.started.elapsed());
     let record = alert.as_ref().and_then(|a| w.alerter.outbox_record(a));
     let recorded = record.is_some();
-    let store = w.store.clone();
-    let (id, clock) = (job.id, w.clock.clone());
-    let finished = persist(w, move || {
-        let (store, report, disposition, record) = (
-            store.clone(),
-            report.clone(),
-            disposition.clone(),
-            record.clone(),
-        );
-        let now = clock.now_ms();
-        async move {
-            store
-                .finish_attempt(id, attempt_id, report, disposition, record, now)
-                .await
-        }
-    })
-    .await;
-    if let (Some(()), Some(alert)) = (finished, alert) {
+    let (done, written) = tokio::sync::oneshot::channel();
+    let item = FinishedAttempt {
+        job: job.id,
+        attempt_id,
+        report,
+        disposition,
+        alert: record,
+        now: w.clock.now_ms(),
+    };
+    // The recorder lives as long as any worker of the generation: the send fails only if
+    // it ended early, and then the job is recovered on the next start like any job whose
+    // result was not written.
+    let sent = w.records.send(recorder::Record { item, done }).is_ok();
+    run.release(w);
+    let finished = sent && written.await.unwrap_or(false);
+    if let (true, Some(alert)) = (finished, alert) {
         w.alerter.committed(&alert, recorded);
     }
 }

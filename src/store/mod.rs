@@ -874,3 +874,51 @@ impl Store {
         }
     }
 }
+
+impl Store {
+    /// Records the ends of several attempts in one store call (one transaction on SQLite,
+    /// shared by the writer's group commit with whatever else is queued): what
+    /// [`Store::finish_attempt`] does for one, each in its own savepoint, so one that fails
+    /// is rolled back alone. Returns one result per item, in order; `Err` as a whole when
+    /// the call could not run or commit (then nothing was recorded).
+    pub async fn finish_attempts(
+        &self,
+        items: Vec<FinishedAttempt>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.finish_attempts(items).await,
+            Store::Postgres(s) => postgres::batch::finish_attempts(s, items).await,
+        }
+    }
+}
+
+impl Store {
+    /// Gives leases back that were never used: each `(job, attempt)` leased by
+    /// [`Store::lease_due`] whose request was never sent (the target paused, or the
+    /// dispatcher stopped, before the job's turn). The open attempt row is deleted and the
+    /// job is `pending` again with its attempt count as before the lease, due as it was.
+    /// A job no longer `in_flight` under that attempt is left alone.
+    pub async fn release_leases(
+        &self,
+        leases: Vec<(JobId, i64)>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.release_leases(leases, now).await,
+            Store::Postgres(s) => postgres::batch::release_leases(s, leases, now).await,
+        }
+    }
+}
+
+/// The end of one delivery attempt, for [`Store::finish_attempts`]: the arguments of
+/// [`Store::finish_attempt`].
+#[derive(Debug, Clone)]
+pub struct FinishedAttempt {
+    pub job: JobId,
+    pub attempt_id: i64,
+    pub report: AttemptReport,
+    pub disposition: Disposition,
+    /// A dead letter's alert, written in the same savepoint as the job's death.
+    pub alert: Option<NewAlert>,
+    pub now: i64,
+}

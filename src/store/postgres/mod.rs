@@ -14,6 +14,7 @@
 
 mod alerts;
 mod audit;
+pub mod batch;
 pub mod claims;
 mod jobs;
 mod review;

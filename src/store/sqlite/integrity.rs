@@ -47,11 +47,28 @@ use super::StoreError;
 /// The first 16 bytes of every SQLite database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
-/// Longest time `PRAGMA quick_check` may take at start before it is interrupted. Measured
-/// (debug build, 2-core machine): 170 MB/s for small rows with their indexes, 450 MB/s for
-/// IPN-sized bodies, so a database up to about 2.5 GB is checked in full. Well inside
-/// systemd's default start timeout of 90 s.
+/// Longest time `PRAGMA quick_check` may take at start, *before* the daemon is ready,
+/// before it is interrupted. Measured (debug build, 2-core machine): 170 MB/s for small rows
+/// with their indexes, 450 MB/s for IPN-sized bodies, so a database up to about 2.5 GB was
+/// checked in full within the 15 s this once was. Issue 13 asks for a restart that is ready
+/// in under a second with a million jobs (a multi-gigabyte file), so the check before
+/// ready is bounded by [`QUICK_CHECK_START_BUDGET_MS`] and this budget now only documents
+/// the old bound; a check left unfinished at start runs in full in the background (see
+/// [`background_quick_check`]).
 pub const QUICK_CHECK_BUDGET_SECS: u64 = 15;
+
+/// Biggest file checked before the daemon is ready. The budget above cannot bound the check
+/// alone: SQLite walks every b-tree page in *one* step of its virtual machine, which the
+/// progress handler cannot interrupt, so on a file of gigabytes (a million stored IPNs)
+/// `quick_check` holds the start for seconds whatever the budget. A file up to this size is
+/// walked in well under the budget (about 170 MB/s measured, see above); a bigger one is
+/// checked entirely in the background (see [`background_quick_check`]).
+pub const QUICK_CHECK_START_MAX_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Longest time the start-up `quick_check` may delay readiness. A database of a few tens of
+/// MB (every test's, a young installation's) is checked in full before ready and a damaged
+/// one refused at start, as before; a bigger one is checked further in the background.
+pub const QUICK_CHECK_START_BUDGET_MS: u64 = 300;
 
 /// Virtual-machine steps between two looks at the clock during `quick_check` (a look costs
 /// far less than the steps).
@@ -148,12 +165,12 @@ pub fn quick_check(
     budget: Duration,
 ) -> Result<QuickCheck, StoreError> {
     let started = Instant::now();
-    let deadline = started + budget;
+    let deadline = started.checked_add(budget);
     // SQLite calls this every QUICK_CHECK_PROGRESS_OPS virtual-machine steps; `true` stops
     // the statement with SQLITE_INTERRUPT.
     conn.progress_handler(
         QUICK_CHECK_PROGRESS_OPS,
-        Some(move || Instant::now() >= deadline),
+        Some(move || deadline.is_some_and(|d| Instant::now() >= d)),
     )?;
     let result: rusqlite::Result<Vec<String>> = conn
         .prepare(&format!("PRAGMA quick_check({QUICK_CHECK_MAX_ERRORS})"))
@@ -188,6 +205,44 @@ pub fn quick_check(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The full `quick_check` of a database whose check at start ran out of its budget, on its
+/// own read-only connection in its own thread, after the daemon is ready. A WAL reader: it
+/// never blocks the writer (the WAL cannot be checkpointed past its snapshot while it runs,
+/// so the log grows meanwhile). `on_damage` is called with the finding when the file is
+/// damaged (the store then refuses every operation: see `writer`); a sound file is logged.
+pub fn background_quick_check(
+    path: PathBuf,
+    on_damage: impl FnOnce(String) + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("quick-check".into())
+        .spawn(move || {
+            let started = Instant::now();
+            let opened = Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            );
+            let result = opened
+                .map_err(StoreError::from)
+                .and_then(|mut conn| quick_check(&mut conn, &path, Duration::MAX));
+            let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            match result {
+                Ok(_) => tracing::info!(
+                    path = %path.display(), took_ms,
+                    "quick_check of the database finished in the background: sound"
+                ),
+                Err(StoreError::Damaged(why)) => on_damage(why),
+                Err(e) => tracing::warn!(
+                    path = %path.display(), error = %e,
+                    "the background quick_check of the database could not run; the file was \
+                     checked only in part at start"
+                ),
+            }
+        })
+        .map(|_| ())
 }
 
 /// Why the running store refuses every operation from now on.

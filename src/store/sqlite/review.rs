@@ -13,14 +13,7 @@ impl SqliteStore {
     /// Jobs matching `filter`, newest first.
     pub async fn review_jobs(&self, filter: ReviewFilter) -> Result<Vec<JobListing>, StoreError> {
         self.read(move |c| {
-            let columns = prefixed_job_columns("j");
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {columns}, i.event, i.order_id, i.product_id
-                 FROM jobs j JOIN ipns i ON i.id = j.ipn_id
-                 WHERE (?1 IS NULL OR j.state = ?1) AND (?2 IS NULL OR j.integration = ?2)
-                   AND (?3 IS NULL OR j.created_at >= ?3)
-                 ORDER BY j.id DESC LIMIT ?4"
-            ))?;
+            let mut stmt = c.prepare_cached(&review_jobs_sql(&filter))?;
             let rows = stmt.query_map(
                 params![
                     filter.state.map(JobState::as_str),
@@ -530,4 +523,29 @@ fn actions_of(c: &Connection, job_id: i64) -> Result<Vec<OperatorActionRow>, Sto
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The SQL of [`SqliteStore::review_jobs`] for `filter`: only the filters given are in it.
+/// `(?1 IS NULL OR j.state = ?1)` kept the planner from the index `jobs_state (state, id)`,
+/// so `queue list --state dead` walked every job newest first until it had its `limit`
+/// (issue 13). Unused parameters stay numbered and bound (SQLite counts parameters up to the
+/// highest number).
+pub(super) fn review_jobs_sql(filter: &ReviewFilter) -> String {
+    let columns = prefixed_job_columns("j");
+    let mut filters = String::new();
+    for (given, sql) in [
+        (filter.state.is_some(), " AND j.state = ?1"),
+        (filter.integration.is_some(), " AND j.integration = ?2"),
+        (filter.since.is_some(), " AND j.created_at >= ?3"),
+    ] {
+        if given {
+            filters.push_str(sql);
+        }
+    }
+    format!(
+        "SELECT {columns}, i.event, i.order_id, i.product_id
+         FROM jobs j JOIN ipns i ON i.id = j.ipn_id
+         WHERE 1{filters}
+         ORDER BY j.id DESC LIMIT ?4"
+    )
 }

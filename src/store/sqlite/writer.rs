@@ -102,6 +102,10 @@ pub enum Msg {
     Op(Box<dyn Op>),
     /// Finish the batch in hand, then stop; later operations fail with `Closed`.
     Close,
+    /// The background `quick_check` found the file damaged (its finding): finish the batch
+    /// in hand, then refuse every operation until a restart, as for a file overwritten
+    /// under the daemon.
+    Damaged(String),
 }
 
 /// Opens the connection with the pragmas every connection of this program uses.
@@ -131,7 +135,7 @@ const STATEMENT_CACHE: usize = 128;
 
 /// Runs one of the transaction-control statements (`BEGIN`, `SAVEPOINT`, …) from the
 /// statement cache instead of parsing it on every use (`execute_batch` always parses).
-fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+pub fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
@@ -236,13 +240,16 @@ impl Writer {
         let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(MAX_BATCH);
         let mut closing = false;
         while !closing {
+            let mut damaged = None;
             match rx.blocking_recv() {
                 Some(Msg::Op(op)) => batch.push(op),
+                Some(Msg::Damaged(why)) => damaged = Some(why),
                 Some(Msg::Close) | None => break,
             }
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && damaged.is_none() {
                 match rx.try_recv() {
                     Ok(Msg::Op(op)) => batch.push(op),
+                    Ok(Msg::Damaged(why)) => damaged = Some(why),
                     Ok(Msg::Close) => {
                         closing = true;
                         break;
@@ -250,7 +257,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.run_batch(&mut batch);
+            if !batch.is_empty() {
+                self.run_batch(&mut batch);
+            }
+            if let Some(why) = damaged
+                && self.broken.is_none()
+            {
+                self.break_down(Problem::Damaged(why));
+            }
         }
         // Operations still queued behind the close are refused, not silently dropped.
         rx.close();
@@ -260,8 +274,17 @@ impl Writer {
             }
         }
         if let Some(conn) = self.conn.take() {
-            // Leaves the WAL small for the next start; failure only costs a bigger WAL.
-            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            // The daemon leaves the WAL small for the next start; failure only costs a bigger
+            // WAL. An operator command beside a running daemon only copies what it can:
+            // TRUNCATE waits (up to the busy timeout) for every reader to finish, and a long
+            // reader (the daemon's background quick_check of a big file) made every
+            // `queue list` take 2 s longer at a million jobs (issue 13).
+            let mode = if self.lock.is_some() {
+                "PRAGMA wal_checkpoint(TRUNCATE)"
+            } else {
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            };
+            let _ = conn.execute_batch(mode);
             drop(conn);
         }
         drop(self.lock.take());

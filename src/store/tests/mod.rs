@@ -9,7 +9,7 @@
 mod review_suite;
 
 use super::*;
-use crate::domain::{Address, Buyer, Money, Order, OrderItem, Outcome};
+use crate::domain::{Address, Buyer, Money, Order, OrderItem, Outcome, Receipt};
 
 /// Where a test's store lives; [`TestDb::open`] opens (or reopens) it.
 pub(crate) enum TestDb {
@@ -139,6 +139,7 @@ pub(crate) use on_both_backends;
 
 on_both_backends!(
     a_repeated_ipn_is_stored_once_and_creates_no_job,
+    batched_results_fail_alone_and_a_lease_given_back_is_as_before,
     a_job_survives_a_crash_and_is_reconciled_before_it_is_sent_again,
     a_later_job_of_the_same_order_waits_for_the_earlier_one,
     after_close_operations_are_refused,
@@ -1399,4 +1400,89 @@ async fn the_health_probe_commits(db: TestDb) {
     store.probe_writable().await.expect("probe");
     store.ingest(ipn("k1", "A", false)).await.expect("ingest");
     store.probe_writable().await.expect("probe");
+}
+
+/// The dispatcher's batched calls (issue 13): results handed over together are recorded
+/// each on its own (a failing one changes nothing and fails alone), and a lease given back
+/// unused leaves the job as it was, without an attempt.
+async fn batched_results_fail_alone_and_a_lease_given_back_is_as_before(db: TestDb) {
+    let store = db.open().await;
+    for i in 0..4 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("ingest");
+    }
+    let leased = store.lease_due("crm", 1_000, 4).await.expect("lease");
+    assert_eq!(leased.len(), 4);
+    let delivered = |job: &LeasedJob| {
+        let receipt = Receipt {
+            order_id: Some(format!("K{}", job.id)),
+            ..Receipt::default()
+        };
+        FinishedAttempt {
+            job: job.id,
+            attempt_id: job.attempt_id,
+            report: report(Outcome::Delivered(receipt.clone())),
+            disposition: Disposition::Delivered(receipt),
+            alert: None,
+            now: 1_100,
+        }
+    };
+    let mut bad = delivered(&leased[1]);
+    bad.job = JobId(404_404);
+    let results = store
+        .finish_attempts(vec![delivered(&leased[0]), bad, delivered(&leased[2])])
+        .await
+        .expect("one call");
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(results[1].is_err(), "{results:?}");
+    assert_eq!(
+        store.attempts(leased[1].id).await.expect("attempts")[0].outcome,
+        None,
+        "the failed item changed nothing"
+    );
+    assert_eq!(store.ledger().await.expect("ledger").len(), 2);
+    // Give back jobs 1 (never sent), 3 (never sent) and 0 (delivered meanwhile).
+    store
+        .release_leases(
+            [&leased[1], &leased[3], &leased[0]]
+                .iter()
+                .map(|j| (j.id, j.attempt_id))
+                .collect(),
+            1_200,
+        )
+        .await
+        .expect("release");
+    let jobs = store.list_jobs(Default::default()).await.expect("jobs");
+    let shape: Vec<(&str, u32)> = jobs
+        .iter()
+        .map(|j| (j.state.as_str(), j.attempts))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("delivered", 1),
+            ("pending", 0),
+            ("delivered", 1),
+            ("pending", 0)
+        ]
+    );
+    assert!(
+        store
+            .attempts(leased[3].id)
+            .await
+            .expect("attempts")
+            .is_empty()
+    );
+    assert_eq!(
+        store.job_counts().await.expect("counts"),
+        BTreeMap::from([("delivered".to_owned(), 2), ("pending".to_owned(), 2)])
+    );
+    let again = store.lease_due("crm", 1_300, 4).await.expect("lease again");
+    assert_eq!(
+        again.iter().map(|j| j.attempt_no).collect::<Vec<_>>(),
+        [1, 1],
+        "leased again as their first attempt"
+    );
 }

@@ -1,0 +1,403 @@
+//! Issue 13 (the queue at a million jobs, delivery throughput), on real SQLite files: the
+//! counts kept per state, the hot queries' plans, the batched results, the `quick_check`
+//! that goes on after start.
+
+use super::*;
+use crate::domain::{Outcome, Receipt};
+use crate::store::FinishedAttempt;
+use crate::store::review::ReviewFilter;
+use crate::store::tests::ipn;
+
+fn report(outcome: Outcome) -> AttemptReport {
+    AttemptReport {
+        outcome,
+        endpoint: "order/import".into(),
+        http_status: Some(200),
+        request: "loginId=x&password=%5Bredacted%5D".into(),
+        response: "{}".into(),
+        maybe_applied: false,
+    }
+}
+
+fn delivered(job: &LeasedJob, now: i64) -> FinishedAttempt {
+    let receipt = Receipt {
+        order_id: Some(format!("K{}", job.id)),
+        ..Receipt::default()
+    };
+    FinishedAttempt {
+        job: job.id,
+        attempt_id: job.attempt_id,
+        report: report(Outcome::Delivered(receipt.clone())),
+        disposition: Disposition::Delivered(receipt),
+        alert: None,
+        now,
+    }
+}
+
+/// Jobs per state counted from the rows themselves.
+fn counted(path: &Path) -> BTreeMap<String, u64> {
+    let conn = Connection::open(path).expect("open");
+    let mut stmt = conn
+        .prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[tokio::test]
+async fn job_counts_are_kept_per_state_through_every_change_whoever_writes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&path).expect("open");
+    for i in 0..6 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("ingest");
+    }
+    let leased = store.lease_due("crm", 1_000, 4).await.expect("lease");
+    assert_eq!(leased.len(), 4);
+    store
+        .finish_attempts(vec![delivered(&leased[0], 1_100)])
+        .await
+        .expect("finish");
+    store
+        .finish_attempt(
+            leased[1].id,
+            leased[1].attempt_id,
+            report(Outcome::Permanent {
+                reason: "no".into(),
+            }),
+            Disposition::Dead,
+            None,
+            1_100,
+        )
+        .await
+        .expect("dead");
+    // Another process (a queue command, the operator's sqlite3) changes rows directly.
+    Connection::open(&path)
+        .and_then(|c| c.execute("UPDATE jobs SET state = 'dropped' WHERE id = 6", []))
+        .expect("direct update");
+    // A statement that fails leaves the counts alone.
+    assert!(
+        store
+            .call(|c| {
+                c.execute("UPDATE jobs SET state = 'held' WHERE id = 5", [])?;
+                Err::<(), _>(StoreError::Invalid("rolled back".into()))
+            })
+            .await
+            .is_err()
+    );
+
+    let kept = store.job_counts().await.expect("counts");
+    assert_eq!(kept, counted(&path));
+    assert_eq!(
+        kept,
+        BTreeMap::from([
+            ("delivered".to_owned(), 1),
+            ("dead".to_owned(), 1),
+            ("in_flight".to_owned(), 2),
+            ("pending".to_owned(), 1),
+            ("dropped".to_owned(), 1),
+        ])
+    );
+    // The counts are read from their table: a row written there is what the store reports.
+    Connection::open(&path)
+        .and_then(|c| c.execute("UPDATE job_counts SET n = 99 WHERE state = 'pending'", []))
+        .expect("tamper");
+    assert_eq!(
+        store.job_counts().await.expect("counts").get("pending"),
+        Some(&99)
+    );
+}
+
+#[tokio::test]
+async fn a_database_from_before_the_counts_gets_them_counted_at_migration() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&path).expect("open");
+    for i in 0..3 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("ingest");
+    }
+    store.close().await;
+    // Back to schema 6, as an older build left it.
+    Connection::open(&path)
+        .and_then(|c| {
+            c.execute_batch(
+                "DROP TRIGGER job_counts_insert; DROP TRIGGER job_counts_delete;
+                 DROP TRIGGER job_counts_update; DROP TABLE job_counts; DROP INDEX jobs_state;
+                 PRAGMA user_version = 6;",
+            )
+        })
+        .expect("downgrade");
+    let store = SqliteStore::open(&path).expect("migrates");
+    assert_eq!(
+        store.job_counts().await.expect("counts"),
+        BTreeMap::from([("pending".to_owned(), 3)])
+    );
+}
+
+/// `EXPLAIN QUERY PLAN` of `sql`, one line per step.
+fn plan(conn: &Connection, sql: &str) -> String {
+    let mut stmt = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+    let lines: Vec<String> = stmt
+        .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+        .expect("plan")
+        .collect::<Result<_, _>>()
+        .expect("plan rows");
+    lines.join(" | ")
+}
+
+#[tokio::test]
+async fn the_hot_queries_use_indexes_and_never_scan_every_job() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("t.db");
+    SqliteStore::open(&path).expect("open").close().await;
+    let conn = Connection::open(&path).expect("open");
+    // No ANALYZE: the store never runs it, so these are the plans a big backlog gets too.
+    let cases = [
+        ("job counts", JOB_COUNTS_SQL.to_owned()),
+        ("recovery at start", RECOVER_JOBS_SQL.to_owned()),
+        ("next due", NEXT_DUE_SQL.to_owned()),
+        ("lease", LEASE_CANDIDATES_SQL.to_owned()),
+        (
+            "queue list --state",
+            review::review_jobs_sql(&ReviewFilter {
+                state: Some(JobState::Dead),
+                integration: None,
+                since: None,
+                limit: Some(50),
+            }),
+        ),
+        (
+            "queue list --state --integration",
+            review::review_jobs_sql(&ReviewFilter {
+                state: Some(JobState::Held),
+                integration: Some("main".into()),
+                since: None,
+                limit: Some(50),
+            }),
+        ),
+        (
+            "queue list",
+            review::review_jobs_sql(&ReviewFilter {
+                state: None,
+                integration: None,
+                since: None,
+                limit: Some(50),
+            }),
+        ),
+    ];
+    for (name, sql) in cases {
+        let plan = plan(&conn, &sql);
+        // A full pass over `jobs` is "SCAN j" / "SCAN jobs" (with or without an index);
+        // the one allowed is the plain list, newest first by rowid, stopped by its LIMIT.
+        let scans = plan.contains("SCAN jobs") || plan.contains("SCAN j ");
+        let by_rowid_desc =
+            name == "queue list" && plan.contains("SCAN j") && !plan.contains("TEMP B-TREE");
+        assert!(!scans || by_rowid_desc, "{name}: {plan}");
+        assert!(
+            !plan.contains("USE TEMP B-TREE FOR ORDER BY"),
+            "{name} sorts: {plan}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn finished_attempts_are_recorded_together_and_a_failing_one_alone_is_rolled_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
+    for i in 0..3 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("ingest");
+    }
+    let leased = store.lease_due("crm", 1_000, 3).await.expect("lease");
+    assert_eq!(leased.len(), 3);
+    let mut bad = delivered(&leased[1], 1_100);
+    // A job that does not exist: its ledger row cannot be written.
+    bad.job = JobId(404);
+    let (_, ops_before) = store.commit_stats();
+    let results = store
+        .finish_attempts(vec![
+            delivered(&leased[0], 1_100),
+            bad,
+            delivered(&leased[2], 1_100),
+        ])
+        .await
+        .expect("one call");
+    let (_, ops_after) = store.commit_stats();
+    assert_eq!(
+        ops_after - ops_before,
+        1,
+        "one store operation for three results"
+    );
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(results[1].is_err(), "{results:?}");
+    let states: Vec<String> = store
+        .list_jobs(Default::default())
+        .await
+        .expect("jobs")
+        .into_iter()
+        .map(|j| j.state)
+        .collect();
+    assert_eq!(states, ["delivered", "in_flight", "delivered"]);
+    // The failed item's attempt was rolled back with it: still open.
+    let attempts = store.attempts(leased[1].id).await.expect("attempts");
+    assert_eq!(attempts[0].outcome, None);
+    assert_eq!(store.ledger().await.expect("ledger").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_found_by_the_quick_check_after_start_stops_every_operation() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("t.db");
+    SqliteStore::open(&path).expect("open").close().await;
+    Connection::open(&path)
+        .and_then(|c| {
+            c.execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+                 INSERT INTO ipns (source, business_key, event, order_id, received_at, raw_body)
+                 SELECT 'ds24', 'k' || i, 'on_payment', 'O' || i, 1000, zeroblob(100) FROM n;",
+            )
+        })
+        .expect("rows");
+    let len = std::fs::metadata(&path).expect("meta").len();
+    let page = 4096;
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.write_all_at(&vec![0xFF; page as usize], len - page))
+        .expect("damage");
+
+    // Bigger than what is checked before ready: the file opens, and the check runs after.
+    let store = SqliteStore::open_exclusive_with_budget(
+        &path,
+        EmptyFile::Refuse,
+        std::time::Duration::ZERO,
+        0,
+    )
+    .expect("starts: the damage is not found before ready");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refused = loop {
+        match store.probe_writable().await {
+            Err(StoreError::Unavailable(msg)) => break msg,
+            _ => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the background quick_check never stopped the store"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    assert!(refused.contains("is damaged (quick_check:"), "{refused}");
+    assert!(refused.contains("refused (503)"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_sound_file_checked_after_start_keeps_working() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("t.db");
+    SqliteStore::open(&path).expect("open").close().await;
+    let store = SqliteStore::open_exclusive_with_budget(
+        &path,
+        EmptyFile::Refuse,
+        std::time::Duration::ZERO,
+        0,
+    )
+    .expect("open");
+    for i in 0..20 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("still writable");
+    }
+}
+
+#[tokio::test]
+async fn a_lease_given_back_unused_leaves_no_attempt_and_the_job_as_before() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
+    for i in 0..2 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("ingest");
+    }
+    let leased = store.lease_due("crm", 1_000, 2).await.expect("lease");
+    assert_eq!(leased.len(), 2);
+    // The first one was sent and finished meanwhile: giving it back changes nothing.
+    store
+        .finish_attempts(vec![delivered(&leased[0], 1_100)])
+        .await
+        .expect("finish");
+    store
+        .release_leases(leased.iter().map(|j| (j.id, j.attempt_id)).collect(), 1_200)
+        .await
+        .expect("release");
+    let jobs = store.list_jobs(Default::default()).await.expect("jobs");
+    assert_eq!((jobs[0].state.as_str(), jobs[0].attempts), ("delivered", 1));
+    assert_eq!((jobs[1].state.as_str(), jobs[1].attempts), ("pending", 0));
+    assert_eq!(jobs[1].next_attempt_at, 1_000, "due as it was");
+    assert!(
+        store
+            .attempts(leased[1].id)
+            .await
+            .expect("attempts")
+            .is_empty()
+    );
+    assert_eq!(
+        store.job_counts().await.expect("counts"),
+        BTreeMap::from([("delivered".to_owned(), 1), ("pending".to_owned(), 1)])
+    );
+    // And it is leased again as attempt 1.
+    let again = store.lease_due("crm", 1_300, 2).await.expect("lease");
+    assert_eq!((again.len(), again[0].attempt_no), (1, 1));
+}
+
+#[tokio::test]
+async fn an_operator_store_closes_at_once_beside_a_long_reader() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&path).expect("open");
+    store.ingest(ipn("k0", "O0", true)).await.expect("ingest");
+    store.close().await;
+    // A reader that keeps its snapshot (the daemon's background quick_check of a big file).
+    let reader = Connection::open(&path).expect("open");
+    reader
+        .execute_batch("BEGIN; SELECT COUNT(*) FROM jobs;")
+        .expect("read transaction");
+    // `queue list`: open, read, close.
+    let started = std::time::Instant::now();
+    let store = SqliteStore::open(&path).expect("open");
+    store
+        .ingest(ipn("k1", "O1", true))
+        .await
+        .expect("write beside the reader");
+    assert_eq!(
+        store
+            .review_jobs(Default::default())
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+    store.close().await;
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(writer::BUSY_TIMEOUT_MS / 2),
+        "took {took:?}: the close waited for the reader"
+    );
+    reader.execute_batch("COMMIT").expect("end");
+}
