@@ -12,9 +12,9 @@
 //!   transaction (not `= ANY`), so a repeated id counts as often as on SQLite.
 
 use deadpool_postgres::Transaction;
-use tokio_postgres::types::FromSql;
 use tokio_postgres::{IsolationLevel, Row};
 
+use super::rows::col;
 use super::{PgStore, pg_error};
 use crate::store::StoreError;
 use crate::store::alerts::{NewAlert, OutboxAlert, OutboxBacklog, RecipientOutbox};
@@ -237,13 +237,6 @@ pub(super) async fn insert_alert(tx: &Transaction<'_>, a: &NewAlert) -> Result<i
         .await
         .map_err(pg_error)?;
     Ok(id)
-}
-
-/// Column `idx` of `r`. A value that does not fit the Rust type is a bug or a damaged row
-/// (`Internal`); [`pg_error`] would call an error without SQLSTATE a lost connection.
-pub(super) fn col<'a, T: FromSql<'a>>(r: &'a Row, idx: usize) -> Result<T, StoreError> {
-    r.try_get(idx)
-        .map_err(|e| StoreError::Internal(format!("PostgreSQL column {idx}: {e}")))
 }
 
 fn outbox_alert(r: &Row) -> Result<OutboxAlert, StoreError> {

@@ -10,7 +10,8 @@
 
 use std::collections::HashSet;
 
-use super::alerts::{col, insert_alert};
+use super::alerts::insert_alert;
+use super::rows::col;
 use super::{PgStore, pg_error};
 use crate::store::StoreError;
 use crate::store::alerts::NewAlert;

@@ -26,9 +26,8 @@
 use std::collections::BTreeMap;
 
 use deadpool_postgres::Transaction;
-use tokio_postgres::Row;
-use tokio_postgres::types::FromSql;
 
+use super::rows::{col, col_u32, job_row, ledger_row};
 use super::{PgStore, pg_error};
 use crate::domain::{
     Action, ActionKind, AttemptReport, EventId, ImportRef, JobId, JobState, Receipt,
@@ -601,18 +600,6 @@ impl PgStore {
     }
 }
 
-/// A column of a row; a type mismatch is a bug of ours (`Internal`), not an outage.
-fn col<'a, T: FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, StoreError> {
-    row.try_get(i)
-        .map_err(|e| StoreError::Internal(format!("PostgreSQL row, column {i}: {e}")))
-}
-
-/// An `INTEGER` column that holds a count or a number that is never negative.
-fn col_u32(row: &Row, i: usize) -> Result<u32, StoreError> {
-    let v: i32 = col(row, i)?;
-    u32::try_from(v).map_err(|_| StoreError::Internal(format!("negative count {v} in column {i}")))
-}
-
 /// A count or number for an `INTEGER` column.
 fn int4(v: u32) -> Result<i32, StoreError> {
     i32::try_from(v)
@@ -621,45 +608,6 @@ fn int4(v: u32) -> Result<i32, StoreError> {
 
 async fn prepare(tx: &Transaction<'_>, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
     tx.prepare_cached(sql).await.map_err(pg_error)
-}
-
-/// A row of [`JOB_COLUMNS`].
-fn job_row(r: &Row) -> Result<JobRow, StoreError> {
-    Ok(JobRow {
-        id: col(r, 0)?,
-        ipn_id: col(r, 1)?,
-        integration: col(r, 2)?,
-        target: col(r, 3)?,
-        action: col(r, 4)?,
-        order_key: col(r, 5)?,
-        state: col(r, 6)?,
-        attempts: col_u32(r, 7)?,
-        needs_reconcile: col(r, 8)?,
-        next_attempt_at: col(r, 9)?,
-        created_at: col(r, 10)?,
-        updated_at: col(r, 11)?,
-        last_error: col(r, 12)?,
-    })
-}
-
-/// A row of [`LEDGER_COLUMNS`].
-fn ledger_row(r: &Row) -> Result<LedgerRow, StoreError> {
-    let purchases: String = col(r, 8)?;
-    let transactions: String = col(r, 9)?;
-    Ok(LedgerRow {
-        job_id: col(r, 0)?,
-        integration: col(r, 1)?,
-        ds24_order_id: col(r, 2)?,
-        ds24_item: col(r, 3)?,
-        ds24_transaction_id: col(r, 4)?,
-        reference: col(r, 5)?,
-        target_order_id: col(r, 6)?,
-        target_customer_id: col(r, 7)?,
-        purchase_ids: serde_json::from_str(&purchases)?,
-        transaction_ids: serde_json::from_str(&transactions)?,
-        created_at: col(r, 10)?,
-        ds24_parent_transaction_id: col(r, 11)?,
-    })
 }
 
 /// The advisory lock class (first key of `pg_advisory_xact_lock(int4, int4)`, a key space

@@ -18,6 +18,7 @@ pub mod batch;
 pub mod claims;
 mod jobs;
 mod review;
+mod rows;
 pub mod schema;
 
 use std::sync::Arc;

@@ -18,21 +18,19 @@
 //! - **Purge without a long lock.** Each batch is one short transaction; a row that a
 //!   daemon changes at the same time is either seen before or after that change (as if the
 //!   purge ran just before it on SQLite).
-//! - The row readers here (`job_row`, the attempts' and the ledger's, and `col` in
-//!   `alerts.rs`) were written while `jobs.rs` was written in parallel, which has private
-//!   twins of them (`job_row`, `ledger_row`, `col`): one set should go once both are merged.
+//! - Rows are read by the shared readers of [`super::rows`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use deadpool_postgres::Transaction;
 use tokio_postgres::{IsolationLevel, Row};
 
-use super::alerts::col;
 use super::jobs::lock_order;
+use super::rows::{col, col_u32, job_row, ledger_row};
 use super::{PgStore, pg_error};
 use crate::domain::{EventId, JobId, JobState};
 use crate::store::review::*;
-use crate::store::{AttemptRow, JOB_COLUMNS, JobRow, LEDGER_COLUMNS, LedgerRow, StoreError};
+use crate::store::{AttemptRow, JOB_COLUMNS, LEDGER_COLUMNS, LedgerRow, StoreError};
 
 impl PgStore {
     /// Jobs matching `filter`, newest first.
@@ -614,32 +612,6 @@ fn prefixed_job_columns(alias: &str) -> String {
         .join(", ")
 }
 
-/// A column of PostgreSQL type `INTEGER` that holds a count (never negative).
-fn count_col(r: &Row, idx: usize) -> Result<u32, StoreError> {
-    let n: i32 = col(r, idx)?;
-    u32::try_from(n)
-        .map_err(|_| StoreError::Internal(format!("negative count {n} in column {idx}")))
-}
-
-/// A [`JobRow`] from the [`JOB_COLUMNS`], in their order.
-fn job_row(r: &Row) -> Result<JobRow, StoreError> {
-    Ok(JobRow {
-        id: col(r, 0)?,
-        ipn_id: col(r, 1)?,
-        integration: col(r, 2)?,
-        target: col(r, 3)?,
-        action: col(r, 4)?,
-        order_key: col(r, 5)?,
-        state: col(r, 6)?,
-        attempts: count_col(r, 7)?,
-        needs_reconcile: col(r, 8)?,
-        next_attempt_at: col(r, 9)?,
-        created_at: col(r, 10)?,
-        updated_at: col(r, 11)?,
-        last_error: col(r, 12)?,
-    })
-}
-
 fn ipn_detail_row(r: &Row) -> Result<IpnDetail, StoreError> {
     // `length(bytea)` is an `INTEGER` on PostgreSQL.
     let body_bytes: i32 = col(r, 11)?;
@@ -730,7 +702,7 @@ async fn attempts_of(tx: &Transaction<'_>, job_id: i64) -> Result<Vec<AttemptRow
             Ok(AttemptRow {
                 id: col(r, 0)?,
                 job_id: col(r, 1)?,
-                number: count_col(r, 2)?,
+                number: col_u32(r, 2)?,
                 kind: col(r, 3)?,
                 started_at: col(r, 4)?,
                 finished_at: col(r, 5)?,
@@ -761,22 +733,7 @@ async fn ledger_of(tx: &Transaction<'_>, job_id: i64) -> Result<Option<LedgerRow
     else {
         return Ok(None);
     };
-    let purchases: String = col(&r, 8)?;
-    let transactions: String = col(&r, 9)?;
-    Ok(Some(LedgerRow {
-        job_id: col(&r, 0)?,
-        integration: col(&r, 1)?,
-        ds24_order_id: col(&r, 2)?,
-        ds24_item: col(&r, 3)?,
-        ds24_transaction_id: col(&r, 4)?,
-        reference: col(&r, 5)?,
-        target_order_id: col(&r, 6)?,
-        target_customer_id: col(&r, 7)?,
-        purchase_ids: serde_json::from_str(&purchases)?,
-        transaction_ids: serde_json::from_str(&transactions)?,
-        created_at: col(&r, 10)?,
-        ds24_parent_transaction_id: col(&r, 11)?,
-    }))
+    Ok(Some(ledger_row(&r)?))
 }
 
 async fn actions_of(
