@@ -186,13 +186,8 @@ fn accept_pairs(
     );
     let key_case = signature::verify_fields(&fields, passphrases)?;
     refuse_names_equal_but_for_case(&fields)?;
-    // Sorted and unique already: the map is built in bulk.
-    let map: BTreeMap<String, String> = fields
-        .all()
-        .iter()
-        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
-        .collect();
-    let event = IpnEvent::new(map);
+    // Sorted and unique already: the event copies it into one buffer (two allocations).
+    let event = IpnEvent::from_fields(fields.all().iter().copied());
     let business_key = business_key(&event);
     Ok(AcceptedIpn {
         event,
