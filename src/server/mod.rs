@@ -208,14 +208,7 @@ async fn receive(state: &AppState, source_name: &str, headers: &HeaderMap, body:
     let event = &received.event;
     let (routes, attention) =
         ingest::new_routes(rules::route(&config, source_name, event, now), event, now);
-    let mut record = ingest::new_ipn(
-        source_name,
-        received.business_key,
-        event,
-        body,
-        routes,
-        now,
-    );
+    let mut record = ingest::new_ipn(source_name, received.business_key, event, body, routes, now);
     // The alerts go into the IPN's own transaction: a crash cannot keep the IPN without them.
     let alerts: Vec<(Alert, bool)> = attention
         .into_iter()
