@@ -8,9 +8,11 @@
 //! store can keep them as JSON without knowing their shape.
 
 mod date;
+mod event;
 mod money;
 
 pub use date::{Day, DayWindow, rfc3339_utc};
+pub use event::IpnEvent;
 pub use money::{Money, MoneyError};
 
 use serde::{Deserialize, Serialize};
@@ -146,76 +148,6 @@ impl EventKind {
             _ => None,
         }
     }
-}
-
-/// A verified Digistore24 IPN: its event kind and its form fields (decoded; the last value
-/// wins for a repeated key, as in PHP's `$_POST`).
-///
-/// Field names are kept in ASCII lower case and looked up without regard to case: the case
-/// of a name means nothing (the upper-case signing convention does not even sign it, see
-/// `ipn`), so `Transaction_Id` is `transaction_id` and `{placeholder_DESCRIPTION}` still finds
-/// `placeholder_DESCRIPTION`. Names that differ only in case are refused at receipt; should
-/// a stored body hold some, a non-empty value wins over an empty one, then the name that
-/// sorts last (the lower-case spelling).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IpnEvent {
-    pub kind: EventKind,
-    fields: BTreeMap<String, String>,
-}
-
-impl IpnEvent {
-    pub fn new(fields: BTreeMap<String, String>) -> Self {
-        let fields = if fields.keys().any(|name| has_ascii_uppercase(name)) {
-            let mut lower: BTreeMap<String, String> = BTreeMap::new();
-            for (mut name, value) in fields {
-                name.make_ascii_lowercase();
-                match lower.entry(name) {
-                    std::collections::btree_map::Entry::Vacant(slot) => {
-                        slot.insert(value);
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut slot) => {
-                        if !value.is_empty() {
-                            slot.insert(value);
-                        }
-                    }
-                }
-            }
-            lower
-        } else {
-            fields
-        };
-        let kind = EventKind::from_ipn(fields.get("event").map(String::as_str).unwrap_or(""));
-        IpnEvent { kind, fields }
-    }
-
-    /// The field's value, `None` when absent **or empty** (Digistore24 sends many empty
-    /// fields, and an empty field means "not given" everywhere in this program). The name is
-    /// matched without regard to ASCII case.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        let value = if has_ascii_uppercase(key) {
-            self.fields.get(&key.to_ascii_lowercase())
-        } else {
-            self.fields.get(key)
-        };
-        value.map(String::as_str).filter(|v| !v.is_empty())
-    }
-
-    /// The first of `keys` that has a non-empty value.
-    pub fn first_of(&self, keys: &[&str]) -> Option<&str> {
-        keys.iter().find_map(|k| self.get(k))
-    }
-
-    pub fn fields(&self) -> &BTreeMap<String, String> {
-        &self.fields
-    }
-
-    pub fn order_id(&self) -> Option<&str> {
-        self.get("order_id")
-    }
-}
-
-fn has_ascii_uppercase(name: &str) -> bool {
-    name.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 /// The events besides order events that `[integration.NAME.on]` may list: they can only be

@@ -144,7 +144,7 @@ fn fields_digest(event: &IpnEvent) -> String {
         {
             continue;
         }
-        for part in [name.as_str(), value.as_str()] {
+        for part in [name, value] {
             hasher.update(part.len().to_string().as_bytes());
             hasher.update(b":");
             hasher.update(part.as_bytes());

@@ -158,9 +158,8 @@ pub const GROUPED_ITEM_FIELDS: [&str; 4] =
 pub fn grouped_item_fields(event: &IpnEvent) -> Vec<&str> {
     event
         .fields()
-        .iter()
         .filter(|(_, value)| !value.is_empty())
-        .map(|(name, _)| name.as_str())
+        .map(|(name, _)| name)
         .filter(|name| {
             GROUPED_ITEM_FIELDS.iter().any(|base| {
                 name.strip_prefix(base)

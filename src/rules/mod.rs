@@ -271,9 +271,8 @@ fn decide_other(
 fn forward(integration: &Integration, event: &IpnEvent, received_at_ms: i64) -> Decision {
     let fields = event
         .fields()
-        .iter()
         .filter(|(k, _)| !k.eq_ignore_ascii_case("sha_sign"))
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     let name = event.kind.ipn_name().to_owned();
     Decision::Deliver {

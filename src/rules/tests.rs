@@ -355,9 +355,8 @@ fn mapping_edge_cases() {
     let o = mapping::order(&i, &utf8, 31, 0).expect("order");
     assert_eq!(o.address.city, "Köln");
     // Three units at 29.97 split exactly; 10.00 over three does not, so one unit at 10.00.
-    let mut fields: BTreeMap<String, String> = event(fixture!("01_on_payment_single_product.txt"))
-        .fields()
-        .clone();
+    let mut fields: BTreeMap<String, String> =
+        event(fixture!("01_on_payment_single_product.txt")).to_map();
     fields.insert("quantity".into(), "3".into());
     fields.insert("product_txn_amount".into(), "29.97".into());
     let o = mapping::order(&i, &IpnEvent::new(fields.clone()), 31, 0).expect("order");
@@ -513,9 +512,7 @@ fn addons_false_passes_main_products_only() {
 
 #[test]
 fn addon_signals_table() {
-    let base = event(fixture!("01_on_payment_single_product.txt"))
-        .fields()
-        .clone();
+    let base = event(fixture!("01_on_payment_single_product.txt")).to_map();
     let with = |changes: &[(&str, &str)]| {
         let mut f = base.clone();
         for (k, v) in changes {
@@ -571,7 +568,7 @@ mod product_map_properties {
 
             let mut i = integration();
             i.product_map = map;
-            let mut fields = event(fixture!("01_on_payment_single_product.txt")).fields().clone();
+            let mut fields = event(fixture!("01_on_payment_single_product.txt")).to_map();
             fields.insert("product_id".into(), product.to_string());
             match decide(&i, &IpnEvent::new(fields), 0) {
                 Decision::Deliver { action, .. } => {
@@ -592,7 +589,7 @@ mod product_map_properties {
 
 /// `event` with some fields changed or added.
 fn with_fields(body: &str, changes: &[(&str, &str)]) -> IpnEvent {
-    let mut fields = event(body).fields().clone();
+    let mut fields = event(body).to_map();
     for (k, v) in changes {
         fields.insert((*k).into(), (*v).into());
     }
@@ -1055,9 +1052,7 @@ fn a_grouped_ipn_is_not_imported_in_part_and_needs_attention() {
 
 /// The fixture `01` with some fields changed (`""` empties a field, as Digistore24 sends it).
 fn payment_with(changes: &[(&str, &str)]) -> IpnEvent {
-    let mut fields = event(fixture!("01_on_payment_single_product.txt"))
-        .fields()
-        .clone();
+    let mut fields = event(fixture!("01_on_payment_single_product.txt")).to_map();
     for (k, v) in changes {
         fields.insert((*k).into(), (*v).into());
     }
