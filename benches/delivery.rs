@@ -243,10 +243,67 @@ fn counts(observer: &rusqlite::Connection) -> std::collections::BTreeMap<String,
     .expect("read job counts")
 }
 
+/// CPU time (user + system, clock ticks) of this process's threads, summed by thread name
+/// (`/proc/self/task/*/stat`): the daemon's store writer, the tokio workers (the daemon, the
+/// fake and the HTTP clients share them) and the rest.
+fn thread_cpu_ticks() -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("stat")),
+        ) else {
+            continue;
+        };
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+            .unwrap_or(0);
+        *by_name.entry(comm.trim().to_owned()).or_insert(0) += ticks;
+    }
+    by_name
+}
+
+/// CPU µs per job by thread name between two [`thread_cpu_ticks`] readings (threads that
+/// ended in between are lost: the drain's threads live through it). 100 ticks per second.
+fn cpu_per_job(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    jobs: usize,
+) -> String {
+    let mut parts = Vec::new();
+    let mut total = 0u64;
+    for (name, ticks) in after {
+        let used = ticks.saturating_sub(before.get(name).copied().unwrap_or(0));
+        if used > 0 {
+            total += used;
+            parts.push(format!(
+                "{name} {:.0}",
+                used as f64 * 10_000.0 / jobs as f64
+            ));
+        }
+    }
+    format!(
+        "CPU µs/job: total {:.0} ({})",
+        total as f64 * 10_000.0 / jobs as f64,
+        parts.join(", ")
+    )
+}
+
 /// What one drain measured.
 struct Drain {
     jobs: usize,
     elapsed: Duration,
+    /// CPU per job by thread during the drain (see [`cpu_per_job`]).
+    cpu: String,
     /// Arrival times of the `order/import` requests of the drain, in order.
     imports: Vec<Instant>,
     /// Requests of the drain to any other endpoint.
@@ -277,6 +334,7 @@ async fn drain(n: usize, limits: Limits) -> Drain {
 
     // The drain.
     fake.refuse.store(false, Ordering::Relaxed);
+    let cpu_before = thread_cpu_ticks();
     let start = Instant::now();
     let daemon = start_daemon(&config).await;
     loop {
@@ -291,6 +349,7 @@ async fn drain(n: usize, limits: Limits) -> Drain {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = start.elapsed();
+    let cpu = cpu_per_job(&cpu_before, &thread_cpu_ticks(), n);
     daemon.stop().await;
     drop(observer);
 
@@ -300,6 +359,7 @@ async fn drain(n: usize, limits: Limits) -> Drain {
     Drain {
         jobs: n,
         elapsed,
+        cpu,
         other_requests: seen.len() - imports.len(),
         imports,
     }
@@ -340,12 +400,13 @@ async fn unlimited(n: usize, max_in_flight: u32) {
     .await;
     println!(
         "no limit, max_in_flight {max_in_flight:>2}: {:>6} jobs delivered in {:>6.3} s = {:>6.0} jobs/s \
-         (order/import arrivals: {:>6.0}/s; other requests: {})",
+         (order/import arrivals: {:>6.0}/s; other requests: {})\n    {}",
         d.jobs,
         d.elapsed.as_secs_f64(),
         d.jobs as f64 / d.elapsed.as_secs_f64(),
         span_rate(&d.imports),
         d.other_requests,
+        d.cpu,
     );
 }
 

@@ -104,6 +104,10 @@ pub const WAKE_COALESCE_MS: u64 = 5;
 /// Pause between retries of a failed store write after a call.
 const STORE_RETRY_MS: u64 = 500;
 
+/// Most leased jobs one lease round may add beyond the free slots (see [`next_lookahead`]):
+/// the look-ahead grows towards this only while the slots sat idle waiting for each lease.
+pub const MAX_LOOKAHEAD: usize = 256;
+
 /// Wakes the dispatcher when new jobs were stored.
 #[derive(Debug, Clone)]
 pub struct Wake(Arc<watch::Sender<u64>>);
@@ -337,6 +341,10 @@ async fn target_loop(
     tracker: TaskTracker,
 ) {
     tracing::debug!(target = %w.name, "dispatcher started");
+    // Leased jobs beyond the free slots (see [`next_lookahead`]), and whether the previous
+    // round got every job it asked for (a backlog is being drained).
+    let mut ahead = w.window;
+    let mut draining = false;
     loop {
         if w.stop.is_cancelled() {
             break;
@@ -363,13 +371,21 @@ async fn target_loop(
             continue;
         }
         let free = w.slots.available_permits();
-        // The free slots, and one window more that waits for slots (see [`hand_out`]).
-        match w.store.lease_due(&w.name, now, free + w.window).await {
+        // The free slots, and the look-ahead that waits for slots (see [`hand_out`]).
+        let asked = free + ahead;
+        match w.store.lease_due(&w.name, now, asked).await {
             Ok(jobs) if !jobs.is_empty() => {
+                let full = jobs.len() == asked;
+                let idle = w.slots.available_permits();
+                ahead = next_lookahead(ahead, w.window, draining, full, idle);
+                draining = full;
                 hand_out(&w, jobs, &tracker).await;
                 continue;
             }
-            Ok(_) => {}
+            Ok(_) => {
+                ahead = w.window;
+                draining = false;
+            }
             // The store logs its own failures (once, then summarised); a line per poll
             // would flood the log while the disk is full.
             Err(e) => tracing::debug!(target = %w.name, error = %e, "could not lease jobs"),
@@ -404,6 +420,35 @@ async fn target_loop(
         }
     }
     tracing::debug!(target = %w.name, "dispatcher stopped taking jobs");
+}
+
+/// The look-ahead of the next lease round (issue 13, round 2), from the one just leased:
+/// `base` is the target's `max_in_flight`, `idle` the slots free when the lease returned.
+///
+/// Why: a round leases, then hands its jobs out; the next round's lease is written only
+/// once the last of them has a slot. With an instant target and one window of look-ahead,
+/// the slots finished that window long before the next lease had committed (an fsync'd
+/// commit behind the recorder's), so every slot sat idle for one commit per `max_in_flight`
+/// jobs, and that, not the target, was the limit. So while a backlog drains (`draining`:
+/// the previous round got all it asked for, and so did this one) and at least half the
+/// slots were idle when the lease returned, the look-ahead doubles, up to [`MAX_LOOKAHEAD`]; when no slot
+/// was free (the target, or its rate limit, is the limit) it halves back towards `base`;
+/// when the due jobs ran out it is `base` again. A slow or rate-limited target never has
+/// idle slots at a lease's return while it drains, so it keeps one window, as before.
+///
+/// What it costs: leased jobs waiting for a slot are `in_flight` with an open attempt; a
+/// crash recovers them as interrupted (an import is looked up before it is sent again), so
+/// a crash in the middle of a fast drain may cost up to this many look-ups, never a job.
+fn next_lookahead(ahead: usize, base: usize, draining: bool, full: bool, idle: usize) -> usize {
+    if !full {
+        base
+    } else if draining && idle.saturating_mul(2) >= base {
+        ahead.saturating_mul(2).min(MAX_LOOKAHEAD.max(base))
+    } else if idle == 0 {
+        (ahead / 2).max(base)
+    } else {
+        ahead
+    }
 }
 
 /// Starts each leased job as soon as one of the target's slots is free, in lease order.
@@ -1134,6 +1179,35 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_look_ahead_grows_while_idle_slots_wait_for_each_lease_of_a_backlog() {
+        // max_in_flight 8, an instant target: every slot idle when each lease returns.
+        let mut ahead = 8;
+        let mut seen = Vec::new();
+        for round in 0..8 {
+            ahead = next_lookahead(ahead, 8, round > 0, true, 8);
+            seen.push(ahead);
+        }
+        assert_eq!(seen, [8, 16, 32, 64, 128, 256, 256, 256]);
+        // Bigger than the cap: the window itself.
+        assert_eq!(next_lookahead(1_000, 1_000, true, true, 1_000), 1_000);
+    }
+
+    #[test]
+    fn a_busy_or_rate_limited_target_keeps_one_window_of_look_ahead() {
+        // No slot free when the lease returns: the target is the limit; back towards one
+        // window.
+        assert_eq!(next_lookahead(256, 8, true, true, 0), 128);
+        assert_eq!(next_lookahead(8, 8, true, true, 0), 8);
+        // Most slots busy: kept; half of them idle: grown.
+        assert_eq!(next_lookahead(64, 8, true, true, 3), 64);
+        assert_eq!(next_lookahead(64, 8, true, true, 4), 128);
+        // The first round of a drain (all slots idle because nothing ran): not grown.
+        assert_eq!(next_lookahead(8, 8, false, true, 8), 8);
+        // The due jobs ran out: one window again.
+        assert_eq!(next_lookahead(256, 8, true, false, 8), 8);
+    }
 
     fn row(job: i64, item: &str, txn: Option<&str>, parent: Option<&str>) -> LedgerRow {
         LedgerRow {

@@ -1225,8 +1225,8 @@ fn finish_attempt(
 }
 
 fn write_ledger(c: &Connection, job: JobId, receipt: &Receipt, now: i64) -> Result<(), StoreError> {
-    /// `(integration, payload, order_id, order_item_id, product_id, transaction_id,
-    /// parent_transaction_id)` of the job and its IPN.
+    /// `(integration, action, reference, order_id, order_item_id, product_id,
+    /// transaction_id, parent_transaction_id)` of the job and its IPN.
     type Source = (
         String,
         String,
@@ -1235,19 +1235,24 @@ fn write_ledger(c: &Connection, job: JobId, receipt: &Receipt, now: i64) -> Resu
         Option<String>,
         Option<String>,
         Option<String>,
+        Option<String>,
     );
-    let (integration, payload, order_id, item, product, txn, parent): Source = c
+    // Issue 13: the action's name is the `action` column (written with the payload by
+    // `insert_job` and `reroute_job`) and an import's reference is read by SQLite's JSON
+    // path from the stored payload (`Action` is tagged by `action`; `ImportOrder` keeps it
+    // at `order.reference`, see `Action::reconcile_reference`): the whole payload is no
+    // longer copied out and parsed into an `Action` for one string per delivered job.
+    let (integration, action, reference, order_id, item, product, txn, parent): Source = c
         .prepare_cached(
-            "SELECT j.integration, j.payload, i.order_id, i.order_item_id, i.product_id,
+            "SELECT j.integration, j.action,
+                    CASE j.action WHEN 'import_order'
+                        THEN json_extract(j.payload, '$.order.reference') END,
+                    i.order_id, i.order_item_id, i.product_id,
                     i.transaction_id, i.parent_transaction_id
              FROM jobs j JOIN ipns i ON i.id = j.ipn_id WHERE j.id = ?1",
         )?
         .query_row(params![job.0], |r| <_>::try_from(r))?;
-    let action: Action = serde_json::from_str(&payload)?;
-    let reference = action
-        .reconcile_reference()
-        .map(|o| o.reference.clone())
-        .unwrap_or_default();
+    let reference = reference.unwrap_or_default();
     c.prepare_cached(
         "INSERT OR REPLACE INTO ledger (job_id, integration, ds24_order_id, ds24_item,
                 ds24_transaction_id, reference, target_order_id, target_customer_id,
@@ -1266,7 +1271,7 @@ fn write_ledger(c: &Connection, job: JobId, receipt: &Receipt, now: i64) -> Resu
         serde_json::to_string(&receipt.purchase_ids)?,
         serde_json::to_string(&receipt.transaction_ids)?,
         now,
-        action.kind().config_name(),
+        action,
         parent
     ])?;
     Ok(())
