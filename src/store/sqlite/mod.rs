@@ -90,6 +90,37 @@ const RECOVER_JOBS_SQL: &str =
 const NEXT_DUE_SQL: &str =
     "SELECT MIN(next_attempt_at) FROM jobs WHERE target = ?1 AND state = 'pending'";
 
+/// Releases the jobs held behind a replayed job that no other dead job blocks (`?1` = the job).
+const RELEASE_HELD_SQL: &str =
+    "UPDATE jobs SET state = 'pending', updated_at = ?2, last_error = NULL
+         WHERE +state = 'held'
+           AND (integration, order_key) = (SELECT integration, order_key FROM jobs WHERE id = ?1)
+           AND NOT EXISTS (
+               SELECT 1 FROM jobs e
+               WHERE e.integration = jobs.integration AND e.order_key = jobs.order_key
+                 AND e.id < jobs.id AND +e.state = 'dead')";
+
+/// The first dead earlier job a new job of an order must be held behind.
+const HOLD_REASON_SQL: &str =
+    "SELECT 'held: job ' || id || ' of the same Digistore24 order is dead'
+                || COALESCE(' (' || last_error || ')', '')
+         FROM jobs
+         WHERE integration = ?1 AND order_key = ?2 AND id < ?3 AND +state = 'dead'
+           AND (?4 != 'import_order' OR action = 'import_order')
+         ORDER BY id LIMIT 1";
+
+/// Holds the unfinished jobs that follow a job that just died.
+const HOLD_FOLLOWERS_SQL: &str = "UPDATE jobs SET state = 'held', last_error = ?4, updated_at = ?5
+         WHERE integration = ?1 AND order_key = ?2 AND id > ?3 AND +state = 'pending'
+           AND (action != 'import_order' OR ?6 = 'import_order')";
+
+/// Makes the actions waiting for a delivered import of their order due at once.
+const WAKE_DEPENDENTS_SQL: &str = "UPDATE jobs SET next_attempt_at = MIN(next_attempt_at, ?2)
+         WHERE +state = 'pending' AND action != 'import_order'
+           AND (integration, order_key) =
+               (SELECT integration, order_key FROM jobs
+                WHERE id = ?1 AND action = 'import_order')";
+
 /// A target's due jobs in due order, each only when no earlier job of its order is
 /// unfinished (indexes `jobs_due`, then `jobs_order` per candidate).
 const LEASE_CANDIDATES_SQL: &str =
@@ -1010,16 +1041,8 @@ fn reroute_job(c: &Connection, id: JobId, job: &NewJob, now: i64) -> Result<(), 
         payload,
         now.max(job.not_before)
     ])?;
-    c.prepare_cached(
-        "UPDATE jobs SET state = 'pending', updated_at = ?2, last_error = NULL
-         WHERE state = 'held'
-           AND (integration, order_key) = (SELECT integration, order_key FROM jobs WHERE id = ?1)
-           AND NOT EXISTS (
-               SELECT 1 FROM jobs e
-               WHERE e.integration = jobs.integration AND e.order_key = jobs.order_key
-                 AND e.id < jobs.id AND e.state = 'dead')",
-    )?
-    .execute(params![id.0, now])?;
+    c.prepare_cached(RELEASE_HELD_SQL)?
+        .execute(params![id.0, now])?;
     Ok(())
 }
 
@@ -1037,19 +1060,12 @@ fn hold_reason(
     kind: ActionKind,
     before: i64,
 ) -> Result<Option<String>, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT 'held: job ' || id || ' of the same Digistore24 order is dead'
-                || COALESCE(' (' || last_error || ')', '')
-         FROM jobs
-         WHERE integration = ?1 AND order_key = ?2 AND id < ?3 AND state = 'dead'
-           AND (?4 != 'import_order' OR action = 'import_order')
-         ORDER BY id LIMIT 1",
-    )?
-    .query_row(
-        params![integration, order_key, before, kind.config_name()],
-        |r| r.get(0),
-    )
-    .optional()?)
+    Ok(c.prepare_cached(HOLD_REASON_SQL)?
+        .query_row(
+            params![integration, order_key, before, kind.config_name()],
+            |r| r.get(0),
+        )
+        .optional()?)
 }
 
 /// Holds the unfinished jobs that follow a job that just died.
@@ -1063,26 +1079,22 @@ fn hold_followers(c: &Connection, dead: JobId, now: i64) -> Result<(), StoreErro
         "held: job {dead} of the same Digistore24 order is dead{}",
         error.map(|e| format!(" ({e})")).unwrap_or_default()
     );
-    c.prepare_cached(
-        "UPDATE jobs SET state = 'held', last_error = ?4, updated_at = ?5
-         WHERE integration = ?1 AND order_key = ?2 AND id > ?3 AND state = 'pending'
-           AND (action != 'import_order' OR ?6 = 'import_order')",
-    )?
-    .execute(params![integration, order_key, dead.0, reason, now, action])?;
+    c.prepare_cached(HOLD_FOLLOWERS_SQL)?.execute(params![
+        integration,
+        order_key,
+        dead.0,
+        reason,
+        now,
+        action
+    ])?;
     Ok(())
 }
 
 /// After an import was delivered, the actions of the same order waiting for it (a refund
 /// that arrived first, say) are due at once instead of at their next back-off.
 fn wake_dependents(c: &Connection, delivered: JobId, now: i64) -> Result<(), StoreError> {
-    c.prepare_cached(
-        "UPDATE jobs SET next_attempt_at = MIN(next_attempt_at, ?2)
-         WHERE state = 'pending' AND action != 'import_order'
-           AND (integration, order_key) =
-               (SELECT integration, order_key FROM jobs
-                WHERE id = ?1 AND action = 'import_order')",
-    )?
-    .execute(params![delivered.0, now])?;
+    c.prepare_cached(WAKE_DEPENDENTS_SQL)?
+        .execute(params![delivered.0, now])?;
     Ok(())
 }
 
