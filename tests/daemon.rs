@@ -13,18 +13,7 @@ use support::*;
 const IPNS: usize = 200;
 
 fn ipn(i: usize) -> (String, Vec<u8>) {
-    let order = format!("KX{i:06}");
-    let txn = format!("{}", 70_000_000 + i);
-    let body = variant(
-        "01_on_payment_single_product.txt",
-        &[
-            ("order_id", &order),
-            ("transaction_id", &txn),
-            ("buyer_email", &format!("buyer{i}@example.com")),
-            ("email", &format!("buyer{i}@example.com")),
-        ],
-    );
-    (format!("DS24-{order}-40118822-{txn}"), body)
+    numbered_payment("KX", 70_000_000, i)
 }
 
 async fn wait_orders(fake: &FakeKonnektive, at_least: usize) {

@@ -25,18 +25,7 @@ const RPS: f64 = 40.0;
 const BURST: u32 = 5;
 
 fn ipn(i: usize) -> (String, Vec<u8>) {
-    let order = format!("PG{i:06}");
-    let txn = format!("{}", 80_000_000 + i);
-    let body = variant(
-        "01_on_payment_single_product.txt",
-        &[
-            ("order_id", &order),
-            ("transaction_id", &txn),
-            ("buyer_email", &format!("buyer{i}@example.com")),
-            ("email", &format!("buyer{i}@example.com")),
-        ],
-    );
-    (format!("DS24-{order}-40118822-{txn}"), body)
+    numbered_payment("PG", 80_000_000, i)
 }
 
 /// The generated configuration with `[store] url` instead of the SQLite path, the URL read

@@ -64,6 +64,24 @@ pub fn variant(name: &str, changes: &[(&str, &str)]) -> Vec<u8> {
     resign(p, ipn_bridge::ipn::KeyCase::Original)
 }
 
+/// Payment IPN number `i` of a load test (fixture 01, order `<prefix><i:06>`, transaction
+/// `first_transaction + i`, buyer `buyer<i>@example.com`) and the reference its import
+/// carries in Konnektive.
+pub fn numbered_payment(prefix: &str, first_transaction: usize, i: usize) -> (String, Vec<u8>) {
+    let order = format!("{prefix}{i:06}");
+    let txn = (first_transaction + i).to_string();
+    let body = variant(
+        "01_on_payment_single_product.txt",
+        &[
+            ("order_id", &order),
+            ("transaction_id", &txn),
+            ("buyer_email", &format!("buyer{i}@example.com")),
+            ("email", &format!("buyer{i}@example.com")),
+        ],
+    );
+    (format!("DS24-{order}-40118822-{txn}"), body)
+}
+
 /// Knobs of the generated configuration.
 #[derive(Debug, Clone)]
 pub struct Setup {

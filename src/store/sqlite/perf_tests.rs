@@ -350,47 +350,6 @@ async fn a_sound_file_checked_after_start_keeps_working() {
 }
 
 #[tokio::test]
-async fn a_lease_given_back_unused_leaves_no_attempt_and_the_job_as_before() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
-    for i in 0..2 {
-        store
-            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
-            .await
-            .expect("ingest");
-    }
-    let leased = store.lease_due("crm", 1_000, 2).await.expect("lease");
-    assert_eq!(leased.len(), 2);
-    // The first one was sent and finished meanwhile: giving it back changes nothing.
-    store
-        .finish_attempts(vec![delivered(&leased[0], 1_100)])
-        .await
-        .expect("finish");
-    store
-        .release_leases(leased.iter().map(|j| (j.id, j.attempt_id)).collect(), 1_200)
-        .await
-        .expect("release");
-    let jobs = store.list_jobs(Default::default()).await.expect("jobs");
-    assert_eq!((jobs[0].state.as_str(), jobs[0].attempts), ("delivered", 1));
-    assert_eq!((jobs[1].state.as_str(), jobs[1].attempts), ("pending", 0));
-    assert_eq!(jobs[1].next_attempt_at, 1_000, "due as it was");
-    assert!(
-        store
-            .attempts(leased[1].id)
-            .await
-            .expect("attempts")
-            .is_empty()
-    );
-    assert_eq!(
-        store.job_counts().await.expect("counts"),
-        BTreeMap::from([("delivered".to_owned(), 1), ("pending".to_owned(), 1)])
-    );
-    // And it is leased again as attempt 1.
-    let again = store.lease_due("crm", 1_300, 2).await.expect("lease");
-    assert_eq!((again.len(), again[0].attempt_no), (1, 1));
-}
-
-#[tokio::test]
 async fn an_operator_store_closes_at_once_beside_a_long_reader() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
