@@ -57,8 +57,10 @@ pub enum Command {
     /// Run the daemon: receive IPNs and deliver them (SIGHUP reloads the configuration;
     /// SIGTERM or SIGINT stops it after in-flight deliveries finish).
     ///
-    /// Only one daemon may run per database (a second one exits at once, naming the first
-    /// one's PID). An empty (zero-byte) database file is refused unless --init is given.
+    /// On a SQLite file ([store] path) only one daemon may run (a second one exits at once,
+    /// naming the first one's PID), and an empty (zero-byte) file is refused unless --init is
+    /// given. On PostgreSQL ([store] url) several daemons share the database: each accepts
+    /// IPNs, and one at a time dispatches each target.
     ///
     /// Example: ipn-bridge run -c /etc/ipn-bridge/connectors.toml
     Run(RunArgs),
