@@ -3,36 +3,9 @@
 //! that goes on after start.
 
 use super::*;
-use crate::domain::{Outcome, Receipt};
-use crate::store::FinishedAttempt;
+use crate::domain::Outcome;
 use crate::store::review::ReviewFilter;
-use crate::store::tests::ipn;
-
-fn report(outcome: Outcome) -> AttemptReport {
-    AttemptReport {
-        outcome,
-        endpoint: "order/import".into(),
-        http_status: Some(200),
-        request: "loginId=x&password=%5Bredacted%5D".into(),
-        response: "{}".into(),
-        maybe_applied: false,
-    }
-}
-
-fn delivered(job: &LeasedJob, now: i64) -> FinishedAttempt {
-    let receipt = Receipt {
-        order_id: Some(format!("K{}", job.id)),
-        ..Receipt::default()
-    };
-    FinishedAttempt {
-        job: job.id,
-        attempt_id: job.attempt_id,
-        report: report(Outcome::Delivered(receipt.clone())),
-        disposition: Disposition::Delivered(receipt),
-        alert: None,
-        now,
-    }
-}
+use crate::store::tests::{delivered, ipn, report};
 
 /// Jobs per state counted from the rows themselves.
 fn counted(path: &Path) -> BTreeMap<String, u64> {

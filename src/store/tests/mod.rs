@@ -273,6 +273,23 @@ pub(crate) fn report(outcome: Outcome) -> AttemptReport {
     }
 }
 
+/// The result of a delivered attempt of `job` at `now`, as the dispatcher's recorder hands it
+/// to [`Store::finish_attempts`].
+pub(crate) fn delivered(job: &LeasedJob, now: i64) -> FinishedAttempt {
+    let receipt = Receipt {
+        order_id: Some(format!("K{}", job.id)),
+        ..Receipt::default()
+    };
+    FinishedAttempt {
+        job: job.id,
+        attempt_id: job.attempt_id,
+        report: report(Outcome::Delivered(receipt.clone())),
+        disposition: Disposition::Delivered(receipt),
+        alert: None,
+        now,
+    }
+}
+
 /// An IPN whose one route is a job doing `action`.
 fn ipn_doing(key: &str, order_id: &str, action: Action) -> NewIpn {
     let mut ipn = ipn(key, order_id, true);
@@ -1415,24 +1432,14 @@ async fn batched_results_fail_alone_and_a_lease_given_back_is_as_before(db: Test
     }
     let leased = store.lease_due("crm", 1_000, 4).await.expect("lease");
     assert_eq!(leased.len(), 4);
-    let delivered = |job: &LeasedJob| {
-        let receipt = Receipt {
-            order_id: Some(format!("K{}", job.id)),
-            ..Receipt::default()
-        };
-        FinishedAttempt {
-            job: job.id,
-            attempt_id: job.attempt_id,
-            report: report(Outcome::Delivered(receipt.clone())),
-            disposition: Disposition::Delivered(receipt),
-            alert: None,
-            now: 1_100,
-        }
-    };
-    let mut bad = delivered(&leased[1]);
+    let mut bad = delivered(&leased[1], 1_100);
     bad.job = JobId(404_404);
     let results = store
-        .finish_attempts(vec![delivered(&leased[0]), bad, delivered(&leased[2])])
+        .finish_attempts(vec![
+            delivered(&leased[0], 1_100),
+            bad,
+            delivered(&leased[2], 1_100),
+        ])
         .await
         .expect("one call");
     assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
