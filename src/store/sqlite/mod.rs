@@ -15,6 +15,7 @@
 
 mod alerts;
 mod audit;
+mod checkpoint;
 mod integrity;
 mod lock;
 mod log_limit;
@@ -279,7 +280,7 @@ impl SqliteStore {
     ) -> Result<SqliteStore, StoreError> {
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let stats = Arc::new(writer::Stats::default());
-        let writer = writer::Writer::new(conn, watch, lock, stats.clone());
+        let writer = writer::Writer::new(conn, watch, lock, stats.clone())?;
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(rx))

@@ -60,11 +60,39 @@ async fn the_health_probe_is_a_real_write_to_the_database_file() {
     store.close().await;
 }
 
+/// How a test opens its store: as an operator command does, or as the daemon does (with
+/// the lock and the background checkpoint thread, see `checkpoint`).
+#[derive(Clone, Copy, Debug)]
+enum Opener {
+    Command,
+    Daemon,
+}
+
+impl Opener {
+    fn open(self, path: &Path) -> SqliteStore {
+        match self {
+            Opener::Command => SqliteStore::open(path).expect("open"),
+            Opener::Daemon => {
+                SqliteStore::open_exclusive(path, EmptyFile::Refuse).expect("open as the daemon")
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_deleted_database_refuses_every_operation_and_its_content_stays_recoverable() {
+    deleted_database(Opener::Command).await;
+}
+
+#[tokio::test]
+async fn a_deleted_daemon_database_stays_recoverable_with_the_checkpoint_thread() {
+    deleted_database(Opener::Daemon).await;
+}
+
+async fn deleted_database(opener: Opener) {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
-    let store = SqliteStore::open(&path).expect("open");
+    let store = opener.open(&path);
     store.ingest(ipn("k1")).await.expect("first IPN");
     std::fs::remove_file(&path).expect("rm");
 
@@ -104,9 +132,18 @@ async fn a_deleted_database_refuses_every_operation_and_its_content_stays_recove
 
 #[tokio::test]
 async fn a_replaced_database_is_noticed_before_the_commit_is_acknowledged() {
+    replaced_database(Opener::Command).await;
+}
+
+#[tokio::test]
+async fn a_replaced_daemon_database_is_noticed_with_the_checkpoint_thread() {
+    replaced_database(Opener::Daemon).await;
+}
+
+async fn replaced_database(opener: Opener) {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
-    let store = SqliteStore::open(&path).expect("open");
+    let store = opener.open(&path);
     store.ingest(ipn("k1")).await.expect("first IPN");
     // Another (valid) database moved over the path, as `mv` or a careless restore does.
     let other = dir.path().join("other.db");
@@ -127,9 +164,18 @@ async fn a_replaced_database_is_noticed_before_the_commit_is_acknowledged() {
 
 #[tokio::test]
 async fn a_database_overwritten_in_place_is_refused_and_leaves_no_wal_behind() {
+    overwritten_database(Opener::Command).await;
+}
+
+#[tokio::test]
+async fn an_overwritten_daemon_database_leaves_no_wal_behind_with_the_checkpoint_thread() {
+    overwritten_database(Opener::Daemon).await;
+}
+
+async fn overwritten_database(opener: Opener) {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
-    let store = SqliteStore::open(&path).expect("open");
+    let store = opener.open(&path);
     store.ingest(ipn("k1")).await.expect("first IPN");
     use std::os::unix::fs::FileExt;
     std::fs::OpenOptions::new()

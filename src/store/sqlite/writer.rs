@@ -48,6 +48,7 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::StoreError;
+use super::checkpoint::{Checkpointer, Counts};
 use super::integrity::{FileWatch, Problem};
 use super::lock::DaemonLock;
 use super::log_limit::{LogLimiter, Verdict};
@@ -95,6 +96,9 @@ pub struct Stats {
     /// Operations that failed for a reason of the store (I/O, disk full, read-only, locked,
     /// damaged or lost file), including those refused while the store is broken.
     pub failed_ops: AtomicU64,
+    /// The daemon's WAL checkpoints (see `checkpoint`); `None` for an operator command's
+    /// store, which keeps SQLite's automatic checkpoint.
+    pub checkpoints: std::sync::OnceLock<Arc<Counts>>,
 }
 
 /// What the writer thread receives.
@@ -210,6 +214,8 @@ fn is_store_failure(e: &StoreError) -> bool {
 /// descriptor (see `integrity`), the daemon lock last.
 pub struct Writer {
     conn: Option<Connection>,
+    /// The daemon's background checkpoint thread; joined after `conn` is closed.
+    checkpointer: Option<Checkpointer>,
     watch: FileWatch,
     lock: Option<DaemonLock>,
     stats: Arc<Stats>,
@@ -219,20 +225,31 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// The writer for `conn`. The daemon's (the one holding `lock`) also starts the
+    /// background checkpoint thread (see `checkpoint`).
     pub fn new(
-        conn: Connection,
+        mut conn: Connection,
         watch: FileWatch,
         lock: Option<DaemonLock>,
         stats: Arc<Stats>,
-    ) -> Writer {
-        Writer {
+    ) -> Result<Writer, StoreError> {
+        let checkpointer = match lock {
+            Some(_) => {
+                let checkpointer = Checkpointer::start(&mut conn, watch.path())?;
+                let _ = stats.checkpoints.set(checkpointer.counts());
+                Some(checkpointer)
+            }
+            None => None,
+        };
+        Ok(Writer {
             conn: Some(conn),
+            checkpointer,
             watch,
             lock,
             stats,
             limiter: LogLimiter::default(),
             broken: None,
-        }
+        })
     }
 
     /// The writer loop; returns on [`Msg::Close`] or when every sender is gone.
@@ -287,6 +304,7 @@ impl Writer {
             let _ = conn.execute_batch(mode);
             drop(conn);
         }
+        self.stop_checkpointer();
         drop(self.lock.take());
     }
 
@@ -353,6 +371,16 @@ impl Writer {
         }
     }
 
+    /// Waits for the checkpoint thread, which ends once the connection (holding the hook
+    /// that nudges it) is closed.
+    fn stop_checkpointer(&mut self) {
+        if self.conn.is_none()
+            && let Some(checkpointer) = self.checkpointer.take()
+        {
+            checkpointer.join();
+        }
+    }
+
     /// Fails every operation of `batch` with `err` (counted and logged once).
     fn refuse(&mut self, batch: &mut Vec<Box<dyn Op>>, err: StoreError) {
         self.failed(&err, batch.len() as u64);
@@ -396,6 +424,7 @@ impl Writer {
                 tracing::warn!(error = %e, "could not close the database cleanly");
             }
         }
+        self.stop_checkpointer();
         let reason = match problem {
             Problem::Lost(what) => {
                 let hint = self.watch.recovery_hint();
