@@ -161,6 +161,56 @@ struct Call<F, T> {
     read_only: bool,
 }
 
+/// A [`Call`] whose closure can run more than once (`Fn`): the writer may run it under a
+/// savepoint shared with others and, if one of those fails, again under its own (see
+/// `writer::transact`). The result of the run that stood is kept until the commit.
+struct Repeatable<F, T> {
+    f: F,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+    kept: Option<Result<T, StoreError>>,
+}
+
+impl<F, T> writer::Op for Repeatable<F, T>
+where
+    F: Fn(&Connection) -> Result<T, StoreError> + Send,
+    T: Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> (Result<(), StoreError>, writer::Completion) {
+        let Repeatable { f, reply, kept } = *self;
+        let result = kept.unwrap_or_else(|| f(conn));
+        let own = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
+        let completion: writer::Completion = Box::new(move |commit| {
+            let _ = reply.send(result.and_then(|v| commit.map(|()| v)));
+        });
+        (own, completion)
+    }
+
+    fn fail(self: Box<Self>, err: StoreError) {
+        let _ = self.reply.send(Err(err));
+    }
+
+    fn repeatable(&self) -> bool {
+        true
+    }
+
+    fn repeat(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        let result = (self.f)(conn);
+        let own = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
+        self.kept = Some(result);
+        own
+    }
+
+    fn forget(&mut self) {
+        self.kept = None;
+    }
+}
+
 impl<F, T> writer::Op for Call<F, T>
 where
     F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
@@ -332,6 +382,24 @@ impl SqliteStore {
         self.submit(f, false).await
     }
 
+    /// Like `call`, for an operation that can run more than once (see [`Repeatable`]).
+    async fn call_repeatable<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(writer::Msg::Op(Box::new(Repeatable {
+                f,
+                reply,
+                kept: None,
+            })))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Like `call`, for an operation that only reads (see [`writer::Op::read_only`]).
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -361,7 +429,8 @@ impl SqliteStore {
     /// Stores an IPN with its routing decisions and jobs in one transaction; a repeat of a
     /// stored IPN writes nothing.
     pub async fn ingest(&self, ipn: NewIpn) -> Result<Ingested, StoreError> {
-        self.call(move |c| ingest(c, &ipn)).await
+        // Repeatable: it reads what it captured and writes only through `c`.
+        self.call_repeatable(move |c| ingest(c, &ipn)).await
     }
 
     /// After a crash: every attempt left open is marked `interrupted`, and its job goes back

@@ -89,6 +89,76 @@ async fn a_failing_operation_does_not_spoil_its_batch() {
     assert_eq!(keys.len(), 2, "the failed operation's row is gone");
 }
 
+/// The ingests of one batch run under one shared savepoint (see `writer::transact`); when
+/// one of them fails after writing its IPN row, the shared savepoint is rolled back and each
+/// runs again under its own: the failing one leaves nothing, the others commit whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_failing_in_a_shared_savepoint_is_rolled_back_alone() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(&dir);
+    store
+        .call(|c| {
+            c.execute_batch(
+                "CREATE TEMP TRIGGER poison BEFORE INSERT ON routes
+                 WHEN NEW.integration = 'poison'
+                 BEGIN SELECT RAISE(ABORT, 'poisoned route'); END;",
+            )?;
+            Ok(())
+        })
+        .await
+        .expect("trigger");
+    let locker = rusqlite::Connection::open(dir.path().join("t.db")).expect("open");
+    locker.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let mut new = ipn(&format!("k{i}"), &format!("O{i}"), i % 2 == 0);
+        if i == 5 {
+            // Fails after its IPN row is written: the route insert is refused.
+            new.routes[0].integration = "poison".into();
+        }
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.ingest(new).await }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let commits_before = store.commit_stats().0;
+    locker.execute_batch("ROLLBACK").expect("unlock");
+    for (i, task) in tasks.into_iter().enumerate() {
+        let result = task.await.expect("task");
+        if i == 5 {
+            assert!(
+                matches!(&result, Err(e) if e.to_string().contains("poisoned route")),
+                "{result:?}"
+            );
+        } else {
+            assert!(
+                matches!(result, Ok(Ingested::Stored { .. })),
+                "{i}: {result:?}"
+            );
+        }
+    }
+    assert!(
+        store.commit_stats().0 - commits_before <= 2,
+        "the ingests shared a batch"
+    );
+    let counts: (i64, i64, i64, i64) = store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT (SELECT COUNT(*) FROM ipns), (SELECT COUNT(*) FROM routes),
+                        (SELECT COUNT(*) FROM jobs),
+                        (SELECT COUNT(*) FROM ipns WHERE business_key = 'k5')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?)
+        })
+        .await
+        .expect("counts");
+    assert_eq!(
+        counts,
+        (9, 9, 5, 0),
+        "nine IPNs with their routes and five jobs; nothing of the failed one"
+    );
+}
+
 #[tokio::test]
 async fn migrations_are_applied_once_and_a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("dir");

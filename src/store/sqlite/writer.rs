@@ -84,6 +84,21 @@ pub trait Op: Send {
     fn read_only(&self) -> bool {
         false
     }
+    /// Whether the operation can run more than once (see [`transact`]): [`Op::repeat`] runs
+    /// it and keeps its result, which [`Op::run`] then hands over without running again.
+    fn repeatable(&self) -> bool {
+        false
+    }
+    /// Runs a repeatable operation and keeps its result (see [`Op::repeatable`]). Not called
+    /// on other operations.
+    fn repeat(&mut self, _conn: &Connection) -> Result<(), StoreError> {
+        Err(StoreError::Internal(
+            "this store operation is not repeatable".into(),
+        ))
+    }
+    /// Drops the result [`Op::repeat`] kept (its writes were rolled back), so that
+    /// [`Op::run`] runs the operation again.
+    fn forget(&mut self) {}
 }
 
 /// Counters of the writer thread (read by health checks, metrics and tests).
@@ -158,6 +173,17 @@ struct Transacted {
 
 /// Runs `batch` in one transaction (see the module docs). `Err` when it could not begin;
 /// the operations are then still in `batch`.
+///
+/// **Repeatable operations share one savepoint** (issue 13). A savepoint makes SQLite copy
+/// every page an operation changes into its statement journal first; for an IPN's insert
+/// that is its table and index pages, some 16 KB copied per IPN, the largest cost on the
+/// writer after the row itself. So the batch's repeatable operations (see
+/// [`Op::repeat`]: the ingest of an IPN) first run one after another under a single
+/// savepoint, which copies each page once per batch. If one of them fails, that savepoint
+/// is rolled back and every repeatable operation runs again under its own savepoint, as
+/// the others always do: a failing operation is still rolled back alone and the rest
+/// still commit. The operations of one batch were all sent before any of them was
+/// answered, so running the repeatable ones first changes no order a caller could rely on.
 fn transact(conn: &Connection, batch: &mut Vec<Box<dyn Op>>) -> Result<Transacted, StoreError> {
     let begin = if batch.iter().all(|op| op.read_only()) {
         "BEGIN DEFERRED"
@@ -168,7 +194,21 @@ fn transact(conn: &Connection, batch: &mut Vec<Box<dyn Op>>) -> Result<Transacte
     let changes_before = conn.total_changes();
     let mut completions = Vec::with_capacity(batch.len());
     let mut own_failures = Vec::new();
+    let grouped = match run_repeatable_together(conn, batch) {
+        Ok(grouped) => grouped,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    };
     for op in batch.drain(..) {
+        if grouped && op.repeatable() {
+            // It ran under the shared savepoint, which was released: `run` hands over the
+            // result it kept (an `Ok`).
+            let (_, completion) = op.run(conn);
+            completions.push(Ok(completion));
+            continue;
+        }
         if let Err(e) = control(conn, "SAVEPOINT op") {
             completions.push(Err((op, StoreError::from(e))));
             continue;
@@ -199,6 +239,41 @@ fn transact(conn: &Connection, batch: &mut Vec<Box<dyn Op>>) -> Result<Transacte
         own_failures,
         wrote,
     })
+}
+
+/// The first pass of [`transact`]: every repeatable operation of `batch` under one
+/// savepoint. `Ok(true)`: they all succeeded and their writes stand (each kept its result);
+/// `Ok(false)`: there were fewer than two, or one failed and the savepoint was rolled back
+/// (every kept result dropped), so each runs again under its own savepoint. `Err`: the
+/// rollback itself failed, so the transaction's state is unknown; the caller rolls it
+/// back entirely and the whole batch gets the error.
+fn run_repeatable_together(
+    conn: &Connection,
+    batch: &mut [Box<dyn Op>],
+) -> Result<bool, StoreError> {
+    if batch.iter().filter(|op| op.repeatable()).count() < 2
+        || control(conn, "SAVEPOINT together").is_err()
+    {
+        return Ok(false);
+    }
+    let all_ran = batch
+        .iter_mut()
+        .filter(|op| op.repeatable())
+        .all(|op| op.repeat(conn).is_ok());
+    if all_ran && control(conn, "RELEASE together").is_ok() {
+        return Ok(true);
+    }
+    for op in batch.iter_mut() {
+        op.forget();
+    }
+    control(conn, "ROLLBACK TO together")
+        .and_then(|()| control(conn, "RELEASE together"))
+        .map_err(|e| {
+            StoreError::Unavailable(format!(
+                "could not roll back a failed group of operations: {e}"
+            ))
+        })?;
+    Ok(false)
 }
 
 /// Whether an error is the store's fault (counted and logged here) rather than an answer
