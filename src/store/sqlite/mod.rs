@@ -993,42 +993,42 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
 }
 
 fn ingest(c: &Connection, ipn: &NewIpn) -> Result<Ingested, StoreError> {
-    let inserted: Option<i64> = c
+    // The new row's id from `last_insert_rowid` rather than `RETURNING id`, which SQLite
+    // runs through a temporary table per statement (issue 13: one statement per IPN on
+    // the writer thread). `execute` counts this statement's own rows only, never a
+    // trigger's, and a conflict inserts none.
+    let inserted = c
         .prepare_cached(
             "INSERT INTO ipns (source, business_key, event, order_id, order_item_id, product_id,
                                transaction_id, buyer_email, amount, currency, received_at, raw_body,
                                parent_transaction_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-             ON CONFLICT (source, business_key) DO NOTHING
-             RETURNING id",
+             ON CONFLICT (source, business_key) DO NOTHING",
         )?
-        .query_row(
-            params![
-                ipn.source,
-                ipn.business_key,
-                ipn.event,
-                ipn.order_id,
-                ipn.order_item_id,
-                ipn.product_id,
-                ipn.transaction_id,
-                ipn.buyer_email,
-                ipn.amount,
-                ipn.currency,
-                ipn.received_at,
-                ipn.raw_body,
-                ipn.parent_transaction_id
-            ],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let Some(ipn_id) = inserted else {
+        .execute(params![
+            ipn.source,
+            ipn.business_key,
+            ipn.event,
+            ipn.order_id,
+            ipn.order_item_id,
+            ipn.product_id,
+            ipn.transaction_id,
+            ipn.buyer_email,
+            ipn.amount,
+            ipn.currency,
+            ipn.received_at,
+            ipn.raw_body,
+            ipn.parent_transaction_id
+        ])?;
+    let ipn_id = c.last_insert_rowid();
+    if inserted == 0 {
         let existing: i64 = c
             .prepare_cached("SELECT id FROM ipns WHERE source = ?1 AND business_key = ?2")?
             .query_row(params![ipn.source, ipn.business_key], |r| r.get(0))?;
         return Ok(Ingested::Duplicate {
             ipn_id: EventId(existing),
         });
-    };
+    }
     let mut jobs = Vec::new();
     for route in &ipn.routes {
         let (decision, reason, job_id) = match &route.decision {
