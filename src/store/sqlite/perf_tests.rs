@@ -254,6 +254,46 @@ async fn finished_attempts_are_recorded_together_and_a_failing_one_alone_is_roll
     assert_eq!(store.ledger().await.expect("ledger").len(), 2);
 }
 
+/// How often the writer's cached statement for `sql` was prepared again since it was first
+/// prepared (SQLite's `SQLITE_STMTSTATUS_REPREPARE` counter of that statement).
+async fn reprepared(store: &SqliteStore, sql: &'static str) -> i32 {
+    store
+        .call(move |c| {
+            Ok(c.prepare_cached(sql)?
+                .get_status(rusqlite::StatementStatus::RePrepare))
+        })
+        .await
+        .expect("statement status")
+}
+
+#[tokio::test]
+async fn the_lease_and_the_ledger_statements_are_prepared_once_not_at_every_use() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
+    for i in 0..6 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("ingest");
+    }
+    // Three lease rounds of different sizes and three deliveries, each its own store call.
+    let mut leased = Vec::new();
+    for limit in [1, 2, 3] {
+        leased.extend(store.lease_due("crm", 1_000, limit).await.expect("lease"));
+    }
+    assert_eq!(leased.len(), 6);
+    for job in &leased[..3] {
+        let results = store
+            .finish_attempts(vec![delivered(job, 1_100)])
+            .await
+            .expect("finish");
+        assert!(results[0].is_ok(), "{results:?}");
+    }
+    assert_eq!(store.ledger().await.expect("ledger").len(), 3);
+    assert_eq!(reprepared(&store, LEASE_CANDIDATES_SQL).await, 0, "lease");
+    assert_eq!(reprepared(&store, WRITE_LEDGER_SQL).await, 0, "ledger");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_found_by_the_quick_check_after_start_stops_every_operation() {
     let dir = tempfile::tempdir().expect("dir");
