@@ -294,6 +294,52 @@ async fn the_lease_and_the_ledger_statements_are_prepared_once_not_at_every_use(
     assert_eq!(reprepared(&store, WRITE_LEDGER_SQL).await, 0, "ledger");
 }
 
+/// How often the writer ran its cached statement `sql` (SQLite's `SQLITE_STMTSTATUS_RUN`).
+async fn runs(store: &SqliteStore, sql: &'static str) -> i32 {
+    store
+        .call(move |c| {
+            Ok(c.prepare_cached(sql)?
+                .get_status(rusqlite::StatementStatus::Run))
+        })
+        .await
+        .expect("statement status")
+}
+
+#[tokio::test]
+async fn a_batch_of_results_without_a_failure_takes_one_savepoint_not_one_per_item() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
+    for i in 0..5 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("ingest");
+    }
+    let leased = store.lease_due("crm", 1_000, 5).await.expect("lease");
+    assert_eq!(leased.len(), 5);
+    let results = store
+        .finish_attempts(leased[..3].iter().map(|j| delivered(j, 1_100)).collect())
+        .await
+        .expect("finish");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(runs(&store, "SAVEPOINT batch").await, 1);
+    assert_eq!(runs(&store, "SAVEPOINT item").await, 0);
+    // A batch with a failing item is run again item by item: the others are recorded.
+    let mut bad = delivered(&leased[3], 1_100);
+    bad.job = JobId(404);
+    let results = store
+        .finish_attempts(vec![bad, delivered(&leased[4], 1_100)])
+        .await
+        .expect("finish");
+    assert!(results[0].is_err() && results[1].is_ok(), "{results:?}");
+    assert_eq!(runs(&store, "SAVEPOINT item").await, 2);
+    assert_eq!(store.ledger().await.expect("ledger").len(), 4);
+    assert_eq!(
+        store.attempts(leased[3].id).await.expect("attempts")[0].outcome,
+        None
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_found_by_the_quick_check_after_start_stops_every_operation() {
     let dir = tempfile::tempdir().expect("dir");
