@@ -177,13 +177,13 @@ const WRITE_LEDGER_SQL: &str =
 /// same for the whole lease.
 const LEASE_TAKE_SQL: &str =
     "UPDATE jobs SET state = 'in_flight', attempts = l.value ->> 1, updated_at = ?2
- FROM json_each(?1) AS l
+ FROM jsonb_each(?1) AS l
  WHERE jobs.id = l.value ->> 0";
 
 /// One open attempt per leased job (`?1` and `?2` as [`LEASE_TAKE_SQL`]'s), returned as
 /// `(attempt id, job id)`.
 const LEASE_OPEN_ATTEMPTS_SQL: &str = "INSERT INTO attempts (job_id, number, kind, started_at)
- SELECT l.value ->> 0, l.value ->> 1, l.value ->> 2, ?2 FROM json_each(?1) AS l
+ SELECT l.value ->> 0, l.value ->> 1, l.value ->> 2, ?2 FROM jsonb_each(?1) AS l
  RETURNING id, job_id";
 
 /// Handle to the store. Clone it freely; the writer thread ends when the last clone is
@@ -1413,20 +1413,24 @@ impl DeliveredBatch {
     }
 }
 
+/// The batch statements read their rows with `jsonb_each`, not `json_each`: `json_each`
+/// hands each entry back as JSON text, which every `->>` parses again (perf: 40 % of the
+/// batch's time in SQLite's JSON code); `jsonb_each` hands back the parsed binary form.
+///
 /// Closes the attempts of a [`DeliveredBatch`]: `?1` is a JSON array of `[attempt id, now,
 /// outcome, endpoint, http status, request, response, reason]` (what [`close_attempt`]
 /// binds).
 const CLOSE_ATTEMPTS_SQL: &str = "UPDATE attempts SET finished_at = a.value ->> 1,
         outcome = a.value ->> 2, endpoint = a.value ->> 3, http_status = a.value ->> 4,
         request = a.value ->> 5, response = a.value ->> 6, reason = a.value ->> 7
- FROM json_each(?1) AS a
+ FROM jsonb_each(?1) AS a
  WHERE attempts.id = a.value ->> 0";
 
 /// The jobs of a [`DeliveredBatch`] become `delivered`: `?1` is a JSON array of `[job id,
 /// now]` ([`finish_attempt`]'s statement for one).
 const JOBS_DELIVERED_SQL: &str = "UPDATE jobs SET state = 'delivered', needs_reconcile = 0,
         updated_at = d.value ->> 1, last_error = NULL
- FROM json_each(?1) AS d
+ FROM jsonb_each(?1) AS d
  WHERE jobs.id = d.value ->> 0";
 
 /// [`WRITE_LEDGER_SQL`] for every job of a [`DeliveredBatch`]: `?1` is a JSON array of
@@ -1441,7 +1445,7 @@ const WRITE_LEDGERS_SQL: &str =
                      THEN json_extract(j.payload, '$.order.reference') END, ''),
         l.value ->> 1, l.value ->> 2, l.value ->> 3, l.value ->> 4, l.value ->> 5,
         j.action, i.parent_transaction_id
- FROM json_each(?1) AS l
+ FROM jsonb_each(?1) AS l
  JOIN jobs j ON j.id = l.value ->> 0
  JOIN ipns i ON i.id = j.ipn_id";
 
