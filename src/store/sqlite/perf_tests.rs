@@ -395,6 +395,33 @@ async fn a_lease_and_a_batch_of_deliveries_take_a_few_statements_whatever_their_
     );
 }
 
+#[tokio::test]
+async fn a_lease_with_a_payload_that_does_not_parse_fails_and_leaves_every_job_as_it_was() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
+    for i in 0..3 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("ingest");
+    }
+    store
+        .call(|c| Ok(c.execute("UPDATE jobs SET payload = '{\"action\":' WHERE id = 2", [])?))
+        .await
+        .expect("damage a payload");
+    assert!(store.lease_due("crm", 1_000, 3).await.is_err());
+    let jobs = store.list_jobs(Default::default()).await.expect("jobs");
+    let shape: Vec<(&str, u32)> = jobs
+        .iter()
+        .map(|j| (j.state.as_str(), j.attempts))
+        .collect();
+    assert_eq!(shape, [("pending", 0), ("pending", 0), ("pending", 0)]);
+    for job in &jobs {
+        let attempts = store.attempts(JobId(job.id)).await.expect("attempts");
+        assert!(attempts.is_empty(), "{attempts:?}");
+    }
+}
+
 /// Everything a store holds about its jobs, for comparing two stores.
 async fn rows_of(store: &SqliteStore) -> (Vec<JobRow>, Vec<Vec<AttemptRow>>, Vec<LedgerRow>) {
     let jobs = store.list_jobs(Default::default()).await.expect("jobs");
