@@ -878,8 +878,9 @@ impl Store {
 impl Store {
     /// Records the ends of several attempts in one store call (one transaction on SQLite,
     /// shared by the writer's group commit with whatever else is queued): what
-    /// [`Store::finish_attempt`] does for one, each in its own savepoint, so one that fails
-    /// is rolled back alone. Returns one result per item, in order; `Err` as a whole when
+    /// [`Store::finish_attempt`] does for one, and one that fails is rolled back alone
+    /// (SQLite runs the batch under one savepoint and, only when an item fails, again with a
+    /// savepoint per item). Returns one result per item, in order; `Err` as a whole when
     /// the call could not run or commit (then nothing was recorded).
     pub async fn finish_attempts(
         &self,

@@ -3,7 +3,7 @@
 //! that goes on after start.
 
 use super::*;
-use crate::domain::Outcome;
+use crate::domain::{AttemptReport, Outcome, Receipt};
 use crate::store::review::ReviewFilter;
 use crate::store::tests::{delivered, ipn, report};
 
@@ -141,6 +141,12 @@ async fn the_hot_queries_use_indexes_and_never_scan_every_job() {
         ("recovery at start", RECOVER_JOBS_SQL.to_owned()),
         ("next due", NEXT_DUE_SQL.to_owned()),
         ("lease", LEASE_CANDIDATES_SQL.to_owned()),
+        ("lease take", LEASE_TAKE_SQL.to_owned()),
+        ("lease attempts", LEASE_OPEN_ATTEMPTS_SQL.to_owned()),
+        ("ledger", WRITE_LEDGER_SQL.to_owned()),
+        ("close attempts", CLOSE_ATTEMPTS_SQL.to_owned()),
+        ("jobs delivered", JOBS_DELIVERED_SQL.to_owned()),
+        ("ledger rows", WRITE_LEDGERS_SQL.to_owned()),
         (
             "queue list --state",
             review::review_jobs_sql(&ReviewFilter {
@@ -173,7 +179,10 @@ async fn the_hot_queries_use_indexes_and_never_scan_every_job() {
         let plan = plan(&conn, &sql);
         // A full pass over `jobs` is "SCAN j" / "SCAN jobs" (with or without an index);
         // the one allowed is the plain list, newest first by rowid, stopped by its LIMIT.
-        let scans = plan.contains("SCAN jobs") || plan.contains("SCAN j ");
+        let scans = plan.contains("SCAN jobs")
+            || plan.contains("SCAN j ")
+            || plan.contains("SCAN attempts")
+            || plan.contains("SCAN i ");
         let by_rowid_desc =
             name == "queue list" && plan.contains("SCAN j") && !plan.contains("TEMP B-TREE");
         assert!(!scans || by_rowid_desc, "{name}: {plan}");
@@ -252,6 +261,232 @@ async fn finished_attempts_are_recorded_together_and_a_failing_one_alone_is_roll
     let attempts = store.attempts(leased[1].id).await.expect("attempts");
     assert_eq!(attempts[0].outcome, None);
     assert_eq!(store.ledger().await.expect("ledger").len(), 2);
+}
+
+/// How often the writer's cached statement for `sql` was prepared again since it was first
+/// prepared (SQLite's `SQLITE_STMTSTATUS_REPREPARE` counter of that statement).
+async fn reprepared(store: &SqliteStore, sql: &'static str) -> i32 {
+    store
+        .call(move |c| {
+            Ok(c.prepare_cached(sql)?
+                .get_status(rusqlite::StatementStatus::RePrepare))
+        })
+        .await
+        .expect("statement status")
+}
+
+#[tokio::test]
+async fn the_lease_and_the_ledger_statements_are_prepared_once_not_at_every_use() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
+    for i in 0..6 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("ingest");
+    }
+    // Three lease rounds of different sizes and three deliveries, each its own store call.
+    let mut leased = Vec::new();
+    for limit in [1, 2, 3] {
+        leased.extend(store.lease_due("crm", 1_000, limit).await.expect("lease"));
+    }
+    assert_eq!(leased.len(), 6);
+    for job in &leased[..3] {
+        let results = store
+            .finish_attempts(vec![delivered(job, 1_100)])
+            .await
+            .expect("finish");
+        assert!(results[0].is_ok(), "{results:?}");
+    }
+    assert_eq!(store.ledger().await.expect("ledger").len(), 3);
+    assert_eq!(reprepared(&store, LEASE_CANDIDATES_SQL).await, 0, "lease");
+    assert_eq!(reprepared(&store, LEASE_TAKE_SQL).await, 0, "lease take");
+    assert_eq!(
+        reprepared(&store, LEASE_OPEN_ATTEMPTS_SQL).await,
+        0,
+        "attempts"
+    );
+    assert_eq!(reprepared(&store, WRITE_LEDGER_SQL).await, 0, "ledger");
+}
+
+/// How often the writer ran its cached statement `sql` (SQLite's `SQLITE_STMTSTATUS_RUN`).
+async fn runs(store: &SqliteStore, sql: &'static str) -> i32 {
+    store
+        .call(move |c| {
+            Ok(c.prepare_cached(sql)?
+                .get_status(rusqlite::StatementStatus::Run))
+        })
+        .await
+        .expect("statement status")
+}
+
+#[tokio::test]
+async fn a_batch_of_results_without_a_failure_takes_one_savepoint_not_one_per_item() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
+    for i in 0..5 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("ingest");
+    }
+    let leased = store.lease_due("crm", 1_000, 5).await.expect("lease");
+    assert_eq!(leased.len(), 5);
+    let results = store
+        .finish_attempts(leased[..3].iter().map(|j| delivered(j, 1_100)).collect())
+        .await
+        .expect("finish");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(runs(&store, "SAVEPOINT batch").await, 1);
+    assert_eq!(runs(&store, "SAVEPOINT item").await, 0);
+    // A batch with a failing item is run again item by item: the others are recorded.
+    let mut bad = delivered(&leased[3], 1_100);
+    bad.job = JobId(404);
+    let results = store
+        .finish_attempts(vec![bad, delivered(&leased[4], 1_100)])
+        .await
+        .expect("finish");
+    assert!(results[0].is_err() && results[1].is_ok(), "{results:?}");
+    assert_eq!(runs(&store, "SAVEPOINT item").await, 2);
+    assert_eq!(store.ledger().await.expect("ledger").len(), 4);
+    assert_eq!(
+        store.attempts(leased[3].id).await.expect("attempts")[0].outcome,
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_lease_and_a_batch_of_deliveries_take_a_few_statements_whatever_their_size() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
+    for i in 0..5 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("ingest");
+    }
+    let leased = store.lease_due("crm", 1_000, 5).await.expect("lease");
+    assert_eq!(leased.len(), 5);
+    // A run counts once for the statement and once for each trigger program it fires (the
+    // job-count trigger, once per job). The statement for one job's attempt is not used.
+    assert_eq!(runs(&store, LEASE_TAKE_SQL).await, 1 + 5);
+    assert_eq!(runs(&store, LEASE_OPEN_ATTEMPTS_SQL).await, 1);
+    assert_eq!(
+        runs(&store, OPEN_ATTEMPT_SQL).await,
+        0,
+        "attempts one by one"
+    );
+    let results = store
+        .finish_attempts(leased.iter().map(|j| delivered(j, 1_100)).collect())
+        .await
+        .expect("finish");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(runs(&store, CLOSE_ATTEMPTS_SQL).await, 1);
+    assert_eq!(
+        runs(&store, CLOSE_ATTEMPT_SQL).await,
+        0,
+        "attempts one by one"
+    );
+    assert_eq!(runs(&store, WRITE_LEDGERS_SQL).await, 1);
+    assert_eq!(
+        runs(&store, WRITE_LEDGER_SQL).await,
+        0,
+        "ledger rows one by one"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_with_a_payload_that_does_not_parse_fails_and_leaves_every_job_as_it_was() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
+    for i in 0..3 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("ingest");
+    }
+    store
+        .call(|c| Ok(c.execute("UPDATE jobs SET payload = '{\"action\":' WHERE id = 2", [])?))
+        .await
+        .expect("damage a payload");
+    assert!(store.lease_due("crm", 1_000, 3).await.is_err());
+    let jobs = store.list_jobs(Default::default()).await.expect("jobs");
+    let shape: Vec<(&str, u32)> = jobs
+        .iter()
+        .map(|j| (j.state.as_str(), j.attempts))
+        .collect();
+    assert_eq!(shape, [("pending", 0), ("pending", 0), ("pending", 0)]);
+    for job in &jobs {
+        let attempts = store.attempts(JobId(job.id)).await.expect("attempts");
+        assert!(attempts.is_empty(), "{attempts:?}");
+    }
+}
+
+/// Everything a store holds about its jobs, for comparing two stores.
+async fn rows_of(store: &SqliteStore) -> (Vec<JobRow>, Vec<Vec<AttemptRow>>, Vec<LedgerRow>) {
+    let jobs = store.list_jobs(Default::default()).await.expect("jobs");
+    let mut attempts = Vec::new();
+    for job in &jobs {
+        attempts.push(store.attempts(JobId(job.id)).await.expect("attempts"));
+    }
+    (jobs, attempts, store.ledger().await.expect("ledger"))
+}
+
+#[tokio::test]
+async fn a_batch_of_deliveries_writes_the_same_rows_as_one_delivery_at_a_time() {
+    let dir = tempfile::tempdir().expect("dir");
+    let one_by_one = SqliteStore::open(&dir.path().join("one.db")).expect("open");
+    let batched = SqliteStore::open(&dir.path().join("batch.db")).expect("open");
+    let mut finished = Vec::new();
+    for store in [&one_by_one, &batched] {
+        for i in 0..4 {
+            store
+                .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+                .await
+                .expect("ingest");
+        }
+        let leased = store.lease_due("crm", 1_000, 4).await.expect("lease");
+        assert_eq!(leased.len(), 4);
+        finished = leased
+            .iter()
+            .enumerate()
+            .map(|(n, job)| {
+                let receipt = Receipt {
+                    order_id: Some(format!("K{n}")),
+                    customer_id: (n % 2 == 0).then(|| format!("C{n}")),
+                    purchase_ids: vec![format!("P{n}"), "P\"quoted\"".into()],
+                    transaction_ids: vec![format!("T{n}")],
+                };
+                let mut item = delivered(job, 1_100 + n as i64);
+                item.report = AttemptReport {
+                    http_status: (n != 1).then_some(200),
+                    response: format!("{{\"result\":\"SUCCESS\",\"n\":{n}}} é"),
+                    ..report(Outcome::Delivered(receipt.clone()))
+                };
+                item.disposition = Disposition::Delivered(receipt);
+                item
+            })
+            .collect();
+    }
+    for item in finished.clone() {
+        one_by_one
+            .finish_attempt(
+                item.job,
+                item.attempt_id,
+                item.report,
+                item.disposition,
+                None,
+                item.now,
+            )
+            .await
+            .expect("one");
+    }
+    let results = batched.finish_attempts(finished).await.expect("batch");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(runs(&batched, WRITE_LEDGERS_SQL).await, 1, "batched");
+    let (one, batch) = (rows_of(&one_by_one).await, rows_of(&batched).await);
+    assert_eq!(one.2.len(), 4);
+    assert_eq!(one, batch);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
