@@ -101,13 +101,21 @@ const RELEASE_HELD_SQL: &str =
                WHERE e.integration = jobs.integration AND e.order_key = jobs.order_key
                  AND e.id < jobs.id AND +e.state = 'dead')";
 
+/// Stores an IPN; a repeat of its business key inserts nothing (see `ingest`).
+const INSERT_IPN_SQL: &str =
+    "INSERT INTO ipns (source, business_key, event, order_id, order_item_id, product_id,
+                               transaction_id, buyer_email, amount, currency, received_at, raw_body,
+                               parent_transaction_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT (source, business_key) DO NOTHING";
+
 /// The first dead earlier job a new job of an order must be held behind.
 const HOLD_REASON_SQL: &str =
     "SELECT 'held: job ' || id || ' of the same Digistore24 order is dead'
                 || COALESCE(' (' || last_error || ')', '')
          FROM jobs
-         WHERE integration = ?1 AND order_key = ?2 AND id < ?3 AND +state = 'dead'
-           AND (?4 != 'import_order' OR action = 'import_order')
+         WHERE integration = +?1 AND order_key = +?2 AND id < +?3 AND +state = 'dead'
+           AND (+?4 != 'import_order' OR action = 'import_order')
          ORDER BY id LIMIT 1";
 
 /// Holds the unfinished jobs that follow a job that just died.
@@ -1075,29 +1083,21 @@ fn ingest(c: &Connection, ipn: &NewIpn) -> Result<Ingested, StoreError> {
     // runs through a temporary table per statement (issue 13: one statement per IPN on
     // the writer thread). `execute` counts this statement's own rows only, never a
     // trigger's, and a conflict inserts none.
-    let inserted = c
-        .prepare_cached(
-            "INSERT INTO ipns (source, business_key, event, order_id, order_item_id, product_id,
-                               transaction_id, buyer_email, amount, currency, received_at, raw_body,
-                               parent_transaction_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-             ON CONFLICT (source, business_key) DO NOTHING",
-        )?
-        .execute(params![
-            ipn.source,
-            ipn.business_key,
-            ipn.event,
-            ipn.order_id,
-            ipn.order_item_id,
-            ipn.product_id,
-            ipn.transaction_id,
-            ipn.buyer_email,
-            ipn.amount,
-            ipn.currency,
-            ipn.received_at,
-            ipn.raw_body,
-            ipn.parent_transaction_id
-        ])?;
+    let inserted = c.prepare_cached(INSERT_IPN_SQL)?.execute(params![
+        ipn.source,
+        ipn.business_key,
+        ipn.event,
+        ipn.order_id,
+        ipn.order_item_id,
+        ipn.product_id,
+        ipn.transaction_id,
+        ipn.buyer_email,
+        ipn.amount,
+        ipn.currency,
+        ipn.received_at,
+        ipn.raw_body,
+        ipn.parent_transaction_id
+    ])?;
     let ipn_id = c.last_insert_rowid();
     if inserted == 0 {
         let existing: i64 = c

@@ -309,6 +309,29 @@ async fn the_lease_and_the_ledger_statements_are_prepared_once_not_at_every_use(
     assert_eq!(reprepared(&store, WRITE_LEDGER_SQL).await, 0, "ledger");
 }
 
+/// The ingest of an IPN with a job looks for a dead job of its order (`HOLD_REASON_SQL`,
+/// run by `insert_job`): that statement too is prepared once, not again at every ingest
+/// (issue 13, found by the delivery round's profile); so is the IPN's own insert.
+#[tokio::test]
+async fn the_ingests_hold_check_is_prepared_once_not_at_every_ingest() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
+    for i in 0..6 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{}", i % 2), true))
+            .await
+            .expect("ingest");
+    }
+    assert_eq!(runs(&store, HOLD_REASON_SQL).await, 6);
+    assert_eq!(reprepared(&store, HOLD_REASON_SQL).await, 0, "hold reason");
+    assert_eq!(runs(&store, INSERT_IPN_SQL).await, 6);
+    assert_eq!(
+        reprepared(&store, INSERT_IPN_SQL).await,
+        0,
+        "the IPN's insert"
+    );
+}
+
 /// How often the writer ran its cached statement `sql` (SQLite's `SQLITE_STMTSTATUS_RUN`).
 async fn runs(store: &SqliteStore, sql: &'static str) -> i32 {
     store
