@@ -219,6 +219,28 @@ struct Call<F, T> {
     read_only: bool,
 }
 
+/// What a [`writer::Op`] hands the writer for `result`: its own outcome (a copy of the error,
+/// for counting) and the completion that answers the caller once the commit's result is
+/// known (an operation's `Ok` is only an `Ok` if its batch committed).
+fn answer_after_commit<T: Send + 'static>(
+    result: Result<T, StoreError>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+) -> (Result<(), StoreError>, writer::Completion) {
+    let own = outcome(&result);
+    let completion: writer::Completion = Box::new(move |commit| {
+        let _ = reply.send(result.and_then(|v| commit.map(|()| v)));
+    });
+    (own, completion)
+}
+
+/// `result` without its value.
+fn outcome<T>(result: &Result<T, StoreError>) -> Result<(), StoreError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.clone()),
+    }
+}
+
 /// A [`Call`] whose closure can run more than once (`Fn`): the writer may run it under a
 /// savepoint shared with others and, if one of those fails, again under its own (see
 /// `writer::transact`). The result of the run that stood is kept until the commit.
@@ -235,15 +257,7 @@ where
 {
     fn run(self: Box<Self>, conn: &Connection) -> (Result<(), StoreError>, writer::Completion) {
         let Repeatable { f, reply, kept } = *self;
-        let result = kept.unwrap_or_else(|| f(conn));
-        let own = match &result {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.clone()),
-        };
-        let completion: writer::Completion = Box::new(move |commit| {
-            let _ = reply.send(result.and_then(|v| commit.map(|()| v)));
-        });
-        (own, completion)
+        answer_after_commit(kept.unwrap_or_else(|| f(conn)), reply)
     }
 
     fn fail(self: Box<Self>, err: StoreError) {
@@ -256,10 +270,7 @@ where
 
     fn repeat(&mut self, conn: &Connection) -> Result<(), StoreError> {
         let result = (self.f)(conn);
-        let own = match &result {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.clone()),
-        };
+        let own = outcome(&result);
         self.kept = Some(result);
         own
     }
@@ -276,15 +287,7 @@ where
 {
     fn run(self: Box<Self>, conn: &Connection) -> (Result<(), StoreError>, writer::Completion) {
         let Call { f, reply, .. } = *self;
-        let result = f(conn);
-        let own = match &result {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.clone()),
-        };
-        let completion: writer::Completion = Box::new(move |commit| {
-            let _ = reply.send(result.and_then(|v| commit.map(|()| v)));
-        });
-        (own, completion)
+        answer_after_commit(f(conn), reply)
     }
 
     fn fail(self: Box<Self>, err: StoreError) {
@@ -446,16 +449,14 @@ impl SqliteStore {
         F: Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(writer::Msg::Op(Box::new(Repeatable {
+        self.send(|reply| {
+            Box::new(Repeatable {
                 f,
                 reply,
                 kept: None,
-            })))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+            })
+        })
+        .await
     }
 
     /// Like `call`, for an operation that only reads (see [`writer::Op::read_only`]).
@@ -472,13 +473,24 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(writer::Msg::Op(Box::new(Call {
+        self.send(|reply| {
+            Box::new(Call {
                 f,
                 reply,
                 read_only,
-            })))
+            })
+        })
+        .await
+    }
+
+    /// Sends the operation `op` builds around its reply channel and waits for the answer.
+    async fn send<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Box<dyn writer::Op>,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(writer::Msg::Op(op(reply)))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

@@ -19,17 +19,29 @@ fn counted(path: &Path) -> BTreeMap<String, u64> {
         .expect("rows")
 }
 
-#[tokio::test]
-async fn job_counts_are_kept_per_state_through_every_change_whoever_writes() {
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("t.db");
-    let store = SqliteStore::open(&path).expect("open");
-    for i in 0..6 {
+/// A store in `dir` with `n` IPNs, each with an import job of an order of its own.
+async fn store_with_jobs(dir: &tempfile::TempDir, n: usize) -> SqliteStore {
+    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
+    add_jobs(&store, n).await;
+    store
+}
+
+/// Stores IPNs `k0`… `k{n-1}`, each with an import job of an order of its own (`O0`…).
+async fn add_jobs(store: &SqliteStore, n: usize) {
+    for i in 0..n {
         store
             .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
             .await
             .expect("ingest");
     }
+}
+
+#[tokio::test]
+async fn job_counts_are_kept_per_state_through_every_change_whoever_writes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&path).expect("open");
+    add_jobs(&store, 6).await;
     let leased = store.lease_due("crm", 1_000, 4).await.expect("lease");
     assert_eq!(leased.len(), 4);
     store
@@ -91,12 +103,7 @@ async fn a_database_from_before_the_counts_gets_them_counted_at_migration() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
     let store = SqliteStore::open(&path).expect("open");
-    for i in 0..3 {
-        store
-            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
-            .await
-            .expect("ingest");
-    }
+    add_jobs(&store, 3).await;
     store.close().await;
     // Back to schema 6, as an older build left it.
     Connection::open(&path)
@@ -220,13 +227,7 @@ async fn per_order_statements_use_the_order_index() {
 #[tokio::test]
 async fn finished_attempts_are_recorded_together_and_a_failing_one_alone_is_rolled_back() {
     let dir = tempfile::tempdir().expect("dir");
-    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
-    for i in 0..3 {
-        store
-            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
-            .await
-            .expect("ingest");
-    }
+    let store = store_with_jobs(&dir, 3).await;
     let leased = store.lease_due("crm", 1_000, 3).await.expect("lease");
     assert_eq!(leased.len(), 3);
     let mut bad = delivered(&leased[1], 1_100);
@@ -266,11 +267,17 @@ async fn finished_attempts_are_recorded_together_and_a_failing_one_alone_is_roll
 /// How often the writer's cached statement for `sql` was prepared again since it was first
 /// prepared (SQLite's `SQLITE_STMTSTATUS_REPREPARE` counter of that statement).
 async fn reprepared(store: &SqliteStore, sql: &'static str) -> i32 {
+    statement_status(store, sql, rusqlite::StatementStatus::RePrepare).await
+}
+
+/// A counter of the writer's cached statement for `sql`.
+async fn statement_status(
+    store: &SqliteStore,
+    sql: &'static str,
+    which: rusqlite::StatementStatus,
+) -> i32 {
     store
-        .call(move |c| {
-            Ok(c.prepare_cached(sql)?
-                .get_status(rusqlite::StatementStatus::RePrepare))
-        })
+        .call(move |c| Ok(c.prepare_cached(sql)?.get_status(which)))
         .await
         .expect("statement status")
 }
@@ -278,13 +285,7 @@ async fn reprepared(store: &SqliteStore, sql: &'static str) -> i32 {
 #[tokio::test]
 async fn the_lease_and_the_ledger_statements_are_prepared_once_not_at_every_use() {
     let dir = tempfile::tempdir().expect("dir");
-    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
-    for i in 0..6 {
-        store
-            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
-            .await
-            .expect("ingest");
-    }
+    let store = store_with_jobs(&dir, 6).await;
     // Three lease rounds of different sizes and three deliveries, each its own store call.
     let mut leased = Vec::new();
     for limit in [1, 2, 3] {
@@ -334,25 +335,13 @@ async fn the_ingests_hold_check_is_prepared_once_not_at_every_ingest() {
 
 /// How often the writer ran its cached statement `sql` (SQLite's `SQLITE_STMTSTATUS_RUN`).
 async fn runs(store: &SqliteStore, sql: &'static str) -> i32 {
-    store
-        .call(move |c| {
-            Ok(c.prepare_cached(sql)?
-                .get_status(rusqlite::StatementStatus::Run))
-        })
-        .await
-        .expect("statement status")
+    statement_status(store, sql, rusqlite::StatementStatus::Run).await
 }
 
 #[tokio::test]
 async fn a_batch_of_results_without_a_failure_takes_one_savepoint_not_one_per_item() {
     let dir = tempfile::tempdir().expect("dir");
-    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
-    for i in 0..5 {
-        store
-            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
-            .await
-            .expect("ingest");
-    }
+    let store = store_with_jobs(&dir, 5).await;
     let leased = store.lease_due("crm", 1_000, 5).await.expect("lease");
     assert_eq!(leased.len(), 5);
     let results = store
@@ -381,13 +370,7 @@ async fn a_batch_of_results_without_a_failure_takes_one_savepoint_not_one_per_it
 #[tokio::test]
 async fn a_lease_and_a_batch_of_deliveries_take_a_few_statements_whatever_their_size() {
     let dir = tempfile::tempdir().expect("dir");
-    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
-    for i in 0..5 {
-        store
-            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
-            .await
-            .expect("ingest");
-    }
+    let store = store_with_jobs(&dir, 5).await;
     let leased = store.lease_due("crm", 1_000, 5).await.expect("lease");
     assert_eq!(leased.len(), 5);
     // A run counts once for the statement and once for each trigger program it fires (the
@@ -421,13 +404,7 @@ async fn a_lease_and_a_batch_of_deliveries_take_a_few_statements_whatever_their_
 #[tokio::test]
 async fn a_lease_with_a_payload_that_does_not_parse_fails_and_leaves_every_job_as_it_was() {
     let dir = tempfile::tempdir().expect("dir");
-    let store = SqliteStore::open(&dir.path().join("t.db")).expect("open");
-    for i in 0..3 {
-        store
-            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
-            .await
-            .expect("ingest");
-    }
+    let store = store_with_jobs(&dir, 3).await;
     store
         .call(|c| Ok(c.execute("UPDATE jobs SET payload = '{\"action\":' WHERE id = 2", [])?))
         .await
@@ -462,12 +439,7 @@ async fn a_batch_of_deliveries_writes_the_same_rows_as_one_delivery_at_a_time() 
     let batched = SqliteStore::open(&dir.path().join("batch.db")).expect("open");
     let mut finished = Vec::new();
     for store in [&one_by_one, &batched] {
-        for i in 0..4 {
-            store
-                .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
-                .await
-                .expect("ingest");
-        }
+        add_jobs(store, 4).await;
         let leased = store.lease_due("crm", 1_000, 4).await.expect("lease");
         assert_eq!(leased.len(), 4);
         finished = leased
