@@ -181,7 +181,9 @@ const MIGRATIONS: &[&str] = &[
     // roll back with it, whoever writes (an instance, a queue command, psql); only an
     // UPDATE that changes `state` touches them. A change of state takes the two rows in
     // the order of their state names, so two transactions of one shard that move jobs in
-    // opposite directions (a lease, a retry) queue instead of deadlocking. Applying it
+    // opposite directions (a lease, a retry) queue instead of deadlocking; a transaction of
+    // several kinds of change can still meet another of its shard in a deadlock, which
+    // PostgreSQL breaks and the store reports as `Unavailable` like any other. Applying it
     // counts the existing jobs once, under a SHARE lock on `jobs`: no change can slip
     // between the count and the triggers.
     r#"
