@@ -170,6 +170,81 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_due_in_order ON jobs (target, state, next_attempt_at, id);
     DROP INDEX jobs_due;
     "#,
+    // 3: jobs per state kept as they change (issue 13: `/metrics` and `/healthz` read a few
+    // dozen rows instead of counting every job). Row triggers add ±1 to the row of the
+    // state in the *shard* of the connection that writes (16 rows per state at most, chosen
+    // by `pg_backend_pid() % 16`): one counter row per state would be a hot row that every
+    // insert and state change of every instance waits on until it commits. Sixteen: the
+    // connections of one instance's pool, and mostly those of a few instances, land on
+    // distinct rows, and a read of the counts stays a few dozen rows.
+    // The triggers run inside the statement that changes a job, so the counts commit or
+    // roll back with it, whoever writes (an instance, a queue command, psql); only an
+    // UPDATE that changes `state` touches them. A change of state takes the two rows in
+    // the order of their state names, so two transactions of one shard that move jobs in
+    // opposite directions (a lease, a retry) queue instead of deadlocking; a transaction of
+    // several kinds of change can still meet another of its shard in a deadlock, which
+    // PostgreSQL breaks and the store reports as `Unavailable` like any other. Applying it
+    // counts the existing jobs once, under a SHARE lock on `jobs`: no change can slip
+    // between the count and the triggers.
+    r#"
+    CREATE TABLE job_counts (
+        state  TEXT      NOT NULL,
+        shard  SMALLINT  NOT NULL,
+        n      BIGINT    NOT NULL,
+        PRIMARY KEY (state, shard)
+    );
+    CREATE FUNCTION job_counts_keep() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        own_shard SMALLINT := pg_backend_pid() % 16;
+        state_1 TEXT;
+        delta_1 BIGINT;
+        state_2 TEXT;
+        delta_2 BIGINT;
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            state_1 := NEW.state;
+            delta_1 := 1;
+        ELSIF TG_OP = 'DELETE' THEN
+            state_1 := OLD.state;
+            delta_1 := -1;
+        ELSIF OLD.state < NEW.state THEN
+            state_1 := OLD.state;
+            delta_1 := -1;
+            state_2 := NEW.state;
+            delta_2 := 1;
+        ELSE
+            state_1 := NEW.state;
+            delta_1 := 1;
+            state_2 := OLD.state;
+            delta_2 := -1;
+        END IF;
+        INSERT INTO job_counts AS c (state, shard, n) VALUES (state_1, own_shard, delta_1)
+            ON CONFLICT (state, shard) DO UPDATE SET n = c.n + EXCLUDED.n;
+        IF state_2 IS NOT NULL THEN
+            INSERT INTO job_counts AS c (state, shard, n) VALUES (state_2, own_shard, delta_2)
+                ON CONFLICT (state, shard) DO UPDATE SET n = c.n + EXCLUDED.n;
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE FUNCTION job_counts_clear() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM job_counts;
+        RETURN NULL;
+    END
+    $$;
+    LOCK TABLE jobs IN SHARE MODE;
+    INSERT INTO job_counts (state, shard, n) SELECT state, 0, COUNT(*) FROM jobs GROUP BY state;
+    CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs
+        FOR EACH ROW EXECUTE FUNCTION job_counts_keep();
+    CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs
+        FOR EACH ROW EXECUTE FUNCTION job_counts_keep();
+    CREATE TRIGGER job_counts_update AFTER UPDATE OF state ON jobs
+        FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
+        EXECUTE FUNCTION job_counts_keep();
+    CREATE TRIGGER job_counts_truncate AFTER TRUNCATE ON jobs
+        FOR EACH STATEMENT EXECUTE FUNCTION job_counts_clear();
+    "#,
 ];
 
 /// The schema version this build writes.

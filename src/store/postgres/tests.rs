@@ -521,3 +521,310 @@ async fn jobs_ingested_while_an_earlier_job_of_their_order_dies_are_all_held() {
     a.close().await;
     b.close().await;
 }
+
+/// Jobs per state counted from the rows themselves, by a connection of its own.
+async fn counted(url: &str) -> BTreeMap<String, u64> {
+    let client = own_connection(url).await;
+    client
+        .query("SELECT state, COUNT(*) FROM jobs GROUP BY state", &[])
+        .await
+        .expect("count")
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+        .collect()
+}
+
+async fn own_connection(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// Issue 13: `/metrics` and `/healthz` read the counts; at a million jobs a count of the
+/// rows takes seconds, so the statement must not read `jobs` at all.
+#[tokio::test]
+async fn job_counts_are_read_from_the_counts_table_never_from_jobs() {
+    let Some(url) = crate::store::testing::fresh_database().await else {
+        return;
+    };
+    let store = PgStore::connect(&url).await.expect("connect");
+    let client = own_connection(&url).await;
+    let plan: Vec<String> = client
+        .query(&format!("EXPLAIN {}", jobs::JOB_COUNTS_SQL), &[])
+        .await
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join(" | ");
+    assert!(plan.contains("on job_counts"), "{plan}");
+    assert!(!plan.contains("on jobs"), "{plan}");
+    // And what the store reports is what that table holds.
+    store
+        .ingest(crate::store::tests::ipn("k1", "A", true))
+        .await
+        .expect("ingest");
+    client
+        .execute(
+            "UPDATE job_counts SET n = n + 99 WHERE state = 'pending'",
+            &[],
+        )
+        .await
+        .expect("tamper");
+    assert_eq!(
+        store.job_counts().await.expect("counts"),
+        BTreeMap::from([("pending".to_owned(), 100)])
+    );
+    store.close().await;
+}
+
+/// The triggers write the row of the writing connection's shard (`pg_backend_pid() % 16`),
+/// whoever writes (here psql-like direct statements); a rolled-back change leaves the counts
+/// as they were, and an UPDATE that leaves `state` as it is does not touch them.
+#[tokio::test]
+async fn each_connection_counts_in_its_own_shard_and_only_changes_of_state_count() {
+    let Some(url) = crate::store::testing::fresh_database().await else {
+        return;
+    };
+    let store = PgStore::connect(&url).await.expect("connect");
+    for i in 0..3 {
+        store
+            .ingest(crate::store::tests::ipn(
+                &format!("k{i}"),
+                &format!("O{i}"),
+                true,
+            ))
+            .await
+            .expect("ingest");
+    }
+    let mut client = own_connection(&url).await;
+    let shard: i32 = client
+        .query_one("SELECT pg_backend_pid() % 16", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let shard = shard as i16;
+    let row_of = |state: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_opt(
+                    "SELECT n FROM job_counts WHERE state = $1 AND shard = $2",
+                    &[&state, &shard],
+                )
+                .await
+                .expect("row")
+                .map(|r| r.get::<_, i64>(0))
+        }
+    };
+    let before_held = row_of("held").await;
+    client
+        .execute("UPDATE jobs SET state = 'held' WHERE id = 1", &[])
+        .await
+        .expect("direct update");
+    assert_eq!(row_of("held").await, Some(before_held.unwrap_or(0) + 1));
+    assert_eq!(
+        store.job_counts().await.expect("counts"),
+        counted(&url).await
+    );
+
+    // Only a change of state touches the counts: no row of `job_counts` is rewritten.
+    let before = count_rows(&client).await;
+    client
+        .batch_execute(
+            "UPDATE jobs SET updated_at = updated_at + 1;
+             UPDATE jobs SET state = state WHERE id = 2;",
+        )
+        .await
+        .expect("updates without a change of state");
+    assert_eq!(count_rows(&client).await, before);
+
+    // A rolled-back change of state leaves the counts alone.
+    let tx = client.transaction().await.expect("begin");
+    tx.execute("UPDATE jobs SET state = 'dead' WHERE id = 2", &[])
+        .await
+        .expect("update");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(count_rows(&client).await, before);
+
+    // A job deleted directly (its route first) is counted out.
+    client
+        .batch_execute(
+            "DELETE FROM routes WHERE job_id = 3;
+             DELETE FROM jobs WHERE id = 3;",
+        )
+        .await
+        .expect("delete");
+    assert_eq!(
+        store.job_counts().await.expect("counts"),
+        counted(&url).await
+    );
+    assert_eq!(
+        store.job_counts().await.expect("counts"),
+        BTreeMap::from([("held".to_owned(), 1), ("pending".to_owned(), 1)])
+    );
+    store.close().await;
+}
+
+/// Every row of `job_counts` with the transaction that last wrote it.
+async fn count_rows(client: &tokio_postgres::Client) -> Vec<(String, i16, i64, String)> {
+    client
+        .query(
+            "SELECT state, shard, n, xmin::text FROM job_counts ORDER BY state, shard",
+            &[],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+/// A database of schema version 2 that already has jobs (an older build ran on it) gets its
+/// counts from the jobs when migration 3 is applied at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_migrated_from_version_2_with_jobs_gets_correct_counts() {
+    use crate::store::tests::ipn;
+    let Some(url) = crate::store::testing::fresh_database().await else {
+        return;
+    };
+    let store = PgStore::connect(&url).await.expect("connect");
+    for i in 0..5 {
+        store
+            .ingest(ipn(&format!("k{i}"), &format!("O{i}"), true))
+            .await
+            .expect("ingest");
+    }
+    let leased = store.lease_due("crm", 1_000, 2).await.expect("lease");
+    let (report, disposition) = delivered();
+    store
+        .finish_attempt(
+            leased[0].id,
+            leased[0].attempt_id,
+            report,
+            disposition,
+            None,
+            1_100,
+        )
+        .await
+        .expect("finish");
+    store.close().await;
+    // Back to version 2, as the previous build left it; the jobs stay.
+    own_connection(&url)
+        .await
+        .batch_execute(
+            "DROP TRIGGER job_counts_insert ON jobs; DROP TRIGGER job_counts_delete ON jobs;
+             DROP TRIGGER job_counts_update ON jobs; DROP TRIGGER job_counts_truncate ON jobs;
+             DROP FUNCTION job_counts_keep(); DROP FUNCTION job_counts_clear();
+             DROP TABLE job_counts;
+             UPDATE ipn_bridge_schema SET version = 2;",
+        )
+        .await
+        .expect("downgrade");
+
+    let store = PgStore::connect(&url).await.expect("migrates");
+    let expected = BTreeMap::from([
+        ("delivered".to_owned(), 1),
+        ("in_flight".to_owned(), 1),
+        ("pending".to_owned(), 3),
+    ]);
+    assert_eq!(counted(&url).await, expected);
+    assert_eq!(store.job_counts().await.expect("counts"), expected);
+    // And kept from there on.
+    store.lease_due("crm", 2_000, 10).await.expect("lease");
+    assert_eq!(
+        store.job_counts().await.expect("counts"),
+        counted(&url).await
+    );
+    store.close().await;
+}
+
+/// Two instances (two pools, so connections of many shards) ingest, lease and finish at the
+/// same time on one database: the counts, summed over the shards, equal a count of the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_working_at_once_keep_counts_equal_to_a_count_of_the_rows() {
+    use crate::domain::Outcome;
+    use crate::store::Disposition;
+    use crate::store::tests::ipn;
+    let Some(url) = crate::store::testing::fresh_database().await else {
+        return;
+    };
+    let a = PgStore::connect(&url).await.expect("first instance");
+    let b = PgStore::connect(&url).await.expect("second instance");
+    let work = |store: PgStore, name: &'static str| async move {
+        let mut ingests = Vec::new();
+        for i in 0..150 {
+            let store = store.clone();
+            ingests.push(tokio::spawn(async move {
+                store
+                    .ingest(ipn(&format!("{name}{i}"), &format!("{name}{i}"), true))
+                    .await
+            }));
+        }
+        for t in ingests {
+            t.await.expect("task").expect("ingest");
+        }
+        loop {
+            let batch = store.lease_due("crm", 1_000, 8).await.expect("lease");
+            if batch.is_empty() {
+                return;
+            }
+            let mut finishes = Vec::new();
+            for job in batch {
+                let (report_of, disposition) = match job.id.0 % 3 {
+                    0 => delivered(),
+                    1 => (
+                        report(Outcome::Retryable {
+                            reason: "busy".into(),
+                            retry_after: None,
+                        }),
+                        Disposition::Retry {
+                            at: 1_000_000,
+                            reconcile: false,
+                        },
+                    ),
+                    _ => (
+                        report(Outcome::Permanent {
+                            reason: "no".into(),
+                        }),
+                        Disposition::Dead,
+                    ),
+                };
+                let store = store.clone();
+                finishes.push(tokio::spawn(async move {
+                    store
+                        .finish_attempt(job.id, job.attempt_id, report_of, disposition, None, 1_100)
+                        .await
+                }));
+            }
+            for t in finishes {
+                t.await.expect("task").expect("finish");
+            }
+        }
+    };
+    let (done_a, done_b) = tokio::join!(
+        tokio::spawn(work(a.clone(), "a")),
+        tokio::spawn(work(b.clone(), "b"))
+    );
+    done_a.expect("a");
+    done_b.expect("b");
+    let rows = counted(&url).await;
+    assert_eq!(rows.values().sum::<u64>(), 300);
+    assert_eq!(rows.get("in_flight"), None);
+    let shards: i64 = own_connection(&url)
+        .await
+        .query_one("SELECT COUNT(DISTINCT shard) FROM job_counts", &[])
+        .await
+        .expect("shards")
+        .get(0);
+    assert!(
+        shards > 1,
+        "the connections of two pools wrote {shards} shard(s)"
+    );
+    assert_eq!(a.job_counts().await.expect("counts"), rows);
+    assert_eq!(b.job_counts().await.expect("counts"), rows);
+    a.close().await;
+    b.close().await;
+}

@@ -161,6 +161,7 @@ on_both_backends!(
     a_stored_ipn_is_read_back_with_its_raw_body,
     a_failing_operation_is_counted_and_a_refusal_is_not,
     the_health_probe_commits,
+    job_counts_equal_the_jobs_per_state_through_every_change,
 );
 
 pub(crate) fn order(reference: &str) -> Order {
@@ -1492,4 +1493,150 @@ async fn batched_results_fail_alone_and_a_lease_given_back_is_as_before(db: Test
         [1, 1],
         "leased again as their first attempt"
     );
+}
+
+/// Jobs per state counted from the rows themselves (a listing of every job).
+async fn jobs_per_state(store: &Store) -> BTreeMap<String, u64> {
+    let mut counted = BTreeMap::new();
+    for job in store.list_jobs(JobFilter::default()).await.expect("jobs") {
+        *counted.entry(job.state).or_insert(0) += 1;
+    }
+    counted
+}
+
+async fn assert_counts_match(store: &Store, after: &str) {
+    assert_eq!(
+        store.job_counts().await.expect("counts"),
+        jobs_per_state(store).await,
+        "job counts after {after}"
+    );
+}
+
+/// Issue 13: the counts behind `/metrics` and `/healthz` are kept as jobs change (triggers on
+/// both backends); they must stay equal to a count of the rows through every change the
+/// store makes, and leave out a state whose jobs have all left it, as a count of the rows
+/// does.
+async fn job_counts_equal_the_jobs_per_state_through_every_change(db: TestDb) {
+    use crate::store::review::{Operator, RetrySelection};
+    let store = db.open().await;
+    let mut ipns = Vec::new();
+    for (key, order) in [
+        ("k1", "A"),
+        ("k2", "A"),
+        ("k3", "B"),
+        ("k4", "C"),
+        ("k5", "D"),
+    ] {
+        let Ingested::Stored { ipn_id, .. } =
+            store.ingest(ipn(key, order, true)).await.expect("ingest")
+        else {
+            panic!("stored");
+        };
+        ipns.push(ipn_id);
+    }
+    store.ingest(ipn("k6", "E", false)).await.expect("no job");
+    assert_counts_match(&store, "ingests").await;
+    assert_eq!(
+        store.job_counts().await.expect("counts"),
+        BTreeMap::from([("pending".to_owned(), 5)])
+    );
+
+    let leased = store.lease_due("crm", 1_000, 10).await.expect("lease");
+    let of = |ipn_id: EventId| {
+        leased
+            .iter()
+            .find(|j| j.ipn_id == ipn_id)
+            .expect("leased")
+            .clone()
+    };
+    let (a, b, c, d) = (of(ipns[0]), of(ipns[2]), of(ipns[3]), of(ipns[4]));
+    assert_eq!(leased.len(), 4, "one job of each order");
+    assert_counts_match(&store, "a lease").await;
+
+    // Dead (the job behind it in its order is held), delivered, retry, a lease given back.
+    finish(&store, &a, permanent(), Disposition::Dead, 1_100).await;
+    for result in store
+        .finish_attempts(vec![delivered(&b, 1_100)])
+        .await
+        .expect("batch")
+    {
+        result.expect("delivered");
+    }
+    finish(
+        &store,
+        &c,
+        Outcome::Retryable {
+            reason: "busy".into(),
+            retry_after: None,
+        },
+        Disposition::Retry {
+            at: 5_000,
+            reconcile: false,
+        },
+        1_100,
+    )
+    .await;
+    store
+        .release_leases(vec![(d.id, d.attempt_id)], 1_100)
+        .await
+        .expect("release");
+    assert_counts_match(&store, "finishes").await;
+    assert_eq!(
+        store.job_counts().await.expect("counts"),
+        BTreeMap::from([
+            ("dead".to_owned(), 1),
+            ("delivered".to_owned(), 1),
+            ("held".to_owned(), 1),
+            ("pending".to_owned(), 2),
+        ]),
+        "in_flight, now without a job, is left out"
+    );
+
+    // A replay of the dead job's IPN: it is pending again, the held one released.
+    store
+        .add_routes(
+            ipns[0],
+            vec![import_route("main", "DS24-k1")],
+            "ops".into(),
+            2_000,
+        )
+        .await
+        .expect("replay");
+    assert_counts_match(&store, "a replay").await;
+
+    // `queue drop`, then a job dies again and `queue retry` takes every dead job.
+    let operator = Operator {
+        user: "alice".into(),
+        reason: "counts".into(),
+    };
+    store
+        .drop_jobs(vec![d.id], operator.clone(), 2_100)
+        .await
+        .expect("drop");
+    assert_counts_match(&store, "queue drop").await;
+    let again = store.lease_due("crm", 6_000, 10).await.expect("lease");
+    assert!(!again.is_empty());
+    finish(&store, &again[0], permanent(), Disposition::Dead, 6_100).await;
+    assert_counts_match(&store, "a second death").await;
+    store
+        .retry_jobs(RetrySelection::Dead { integration: None }, operator, 6_200)
+        .await
+        .expect("retry");
+    assert_counts_match(&store, "queue retry").await;
+
+    // A stop with jobs in flight, and the recovery at the next start.
+    store.lease_due("crm", 7_000, 10).await.expect("lease");
+    store.close().await;
+    let store = db.open().await;
+    store
+        .recover_interrupted(8_000, 8_000)
+        .await
+        .expect("recover");
+    assert_counts_match(&store, "a restart's recovery").await;
+    let counts = store.job_counts().await.expect("counts");
+    assert!(
+        !counts.contains_key("dead") && !counts.contains_key("in_flight"),
+        "states without a job are left out: {counts:?}"
+    );
+    assert_eq!(counts.values().sum::<u64>(), 5);
 }
