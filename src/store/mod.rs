@@ -289,6 +289,86 @@ pub enum Rerouted {
     Skipped,
 }
 
+/// What a replay does with one route (see `add_routes` of either backend), decided alike by
+/// both backends from the route and the job the IPN already has for that integration
+/// (`(id, state)`); the backend carries it out, then [`replayed_route`] says what to record.
+pub(crate) enum ReplayStep<'a> {
+    /// Give the dead or dropped job today's action and make it pending again, keeping its id.
+    Reroute { job: JobId, with: &'a NewJob },
+    /// Create a job: the IPN has none for this integration.
+    Create(&'a NewJob),
+    /// Only record the route: a skip, or a job that is kept as it is.
+    Record,
+}
+
+impl<'a> ReplayStep<'a> {
+    pub(crate) fn of(decision: &'a RouteDecision, existing: Option<&(i64, String)>) -> Self {
+        match (decision, existing) {
+            (RouteDecision::Job { job, .. }, Some((id, state))) if reroutable(state) => {
+                ReplayStep::Reroute {
+                    job: JobId(*id),
+                    with: job,
+                }
+            }
+            (RouteDecision::Job { .. }, Some(_)) | (RouteDecision::Skip { .. }, _) => {
+                ReplayStep::Record
+            }
+            (RouteDecision::Job { job, .. }, None) => ReplayStep::Create(job),
+        }
+    }
+}
+
+/// Whether a replay gives a job in `state` today's action (a dead or dropped one).
+fn reroutable(state: &str) -> bool {
+    state == "dead" || state == "dropped"
+}
+
+/// The `routes` row of a replayed route, `(decision, reason, job id)`, and what the replay
+/// reports for it, once its [`ReplayStep`] is done (`created`: the job that step created).
+pub(crate) fn replayed_route(
+    decision: &RouteDecision,
+    existing: Option<(i64, String)>,
+    created: Option<JobId>,
+) -> Result<(&'static str, String, Option<i64>, Rerouted), StoreError> {
+    Ok(match (decision, existing) {
+        (RouteDecision::Job { reason, .. }, Some((id, state))) if reroutable(&state) => (
+            "job",
+            format!("replay: re-routed {state} job {id}; {reason}"),
+            Some(id),
+            Rerouted::Rerouted {
+                job: JobId(id),
+                was: state,
+            },
+        ),
+        (RouteDecision::Job { reason, .. }, Some((id, state))) => (
+            "job",
+            format!("replay: kept existing job {id} ({state}); {reason}"),
+            Some(id),
+            Rerouted::Existing {
+                job: JobId(id),
+                state,
+            },
+        ),
+        (RouteDecision::Job { reason, .. }, None) => {
+            let id = created.ok_or_else(|| {
+                StoreError::Internal("a replayed route's job was not created".into())
+            })?;
+            (
+                "job",
+                format!("replay: {reason}"),
+                Some(id.0),
+                Rerouted::Created(id),
+            )
+        }
+        (RouteDecision::Skip { reason }, _) => (
+            "skipped",
+            format!("replay: {reason}"),
+            None,
+            Rerouted::Skipped,
+        ),
+    })
+}
+
 /// Filter for [`Store::list_jobs`].
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {

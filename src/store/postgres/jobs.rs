@@ -35,8 +35,8 @@ use crate::domain::{
 use crate::store::alerts::NewAlert;
 use crate::store::{
     AttemptKind, AttemptRow, Disposition, Ingested, IpnRow, JOB_COLUMNS, JobFilter, JobRow,
-    LEDGER_COLUMNS, LeasedJob, LedgerRow, NewIpn, NewJob, NewRoute, PaymentRoute, Rerouted,
-    RouteDecision, StoreError, StoredIpn, reconciled_kind_names,
+    LEDGER_COLUMNS, LeasedJob, LedgerRow, NewIpn, NewJob, NewRoute, PaymentRoute, ReplayStep,
+    Rerouted, RouteDecision, StoreError, StoredIpn, reconciled_kind_names, replayed_route,
 };
 
 impl PgStore {
@@ -1237,46 +1237,18 @@ async fn add_routes(
             Some(r) => Some((col(&r, 0)?, col(&r, 1)?)),
             None => None,
         };
-        let (decision, reason, job_id, result) = match (&route.decision, existing) {
-            (RouteDecision::Job { job, reason }, Some((id, state)))
-                if state == "dead" || state == "dropped" =>
-            {
-                reroute_job(tx, JobId(id), job, now).await?;
-                (
-                    "job",
-                    format!("replay: re-routed {state} job {id}; {reason}"),
-                    Some(id),
-                    Rerouted::Rerouted {
-                        job: JobId(id),
-                        was: state,
-                    },
-                )
+        let created = match ReplayStep::of(&route.decision, existing.as_ref()) {
+            ReplayStep::Reroute { job, with } => {
+                reroute_job(tx, job, with, now).await?;
+                None
             }
-            (RouteDecision::Job { reason, .. }, Some((id, state))) => (
-                "job",
-                format!("replay: kept existing job {id} ({state}); {reason}"),
-                Some(id),
-                Rerouted::Existing {
-                    job: JobId(id),
-                    state,
-                },
-            ),
-            (RouteDecision::Job { job, reason }, None) => {
-                let id = insert_job(tx, ipn.0, &route.integration, job, now).await?;
-                (
-                    "job",
-                    format!("replay: {reason}"),
-                    Some(id.0),
-                    Rerouted::Created(id),
-                )
+            ReplayStep::Create(job) => {
+                Some(insert_job(tx, ipn.0, &route.integration, job, now).await?)
             }
-            (RouteDecision::Skip { reason }, _) => (
-                "skipped",
-                format!("replay: {reason}"),
-                None,
-                Rerouted::Skipped,
-            ),
+            ReplayStep::Record => None,
         };
+        let (decision, reason, job_id, result) =
+            replayed_route(&route.decision, existing, created)?;
         insert_route(
             tx,
             ipn.0,

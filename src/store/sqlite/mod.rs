@@ -934,46 +934,18 @@ impl SqliteStore {
                     )?
                     .query_row(params![ipn.0, route.integration], |r| <_>::try_from(r))
                     .optional()?;
-                let (decision, reason, job_id, result) = match (&route.decision, existing) {
-                    (RouteDecision::Job { job, reason }, Some((id, state)))
-                        if state == "dead" || state == "dropped" =>
-                    {
-                        reroute_job(c, JobId(id), job, now)?;
-                        (
-                            "job",
-                            format!("replay: re-routed {state} job {id}; {reason}"),
-                            Some(id),
-                            Rerouted::Rerouted {
-                                job: JobId(id),
-                                was: state,
-                            },
-                        )
+                let created = match super::ReplayStep::of(&route.decision, existing.as_ref()) {
+                    super::ReplayStep::Reroute { job, with } => {
+                        reroute_job(c, job, with, now)?;
+                        None
                     }
-                    (RouteDecision::Job { reason, .. }, Some((id, state))) => (
-                        "job",
-                        format!("replay: kept existing job {id} ({state}); {reason}"),
-                        Some(id),
-                        Rerouted::Existing {
-                            job: JobId(id),
-                            state,
-                        },
-                    ),
-                    (RouteDecision::Job { job, reason }, None) => {
-                        let id = insert_job(c, ipn.0, &route.integration, job, now)?;
-                        (
-                            "job",
-                            format!("replay: {reason}"),
-                            Some(id.0),
-                            Rerouted::Created(id),
-                        )
+                    super::ReplayStep::Create(job) => {
+                        Some(insert_job(c, ipn.0, &route.integration, job, now)?)
                     }
-                    (RouteDecision::Skip { reason }, _) => (
-                        "skipped",
-                        format!("replay: {reason}"),
-                        None,
-                        Rerouted::Skipped,
-                    ),
+                    super::ReplayStep::Record => None,
                 };
+                let (decision, reason, job_id, result) =
+                    super::replayed_route(&route.decision, existing, created)?;
                 c.prepare_cached(
                     "INSERT INTO routes (ipn_id, integration, decision, reason, job_id, decided_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
