@@ -147,8 +147,9 @@ const LEASE_CANDIDATES_SQL: &str =
  ORDER BY j.next_attempt_at, j.id
  LIMIT +?3";
 
-/// A delivered job's ledger row, from the job and its IPN (`?1` = the job, `?2`..`?5` the
-/// receipt, `?6` now), in one statement.
+/// The ledger rows of delivered jobs, from each job and its IPN, in one statement: `?1` is a
+/// JSON array of `[job id, order id, customer id, purchase ids, transaction ids, now]`, one
+/// entry per job (a [`DeliveredBatch`], or the one job of [`write_ledger`]).
 ///
 /// Issue 13, round 3: this was a `SELECT` of the job joined with its IPN, copied out to Rust
 /// and written back by an `INSERT`, and the `SELECT` was parsed and planned again for every
@@ -157,8 +158,9 @@ const LEASE_CANDIDATES_SQL: &str =
 /// when it changes to or from 0/1" (`sqlite3ExprIsInteger` with `bRSI`, its
 /// `whereLoopOutputAdjust` heuristic), and rusqlite clears the bindings of every statement
 /// it puts back in its cache (`sqlite3_clear_bindings`), which expires any statement with
-/// such a mark. The unary `+` on `?1` keeps the planner from looking at the value (the
-/// rowid lookup is unchanged); [`perf_tests`] pins that the statement is prepared once.
+/// such a mark. The rows now come from `jsonb_each` of one bound array, which the planner
+/// does not look into; [`perf_tests`] pins that the statement is prepared once. (The single
+/// job's form, `WHERE j.id = +?1`, is gone: one statement serves both.)
 ///
 /// The action's name is the `action` column (written with the payload by `insert_job` and
 /// `reroute_job`) and an import's reference is read by SQLite's JSON path from the stored
@@ -172,9 +174,11 @@ const WRITE_LEDGER_SQL: &str =
         COALESCE(i.order_item_id, i.product_id), i.transaction_id,
         COALESCE(CASE j.action WHEN 'import_order'
                      THEN json_extract(j.payload, '$.order.reference') END, ''),
-        ?2, ?3, ?4, ?5, ?6, j.action, i.parent_transaction_id
- FROM jobs j JOIN ipns i ON i.id = j.ipn_id
- WHERE j.id = +?1";
+        l.value ->> 1, l.value ->> 2, l.value ->> 3, l.value ->> 4, l.value ->> 5,
+        j.action, i.parent_transaction_id
+ FROM jsonb_each(?1) AS l
+ JOIN jobs j ON j.id = l.value ->> 0
+ JOIN ipns i ON i.id = j.ipn_id";
 
 /// The leased jobs become `in_flight` with their attempt counted: `?1` is the lease as a JSON
 /// array of `[job id, attempt number, attempt kind]`, `?2` now.
@@ -1437,7 +1441,7 @@ fn finish_attempt(
 
 /// A batch of results that are all deliveries without an alert, encoded for the statements
 /// that write them together: [`CLOSE_ATTEMPTS_SQL`], [`JOBS_DELIVERED_SQL`],
-/// [`WRITE_LEDGERS_SQL`], each over a JSON array with one entry per item.
+/// [`WRITE_LEDGER_SQL`], each over a JSON array with one entry per item.
 ///
 /// Issue 13, round 3: per delivered job the writer ran four statements (close the attempt,
 /// the job `delivered`, its ledger row, wake its dependents), and each write statement
@@ -1504,7 +1508,7 @@ impl DeliveredBatch {
             .prepare_cached(JOBS_DELIVERED_SQL)?
             .execute(params![self.jobs])?;
         let written = c
-            .prepare_cached(WRITE_LEDGERS_SQL)?
+            .prepare_cached(WRITE_LEDGER_SQL)?
             .execute(params![self.ledger])?;
         if (closed, moved, written) != (n, n, n) {
             return Ok(false);
@@ -1536,22 +1540,6 @@ const JOBS_DELIVERED_SQL: &str = "UPDATE jobs SET state = 'delivered', needs_rec
  FROM jsonb_each(?1) AS d
  WHERE jobs.id = d.value ->> 0";
 
-/// [`WRITE_LEDGER_SQL`] for every job of a [`DeliveredBatch`]: `?1` is a JSON array of
-/// `[job id, order id, customer id, purchase ids, transaction ids, now]`.
-const WRITE_LEDGERS_SQL: &str =
-    "INSERT OR REPLACE INTO ledger (job_id, integration, ds24_order_id, ds24_item,
-        ds24_transaction_id, reference, target_order_id, target_customer_id,
-        purchase_ids, transaction_ids, created_at, action, ds24_parent_transaction_id)
- SELECT j.id, j.integration, COALESCE(i.order_id, ''),
-        COALESCE(i.order_item_id, i.product_id), i.transaction_id,
-        COALESCE(CASE j.action WHEN 'import_order'
-                     THEN json_extract(j.payload, '$.order.reference') END, ''),
-        l.value ->> 1, l.value ->> 2, l.value ->> 3, l.value ->> 4, l.value ->> 5,
-        j.action, i.parent_transaction_id
- FROM jsonb_each(?1) AS l
- JOIN jobs j ON j.id = l.value ->> 0
- JOIN ipns i ON i.id = j.ipn_id";
-
 /// One item of [`SqliteStore::finish_attempts`]: the attempt's end and a dead letter's alert.
 fn finish_item(c: &Connection, item: &super::FinishedAttempt) -> Result<(), StoreError> {
     finish_attempt(
@@ -1569,14 +1557,17 @@ fn finish_item(c: &Connection, item: &super::FinishedAttempt) -> Result<(), Stor
 }
 
 fn write_ledger(c: &Connection, job: JobId, receipt: &Receipt, now: i64) -> Result<(), StoreError> {
-    let written = c.prepare_cached(WRITE_LEDGER_SQL)?.execute(params![
+    let entry = [(
         job.0,
-        receipt.order_id,
-        receipt.customer_id,
+        receipt.order_id.as_deref(),
+        receipt.customer_id.as_deref(),
         serde_json::to_string(&receipt.purchase_ids)?,
         serde_json::to_string(&receipt.transaction_ids)?,
         now,
-    ])?;
+    )];
+    let written = c
+        .prepare_cached(WRITE_LEDGER_SQL)?
+        .execute(params![serde_json::to_string(&entry)?])?;
     if written == 0 {
         // No such job (or IPN): what the separate SELECT this replaced reported.
         return Err(rusqlite::Error::QueryReturnedNoRows.into());
