@@ -364,6 +364,23 @@ impl FakeKonnektive {
         self.state().orders.clone()
     }
 
+    /// The reference (`custom1`) of every order created, in creation order; fails the test
+    /// if one was imported twice.
+    pub fn references_imported_once(&self) -> Vec<String> {
+        let found: Vec<String> = self
+            .orders()
+            .iter()
+            .map(|o| o.param("custom1").unwrap_or_default().to_owned())
+            .collect();
+        let unique: std::collections::BTreeSet<&String> = found.iter().collect();
+        assert_eq!(
+            unique.len(),
+            found.len(),
+            "an order was imported twice: {found:?}"
+        );
+        found
+    }
+
     /// Every transaction, in creation order.
     pub fn transactions(&self) -> Vec<FakeTransaction> {
         self.state().transactions.clone()
