@@ -27,7 +27,7 @@
 //!   IPN a duplicate), jobs, routes, the ledger and the audit trail are never deleted. A purged
 //!   raw body is an empty blob (a stored IPN never has an empty body otherwise).
 
-use super::{AttemptRow, JobRow, LedgerRow};
+use super::{AttemptRow, JobRow, LedgerRow, StoreError};
 use crate::domain::{JobId, JobState};
 
 /// Filter of [`Store::review_jobs`].
@@ -133,6 +133,95 @@ pub struct QueueChange {
     pub changed: Vec<i64>,
     /// Held jobs released to `pending` as a consequence, ascending.
     pub released: Vec<i64>,
+}
+
+impl QueueChange {
+    /// The answer of a `retry` or `drop` once every named job was looked at: `NotFound`
+    /// (listing the refusals too) when a job does not exist, `Invalid` when one was refused,
+    /// else the change with its released jobs ascending, once each and without the jobs named.
+    pub(crate) fn conclude(
+        mut self,
+        mut missing: Vec<String>,
+        refused: Vec<String>,
+    ) -> Result<QueueChange, StoreError> {
+        if !missing.is_empty() {
+            missing.extend(refused);
+            return Err(StoreError::NotFound(missing.join("\n")));
+        }
+        if !refused.is_empty() {
+            return Err(StoreError::Invalid(refused.join("\n")));
+        }
+        self.released.sort_unstable();
+        self.released.dedup();
+        let changed = &self.changed;
+        self.released.retain(|id| !changed.contains(id));
+        Ok(self)
+    }
+}
+
+/// An operator's change of named jobs; what may be changed is decided here for both
+/// backends, which only read and write the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueCommand {
+    Retry,
+    Drop,
+}
+
+impl QueueCommand {
+    /// The command's name (`queue retry`, `queue drop`; also the operator action recorded).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            QueueCommand::Retry => "retry",
+            QueueCommand::Drop => "drop",
+        }
+    }
+
+    pub(crate) fn past(self) -> &'static str {
+        match self {
+            QueueCommand::Retry => "retried",
+            QueueCommand::Drop => "dropped",
+        }
+    }
+
+    /// Why job `id` in `state` may not be changed at all, if it may not.
+    pub(crate) fn refusal(self, id: i64, state: JobState) -> Option<String> {
+        match state {
+            JobState::Delivered => Some(format!(
+                "job {id} was delivered (its ledger entry proves it); it is never sent twice and \
+                 cannot be {}",
+                self.past()
+            )),
+            JobState::Dropped => Some(format!("job {id} was dropped by an operator; it is final")),
+            JobState::InFlight => Some(format!(
+                "job {id} is being delivered right now; look again in a moment \
+                 (`ipn-bridge queue show {id}`)"
+            )),
+            JobState::Pending | JobState::Dead | JobState::Held => None,
+        }
+    }
+
+    /// Whether the job must first be checked for an earlier dead or held job of its order (a
+    /// retry of a dead or held job; see [`QueueCommand::waits_behind`]).
+    pub(crate) fn checks_earlier_jobs(self, state: JobState) -> bool {
+        self == QueueCommand::Retry && matches!(state, JobState::Dead | JobState::Held)
+    }
+
+    /// The refusal of job `id`, which waits behind job `earlier` (in `earlier_state`).
+    pub(crate) fn waits_behind(self, id: i64, earlier: i64, earlier_state: &str) -> String {
+        format!(
+            "job {id} waits behind job {earlier} ({earlier_state}) of the same Digistore24 \
+             order; {} job {earlier} first (that releases {id}) or drop it",
+            self.name()
+        )
+    }
+
+    /// The reason recorded for a held job released because job `by` was changed.
+    pub(crate) fn release_reason(self, by: i64) -> String {
+        format!(
+            "released: job {by} of the same Digistore24 order was {}",
+            self.past()
+        )
+    }
 }
 
 /// What one purge batch removed.

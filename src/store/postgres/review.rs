@@ -197,7 +197,7 @@ impl PgStore {
                     .map(|r| col::<i64>(r, 0))
                     .collect::<Result<BTreeSet<_>, _>>()?,
             };
-            let change = change_jobs(&tx, &ids, Command::Retry, &operator, now).await?;
+            let change = change_jobs(&tx, &ids, QueueCommand::Retry, &operator, now).await?;
             tx.commit().await.map_err(pg_error)?;
             Ok(change)
         }
@@ -217,7 +217,7 @@ impl PgStore {
             let ids: BTreeSet<i64> = ids.into_iter().map(|i| i.0).collect();
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(pg_error)?;
-            let change = change_jobs(&tx, &ids, Command::Drop, &operator, now).await?;
+            let change = change_jobs(&tx, &ids, QueueCommand::Drop, &operator, now).await?;
             tx.commit().await.map_err(pg_error)?;
             Ok(change)
         }
@@ -349,32 +349,10 @@ async fn snapshot(client: &mut deadpool_postgres::Object) -> Result<Transaction<
         .map_err(pg_error)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Command {
-    Retry,
-    Drop,
-}
-
-impl Command {
-    fn name(self) -> &'static str {
-        match self {
-            Command::Retry => "retry",
-            Command::Drop => "drop",
-        }
-    }
-
-    fn past(self) -> &'static str {
-        match self {
-            Command::Retry => "retried",
-            Command::Drop => "dropped",
-        }
-    }
-}
-
 async fn change_jobs(
     tx: &Transaction<'_>,
     ids: &BTreeSet<i64>,
-    command: Command,
+    command: QueueCommand,
     operator: &Operator,
     now: i64,
 ) -> Result<QueueChange, StoreError> {
@@ -418,12 +396,14 @@ async fn change_jobs(
             continue;
         }
         let update = match command {
-            Command::Retry => {
+            QueueCommand::Retry => {
                 "UPDATE jobs SET state = 'pending', next_attempt_at = $2, updated_at = $2,
                         retry_base = $2
                  WHERE id = $1"
             }
-            Command::Drop => "UPDATE jobs SET state = 'dropped', updated_at = $2 WHERE id = $1",
+            QueueCommand::Drop => {
+                "UPDATE jobs SET state = 'dropped', updated_at = $2 WHERE id = $1"
+            }
         };
         tx.execute(
             &tx.prepare_cached(update).await.map_err(pg_error)?,
@@ -447,46 +427,22 @@ async fn change_jobs(
         let released = release_held(tx, integration, order_key, id, command, operator, now).await?;
         change.released.extend(released);
     }
-    if !missing.is_empty() {
-        missing.extend(refused);
-        return Err(StoreError::NotFound(missing.join("\n")));
-    }
-    if !refused.is_empty() {
-        return Err(StoreError::Invalid(refused.join("\n")));
-    }
-    change.released.sort_unstable();
-    change.released.dedup();
-    let changed = &change.changed;
-    change.released.retain(|id| !changed.contains(id));
-    Ok(change)
+    change.conclude(missing, refused)
 }
 
 /// Whether `command` may change job `id`; `Ok(Err(why))` when it is refused.
 async fn allowed(
     tx: &Transaction<'_>,
-    command: Command,
+    command: QueueCommand,
     id: i64,
     state: JobState,
     integration: &str,
     order_key: &str,
 ) -> Result<Result<(), String>, StoreError> {
-    let why = match state {
-        JobState::Delivered => Some(format!(
-            "job {id} was delivered (its ledger entry proves it); it is never sent twice and \
-             cannot be {}",
-            command.past()
-        )),
-        JobState::Dropped => Some(format!("job {id} was dropped by an operator; it is final")),
-        JobState::InFlight => Some(format!(
-            "job {id} is being delivered right now; look again in a moment \
-             (`ipn-bridge queue show {id}`)"
-        )),
-        JobState::Pending | JobState::Dead | JobState::Held => None,
-    };
-    if let Some(why) = why {
+    if let Some(why) = command.refusal(id, state) {
         return Ok(Err(why));
     }
-    if command == Command::Retry && matches!(state, JobState::Dead | JobState::Held) {
+    if command.checks_earlier_jobs(state) {
         let blocker = tx
             .query_opt(
                 &tx.prepare_cached(
@@ -507,11 +463,7 @@ async fn allowed(
         if let Some(row) = blocker {
             let earlier: i64 = col(&row, 0)?;
             let earlier_state: String = col(&row, 1)?;
-            let verb = command.name();
-            return Ok(Err(format!(
-                "job {id} waits behind job {earlier} ({earlier_state}) of the same Digistore24 \
-                 order; {verb} job {earlier} first (that releases {id}) or drop it"
-            )));
+            return Ok(Err(command.waits_behind(id, earlier, &earlier_state)));
         }
     }
     Ok(Ok(()))
@@ -523,7 +475,7 @@ async fn release_held(
     integration: &str,
     order_key: &str,
     by: i64,
-    command: Command,
+    command: QueueCommand,
     operator: &Operator,
     now: i64,
 ) -> Result<Vec<i64>, StoreError> {
@@ -559,10 +511,7 @@ async fn release_held(
                 )
                 .await
                 .map_err(pg_error)?;
-                let reason = format!(
-                    "released: job {by} of the same Digistore24 order was {}",
-                    command.past()
-                );
+                let reason = command.release_reason(by);
                 record(
                     tx,
                     now,

@@ -121,7 +121,7 @@ impl SqliteStore {
                     rows.collect::<Result<BTreeSet<_>, _>>()?
                 }
             };
-            change_jobs(c, &ids, Command::Retry, &operator, now)
+            change_jobs(c, &ids, QueueCommand::Retry, &operator, now)
         })
         .await
     }
@@ -136,7 +136,7 @@ impl SqliteStore {
     ) -> Result<QueueChange, StoreError> {
         self.call(move |c| {
             let ids: BTreeSet<i64> = ids.into_iter().map(|i| i.0).collect();
-            change_jobs(c, &ids, Command::Drop, &operator, now)
+            change_jobs(c, &ids, QueueCommand::Drop, &operator, now)
         })
         .await
     }
@@ -235,28 +235,13 @@ const PURGEABLE_BODY_SQL: &str = "received_at < ?1 AND length(raw_body) > 0
      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.ipn_id = ipns.id
                      AND (j.state NOT IN ('delivered', 'dropped') OR j.updated_at >= ?1))";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Command {
-    Retry,
-    Drop,
-}
-
-impl Command {
-    fn name(self) -> &'static str {
-        match self {
-            Command::Retry => "retry",
-            Command::Drop => "drop",
-        }
-    }
-}
-
 /// `(state, integration, order_key, ipn_id)` of a job.
 type JobKey = (String, String, String, i64);
 
 fn change_jobs(
     c: &Connection,
     ids: &BTreeSet<i64>,
-    command: Command,
+    command: QueueCommand,
     operator: &Operator,
     now: i64,
 ) -> Result<QueueChange, StoreError> {
@@ -279,14 +264,14 @@ fn change_jobs(
             continue;
         }
         match command {
-            Command::Retry => c
+            QueueCommand::Retry => c
                 .prepare_cached(
                     "UPDATE jobs SET state = 'pending', next_attempt_at = ?2, updated_at = ?2,
                             retry_base = ?2
                      WHERE id = ?1",
                 )?
                 .execute(params![id, now])?,
-            Command::Drop => c
+            QueueCommand::Drop => c
                 .prepare_cached("UPDATE jobs SET state = 'dropped', updated_at = ?2 WHERE id = ?1")?
                 .execute(params![id, now])?,
         };
@@ -305,51 +290,22 @@ fn change_jobs(
         let released = release_held(c, &integration, &order_key, id, command, operator, now)?;
         change.released.extend(released);
     }
-    if !missing.is_empty() {
-        missing.extend(refused);
-        return Err(StoreError::NotFound(missing.join("\n")));
-    }
-    if !refused.is_empty() {
-        return Err(StoreError::Invalid(refused.join("\n")));
-    }
-    change.released.sort_unstable();
-    change.released.dedup();
-    let changed = &change.changed;
-    change.released.retain(|id| !changed.contains(id));
-    Ok(change)
+    change.conclude(missing, refused)
 }
 
 /// Whether `command` may change job `id`; `Ok(Err(why))` when it is refused.
 fn allowed(
     c: &Connection,
-    command: Command,
+    command: QueueCommand,
     id: i64,
     state: JobState,
     integration: &str,
     order_key: &str,
 ) -> Result<Result<(), String>, StoreError> {
-    let verb = command.name();
-    let why = match state {
-        JobState::Delivered => Some(format!(
-            "job {id} was delivered (its ledger entry proves it); it is never sent twice and \
-             cannot be {}",
-            if command == Command::Retry {
-                "retried"
-            } else {
-                "dropped"
-            }
-        )),
-        JobState::Dropped => Some(format!("job {id} was dropped by an operator; it is final")),
-        JobState::InFlight => Some(format!(
-            "job {id} is being delivered right now; look again in a moment \
-             (`ipn-bridge queue show {id}`)"
-        )),
-        JobState::Pending | JobState::Dead | JobState::Held => None,
-    };
-    if let Some(why) = why {
+    if let Some(why) = command.refusal(id, state) {
         return Ok(Err(why));
     }
-    if command == Command::Retry && matches!(state, JobState::Dead | JobState::Held) {
+    if command.checks_earlier_jobs(state) {
         let blocker: Option<(i64, String)> = c
             .prepare_cached(
                 "SELECT id, state FROM jobs
@@ -363,10 +319,7 @@ fn allowed(
             .query_row(params![integration, order_key, id], |r| <_>::try_from(r))
             .optional()?;
         if let Some((earlier, earlier_state)) = blocker {
-            return Ok(Err(format!(
-                "job {id} waits behind job {earlier} ({earlier_state}) of the same Digistore24 \
-                 order; {verb} job {earlier} first (that releases {id}) or drop it"
-            )));
+            return Ok(Err(command.waits_behind(id, earlier, &earlier_state)));
         }
     }
     Ok(Ok(()))
@@ -378,7 +331,7 @@ fn release_held(
     integration: &str,
     order_key: &str,
     by: i64,
-    command: Command,
+    command: QueueCommand,
     operator: &Operator,
     now: i64,
 ) -> Result<Vec<i64>, StoreError> {
@@ -401,14 +354,7 @@ fn release_held(
                      WHERE id = ?1",
                 )?
                 .execute(params![id, now])?;
-                let reason = format!(
-                    "released: job {by} of the same Digistore24 order was {}",
-                    if command == Command::Retry {
-                        "retried"
-                    } else {
-                        "dropped"
-                    }
-                );
+                let reason = command.release_reason(by);
                 record(
                     c,
                     now,
