@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ipn_bridge::domain::JobId;
 use ipn_bridge::store::{JobRow, Store};
-use support::fake_konnektive::{FakeConfig, FakeKonnektive, FakeOrder, FakeTransaction};
+use support::fake_konnektive::{FakeKonnektive, FakeOrder, FakeTransaction};
 use support::*;
 
 struct World {
@@ -35,13 +35,7 @@ async fn world() -> World {
 /// Like [`world`], with `setup`'s delivery knobs and `extra` lines in `[integration.main]`.
 async fn world_with(setup: &Setup, extra: &str) -> World {
     let work = Workdir::new();
-    let fake = FakeKonnektive::start(FakeConfig {
-        password: KONNEKTIVE_PASSWORD.into(),
-        campaigns: [(12, vec![31, 32, 33])].into(),
-        currencies: [(12, Some("USD".into()))].into(),
-        ..FakeConfig::default()
-    })
-    .await;
+    let fake = FakeKonnektive::start(fixture_konnektive()).await;
     let mut setup = setup.clone();
     setup.konnektive_url = fake.base_url.clone();
     let text = setup

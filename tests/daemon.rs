@@ -31,14 +31,7 @@ async fn wait_orders(fake: &FakeKonnektive, at_least: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_sigkill_at_any_moment_loses_nothing_and_imports_nothing_twice() {
     let work = Workdir::new();
-    let fake = FakeKonnektive::start(FakeConfig {
-        password: KONNEKTIVE_PASSWORD.into(),
-        campaigns: [(12, vec![31, 32, 33])].into(),
-        // The fixture orders are in USD; the fake books EUR unless told otherwise.
-        currencies: [(12, Some("USD".into()))].into(),
-        ..FakeConfig::default()
-    })
-    .await;
+    let fake = FakeKonnektive::start(fixture_konnektive()).await;
     fake.set_chaos(
         7,
         vec![

@@ -8,18 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::fake_konnektive::{Behaviour, FakeConfig, FakeKonnektive};
+use support::fake_konnektive::{Behaviour, FakeKonnektive};
 use support::*;
 
 async fn fake() -> FakeKonnektive {
-    FakeKonnektive::start(FakeConfig {
-        password: KONNEKTIVE_PASSWORD.into(),
-        campaigns: [(12, vec![31, 32, 33])].into(),
-        // The fixture orders are in USD; the fake books EUR unless told otherwise.
-        currencies: [(12, Some("USD".into()))].into(),
-        ..FakeConfig::default()
-    })
-    .await
+    FakeKonnektive::start(fixture_konnektive()).await
 }
 
 /// A signed payment IPN of its own order `n`.

@@ -6,18 +6,11 @@ mod support;
 use std::time::Duration;
 
 use ipn_bridge::ipn::KeyCase;
-use support::fake_konnektive::{FakeConfig, FakeKonnektive};
+use support::fake_konnektive::FakeKonnektive;
 use support::*;
 
 async fn fake() -> FakeKonnektive {
-    FakeKonnektive::start(FakeConfig {
-        password: KONNEKTIVE_PASSWORD.into(),
-        campaigns: [(12, vec![31, 32, 33])].into(),
-        // The fixture orders are in USD; the fake books EUR unless told otherwise.
-        currencies: [(12, Some("USD".into()))].into(),
-        ..FakeConfig::default()
-    })
-    .await
+    FakeKonnektive::start(fixture_konnektive()).await
 }
 
 /// The published vectors are signed with another passphrase than our source's; re-signed

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use ipn_bridge::store::Store;
-use support::fake_konnektive::{Behaviour, FakeConfig, FakeKonnektive};
+use support::fake_konnektive::{Behaviour, FakeKonnektive};
 use support::*;
 
 const IPNS: usize = 240;
@@ -82,13 +82,7 @@ async fn two_daemons_share_one_queue_and_one_rate_limit_and_survive_a_sigkill() 
     let Some(url) = ipn_bridge::store::testing::fresh_database().await else {
         return;
     };
-    let fake = FakeKonnektive::start(FakeConfig {
-        password: KONNEKTIVE_PASSWORD.into(),
-        campaigns: [(12, vec![31, 32, 33])].into(),
-        currencies: [(12, Some("USD".into()))].into(),
-        ..FakeConfig::default()
-    })
-    .await;
+    let fake = FakeKonnektive::start(fixture_konnektive()).await;
     fake.set_chaos(
         11,
         vec![

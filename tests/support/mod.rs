@@ -22,6 +22,18 @@ pub const PASSPHRASE: &str = "fixture-passphrase";
 pub const KONNEKTIVE_LOGIN: &str = "ds24bridge";
 pub const KONNEKTIVE_PASSWORD: &str = "k0nn-Secret-Pw";
 
+/// The fake Konnektive the fixtures are written for: our password, campaign 12 with
+/// products 31–33, booking USD (the fixture orders' currency; the fake books EUR unless told
+/// otherwise).
+pub fn fixture_konnektive() -> fake_konnektive::FakeConfig {
+    fake_konnektive::FakeConfig {
+        password: KONNEKTIVE_PASSWORD.into(),
+        campaigns: [(12, vec![31, 32, 33])].into(),
+        currencies: [(12, Some("USD".into()))].into(),
+        ..fake_konnektive::FakeConfig::default()
+    }
+}
+
 /// A fixture body from `tests/fixtures/ipn/`.
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
