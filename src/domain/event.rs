@@ -9,13 +9,14 @@
 //! in name order ([`IpnEvent::fields`]), so nothing else changed for them.
 //!
 //! Decided:
-//! - The buffer is laid out in name order and built the same way from a map or a sorted
-//!   view, so one set of fields has one representation and the derived `PartialEq` means
-//!   "same kind, same fields".
+//! - Built from a map or a sorted view, the buffer is laid out in name order. At receipt
+//!   (issue 13, round 3) the decoded body itself becomes the buffer, `name=value` pieces in
+//!   body order, and only the index is sorted ([`IpnEvent::from_spans`]): no field is copied
+//!   a second time. So `PartialEq` compares the kind and the fields, not the buffers.
 //! - Names are stored in ASCII lower case (see [`IpnEvent`] for why); a name with upper case
 //!   is rare (Digistore24 sends lower case), and only then does construction go through a
 //!   map to fold the case, with the same rule as before.
-//! - Offsets are `usize` (no conversion to fail); 24 bytes per field, one allocation.
+//! - Offsets are `usize` (no conversion to fail); 32 bytes per field, one allocation.
 
 use super::EventKind;
 use std::collections::BTreeMap;
@@ -30,23 +31,36 @@ use std::fmt;
 /// `placeholder_DESCRIPTION`. Names that differ only in case are refused at receipt; should
 /// a stored body hold some, a non-empty value wins over an empty one, then the name that
 /// sorts last (the lower-case spelling).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct IpnEvent {
     pub kind: EventKind,
-    /// Every field's (lower-case) name then its value, back to back, in name order.
+    /// Every field's (lower-case) name and its value. Built from a map or a sorted view,
+    /// back to back in name order; built at receipt (`IpnEvent::from_spans`), the decoded
+    /// body as `name=value` pieces in body order.
     text: String,
     /// One entry per field, in byte order of the names, each name once.
-    index: Vec<Entry>,
+    index: Vec<Span>,
 }
 
-/// Where one field lies in [`IpnEvent::text`]: the name is `name..value`, the value
+/// Where one field lies in [`IpnEvent::text`]: the name is `name..name_end`, the value
 /// `value..end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    name: usize,
-    value: usize,
-    end: usize,
+pub(crate) struct Span {
+    pub(crate) name: usize,
+    pub(crate) name_end: usize,
+    pub(crate) value: usize,
+    pub(crate) end: usize,
 }
+
+/// Two events are equal when they have the same kind and the same fields, however their
+/// buffers are laid out.
+impl PartialEq for IpnEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.fields().eq(other.fields())
+    }
+}
+
+impl Eq for IpnEvent {}
 
 impl IpnEvent {
     /// The event of `fields` (a map: every name once, in byte order).
@@ -107,17 +121,31 @@ impl IpnEvent {
             text.push_str(name);
             let middle = text.len();
             text.push_str(value);
-            index.push(Entry {
+            index.push(Span {
                 name: start,
+                name_end: middle,
                 value: middle,
                 end: text.len(),
             });
         }
+        Self::from_spans(text, index)
+    }
+
+    /// The event over `text`, whose fields `index` locates: sorted byte-wise by name, each
+    /// name once and in lower case (the caller's promise; the receipt's one-pass decoder
+    /// checks it). The buffer may hold anything else between the fields.
+    pub(crate) fn from_spans(text: String, index: Vec<Span>) -> Self {
         let mut event = IpnEvent {
             kind: EventKind::Unknown(String::new()),
             text,
             index,
         };
+        debug_assert!(
+            event
+                .index
+                .windows(2)
+                .all(|w| matches!(w, [a, b] if event.name_of(a) < event.name_of(b)))
+        );
         event.kind = EventKind::from_ipn(event.value("event").unwrap_or(""));
         event
     }
@@ -171,11 +199,13 @@ impl IpnEvent {
         self.get("order_id")
     }
 
-    fn name_of(&self, entry: &Entry) -> &str {
-        self.text.get(entry.name..entry.value).unwrap_or_default()
+    fn name_of(&self, entry: &Span) -> &str {
+        self.text
+            .get(entry.name..entry.name_end)
+            .unwrap_or_default()
     }
 
-    fn value_of(&self, entry: &Entry) -> &str {
+    fn value_of(&self, entry: &Span) -> &str {
         self.text.get(entry.value..entry.end).unwrap_or_default()
     }
 }

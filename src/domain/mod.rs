@@ -13,6 +13,7 @@ mod money;
 
 pub use date::{Day, DayWindow, rfc3339_utc};
 pub use event::IpnEvent;
+pub(crate) use event::Span;
 pub use money::{Money, MoneyError};
 
 use serde::{Deserialize, Serialize};

@@ -80,7 +80,7 @@ impl<'a> Fields<'a> {
 
 /// The first 16 bytes of `name` as a big-endian number, zero-padded: ordered as the names
 /// are, except that names equal in it compare equal.
-fn prefix(name: &str) -> u128 {
+pub(super) fn prefix(name: &str) -> u128 {
     let mut bytes = [0u8; 16];
     let head = name.as_bytes().get(..16).unwrap_or(name.as_bytes());
     if let Some(slot) = bytes.get_mut(..head.len()) {

@@ -252,7 +252,7 @@ fn decode_escape(tail: &[u8]) -> Option<(u8, &[u8])> {
     }
 }
 
-fn hex_digit(byte: u8) -> Option<u8> {
+pub(super) fn hex_digit(byte: u8) -> Option<u8> {
     match byte {
         b'0'..=b'9' => Some(byte - b'0'),
         b'a'..=b'f' => Some(byte - b'a' + 10),

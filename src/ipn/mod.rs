@@ -40,6 +40,11 @@
 //!   round 2 of issue 13); the server calls [`accept`], which builds no copy of the raw pairs
 //!   (only [`receive`], for tools and tests, does). The simple formulation this replaced is kept
 //!   in `reference.rs`, and property tests hold the two to the same answers.
+//! - **One pass for a plain body** (issue 13, round 3; [`plain`]): what Digistore24 sends
+//!   (UTF-8, valid escapes, every name once, signed by the first passphrase as sent) is
+//!   decoded straight into the event's buffer and hashed in place. Any other body, and any
+//!   refusal, goes the general way above; property tests hold the plain path to the general
+//!   path's answer.
 //! - **Business key** (see [`key`]): `event/o:ORDER/i:ITEM/t:TRANSACTION` for order events
 //!   (followed by `/s:REBILL_STOP_NOTED_AT` or `/d:SHA256` for those without a transaction of
 //!   their own, so a repeated cancellation is a new event), `eticket/e:ID/a:ACTION` for
@@ -49,6 +54,7 @@
 mod fields;
 mod form;
 mod key;
+mod plain;
 mod signature;
 
 #[cfg(test)]
@@ -169,8 +175,12 @@ pub fn receive(
 }
 
 /// [`receive`] without the copy of every decoded pair: the same checks, warnings, event
-/// and key, for the request path (issue 13).
+/// and key, for the request path (issue 13). A plain body takes the one-pass path
+/// ([`plain`]); any other the general one.
 pub fn accept(body: &[u8], passphrases: &[secrecy::SecretString]) -> Result<AcceptedIpn, IpnError> {
+    if let Some(accepted) = plain::accept(body, passphrases) {
+        return Ok(accepted);
+    }
     accept_pairs(&form::parse_pairs(body)?, passphrases)
 }
 

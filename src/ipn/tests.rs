@@ -1200,3 +1200,159 @@ fn accept_and_receive_agree_on_every_fixture() {
         );
     }
 }
+
+/// The general path alone (what [`accept`] did before the plain path of issue 13, round 3).
+fn accept_generally(body: &[u8], passphrases: &[SecretString]) -> Result<AcceptedIpn, IpnError> {
+    accept_pairs(&form::parse_pairs(body)?, passphrases)
+}
+
+#[test]
+fn every_fixture_but_the_upper_signed_one_takes_the_plain_path() {
+    for (name, body) in FIXTURES {
+        let body = body.trim_end().as_bytes();
+        let plain = plain::accept(body, &fixture_secrets());
+        if *name == "21_on_payment_upper_signed.txt" {
+            assert_eq!(plain, None, "upper-case names are left to the general path");
+            continue;
+        }
+        assert_eq!(
+            plain.map(Ok),
+            Some(accept_generally(body, &fixture_secrets())),
+            "{name}"
+        );
+    }
+    let capture = include_str!("../../tests/fixtures/ipn/20_capture_digital_no_address.txt");
+    assert!(plain::accept(capture.trim_end().as_bytes(), &fixture_secrets()).is_some());
+}
+
+#[test]
+fn bodies_the_general_path_warns_about_or_refuses_are_left_to_it() {
+    let secrets = fixture_secrets();
+    let sign_body = |pairs: &[(&str, &str)]| {
+        let pairs = owned(pairs);
+        let signature = sign(&pairs, FIXTURE_PASSPHRASE, KeyCase::Original);
+        format!("{}&sha_sign={signature}", encode(&pairs))
+    };
+    let plain_body = sign_body(&[("event", "on_payment"), ("order_id", "A1")]);
+    assert!(plain::accept(plain_body.as_bytes(), &secrets).is_some());
+    let left_to_the_general_path = [
+        // a repeated name (warned), an array name (warned), an empty name (dropped, warned)
+        format!("order_id=A0&{plain_body}"),
+        format!("{}&n%5B1%5D=x", sign_body(&[("event", "on_payment")])),
+        format!("=x&{plain_body}"),
+        // an invalid escape (kept, warned), a value that is not UTF-8 once decoded (refused)
+        format!("{plain_body}&note=100%"),
+        format!("{plain_body}&note=%FF"),
+        // two names equal but for case (refused)
+        format!("{plain_body}&Order_ID="),
+        // no signature, an empty one, one under `SHASIGN`, a wrong one
+        "event=on_payment".to_owned(),
+        format!("{plain_body}&sha_sign="),
+        plain_body.replace("sha_sign=", "SHASIGN="),
+        plain_body.replace("sha_sign=", "sha_sign=00"),
+    ];
+    for body in &left_to_the_general_path {
+        assert_eq!(plain::accept(body.as_bytes(), &secrets), None, "{body}");
+    }
+    // A body that is not UTF-8 (refused).
+    let not_utf8 = [plain_body.as_bytes(), b"&note=\xff"].concat();
+    assert_eq!(plain::accept(&not_utf8, &secrets), None);
+    // Names with upper case, as in Digistore24's capture, are plain: lowered in the event.
+    let mixed = sign_body(&[
+        ("event", "on_payment"),
+        ("placeholder_TITLE", "T"),
+        ("ZZ", "z"),
+    ]);
+    let accepted = plain::accept(mixed.as_bytes(), &secrets).expect("plain");
+    assert_eq!(
+        Ok(accepted.clone()),
+        accept_generally(mixed.as_bytes(), &secrets)
+    );
+    let names: Vec<&str> = accepted.event.fields().map(|(name, _)| name).collect();
+    assert_eq!(names, ["event", "placeholder_title", "sha_sign", "zz"]);
+    // Signed under the upper-case convention, or by the second passphrase only.
+    let pairs = owned(&[("event", "on_payment"), ("order_id", "A1")]);
+    let upper = sign(&pairs, FIXTURE_PASSPHRASE, KeyCase::Upper);
+    let upper_body = format!("{}&sha_sign={upper}", encode(&pairs));
+    assert_eq!(plain::accept(upper_body.as_bytes(), &secrets), None);
+    assert!(accept(upper_body.as_bytes(), &secrets).is_ok());
+    let two = secrets_of(&["other", FIXTURE_PASSPHRASE]);
+    assert_eq!(plain::accept(plain_body.as_bytes(), &two), None);
+    assert_eq!(
+        accept(plain_body.as_bytes(), &two).map(|a| a.key_case),
+        Ok(KeyCase::Original)
+    );
+    // An empty first passphrase is skipped, as the general path skips it.
+    let empty_first = secrets_of(&["", FIXTURE_PASSPHRASE]);
+    assert!(plain::accept(plain_body.as_bytes(), &empty_first).is_some());
+}
+
+fn secrets_of(list: &[&str]) -> Vec<SecretString> {
+    secrets(list)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// Whenever the plain path answers, it answers what the general path would.
+    #[test]
+    fn the_plain_path_answers_as_the_general_path_or_not_at_all(
+        pairs in messy_pairs(),
+        candidates in prop::collection::vec("[a-c]{0,2}", 3),
+        configured in prop::collection::vec(0..3usize, 0..3),
+        given in given(),
+        noise in form_bodies(),
+    ) {
+        let mut body_pairs = pairs.clone();
+        match &given {
+            Given::Signed(i, key_case, lower) => {
+                let sig = reference::sign(&pairs, &candidates[*i], *key_case);
+                let sig = if *lower { sig.to_ascii_lowercase() } else { sig };
+                body_pairs.push(("sha_sign".to_owned(), sig));
+            }
+            Given::Absent => {}
+            Given::Empty => body_pairs.push(("sha_sign".to_owned(), String::new())),
+            Given::Garbage(g) => body_pairs.push(("sha_sign".to_owned(), g.clone())),
+        }
+        let configured: Vec<&str> = configured.iter().map(|&i| candidates[i].as_str()).collect();
+        let passphrases = secrets(&configured);
+        let body = encode(&body_pairs);
+        let noisy = [body.as_bytes(), b"&", &noise].concat();
+        for body in [body.as_bytes(), noise.as_slice(), noisy.as_slice()] {
+            if let Some(plain) = plain::accept(body, &passphrases) {
+                prop_assert_eq!(Ok(plain), accept_generally(body, &passphrases));
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    /// A body signed by the first passphrase under the original convention, with distinct
+    /// names (upper case, non-ASCII and encoded characters among them) and any values, empty
+    /// ones included, takes the plain path, which answers as the general path.
+    #[test]
+    fn clean_signed_bodies_take_the_plain_path(
+        fields in prop::collection::btree_map(
+            "[a-z_][a-zA-Z0-9_é+&=% ]{0,12}",
+            "[a-zA-Z0-9 é&=%+/:@.-]{0,16}",
+            0..30,
+        ),
+        lower_hex in any::<bool>(),
+    ) {
+        let mut folded = std::collections::BTreeSet::new();
+        let pairs: Vec<(String, String)> = fields
+            .into_iter()
+            .filter(|(name, _)| folded.insert(name.to_ascii_lowercase()))
+            .filter(|(name, _)| !signature::SIGNATURE_FIELDS.contains(&name.as_str()))
+            .collect();
+        let signature = sign(&pairs, "p", KeyCase::Original);
+        let signature = if lower_hex { signature.to_ascii_lowercase() } else { signature };
+        let body = format!("{}&sha_sign={signature}", encode(&pairs));
+        let passphrases = secrets(&["", "p", "q"]);
+        let plain = plain::accept(body.as_bytes(), &passphrases);
+        prop_assert!(plain.is_some(), "{}", body);
+        prop_assert_eq!(plain.map(Ok), Some(accept_generally(body.as_bytes(), &passphrases)));
+    }
+}

@@ -1,0 +1,227 @@
+//! The receipt's one-pass path for a plain body: the kind Digistore24 sends (issue 13,
+//! round 3). Knows the decoding rules of [`super::form`], the signature of
+//! [`super::signature`] and the event's layout; answers only when it is sure to give what the
+//! general path ([`super::accept_pairs`]) would, and otherwise leaves the body to it.
+//!
+//! A body is plain when it is UTF-8, every `%` escape in it is valid and decodes to UTF-8,
+//! every field name is non-empty, holds no `[` and is sent once, no two names differ only in
+//! ASCII case, a non-empty `sha_sign` is among the fields, and the first non-empty passphrase
+//! signs it under the original convention. Names may hold upper case: Digistore24's own
+//! capture of a real order sends `placeholder_DESCRIPTION` and `placeholder_TITLE`. Every
+//! fixture but the one signed under the upper-case convention is plain. For such a body the
+//! general path warns about nothing, refuses nothing and tries that passphrase and
+//! convention first, so this path's answer is its answer. For any other body (and any
+//! refusal) [`accept`] says `None`, and the general path decides, with its warnings and
+//! errors.
+//!
+//! What it saves: the general path decodes into pairs, sorts a view of them, copies the
+//! signed pieces into a text to hash and copies every field once more into the event's
+//! buffer. Here the body is decoded once, as `name=value` pieces, into the buffer the event
+//! keeps; the index of those pieces is sorted once by the names as sent, for the signature;
+//! the hash reads the pieces in place (`name=value`, then the passphrase, fed to the hasher:
+//! no buffer holds the passphrase). Then the names with upper case (rare) are lowered in the
+//! buffer and moved to their place in the index, which the event keeps.
+
+use super::fields::prefix;
+use super::form::hex_digit;
+use super::signature::SIGNATURE_FIELDS;
+use super::{AcceptedIpn, KeyCase, business_key};
+use crate::domain::{IpnEvent, Span};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha512};
+use subtle::ConstantTimeEq;
+
+/// The signature field this path reads. A body that signs with `SHASIGN` only has no
+/// `sha_sign` and goes to the general path; one that has both reads `sha_sign`, as there.
+const SIGNATURE: &str = "sha_sign";
+
+/// The accepted IPN when `body` is plain (see the module docs), else `None`.
+pub(super) fn accept(body: &[u8], passphrases: &[SecretString]) -> Option<AcceptedIpn> {
+    let passphrase = passphrases
+        .iter()
+        .map(|p| p.expose_secret())
+        .find(|p| !p.is_empty())?;
+    let Decoded { text, mut slots } = decode(body)?;
+    let name = |slot: &Slot| text.get(slot.span.name..slot.span.name_end).unwrap_or("");
+    slots.sort_unstable_by(|a, b| a.prefix.cmp(&b.prefix).then_with(|| name(a).cmp(name(b))));
+    let repeated = slots
+        .windows(2)
+        .any(|pair| matches!(pair, [a, b] if a.prefix == b.prefix && name(a) == name(b)));
+    if repeated {
+        return None;
+    }
+    let signature = slots
+        .binary_search_by(|slot| name(slot).cmp(SIGNATURE))
+        .ok()
+        .and_then(|at| slots.get(at))
+        .and_then(|slot| text.get(slot.span.value..slot.span.end))
+        .filter(|value| !value.is_empty())?;
+    let mut wanted = [0u8; 64];
+    hex::decode_to_slice(signature, &mut wanted).ok()?;
+
+    let mut hasher = Sha512::new();
+    for slot in &slots {
+        if slot.span.value == slot.span.end || SIGNATURE_FIELDS.contains(&name(slot)) {
+            continue;
+        }
+        hasher.update(text.get(slot.span.name..slot.span.end)?);
+        hasher.update(passphrase.as_bytes());
+    }
+    let matched: bool = hasher.finalize().as_slice().ct_eq(&wanted).into();
+    if !matched {
+        return None;
+    }
+    let (text, slots) = lower_names(text, slots)?;
+    let event = IpnEvent::from_spans(text, slots.into_iter().map(|slot| slot.span).collect());
+    let business_key = business_key(&event);
+    Some(AcceptedIpn {
+        event,
+        business_key,
+        key_case: KeyCase::Original,
+    })
+}
+
+/// The event's names are lower case (see [`IpnEvent`]): each name of `slots` (sorted by
+/// name, unique) that has upper case is lowered in `text` and moved to its place; `None`
+/// when it then equals another name (the general path refuses such twins).
+fn lower_names(mut text: String, mut slots: Vec<Slot>) -> Option<(String, Vec<Slot>)> {
+    if !slots.iter().any(|slot| slot.upper) {
+        return Some((text, slots));
+    }
+    let mut moved = Vec::new();
+    slots.retain(|slot| {
+        if slot.upper {
+            moved.push(*slot);
+        }
+        !slot.upper
+    });
+    for mut slot in moved {
+        let name = text.get_mut(slot.span.name..slot.span.name_end)?;
+        name.make_ascii_lowercase();
+        slot.prefix = prefix(name);
+        slot.upper = false;
+        let name = |s: &Slot| text.get(s.span.name..s.span.name_end).unwrap_or("");
+        let place = slots.binary_search_by(|other| {
+            other
+                .prefix
+                .cmp(&slot.prefix)
+                .then_with(|| name(other).cmp(name(&slot)))
+        });
+        match place {
+            Ok(_) => return None,
+            Err(at) => slots.insert(at, slot),
+        }
+    }
+    Some((text, slots))
+}
+
+/// One field of the decoded body: where it lies, its name's sort prefix, and whether the
+/// name has ASCII upper case.
+#[derive(Clone, Copy)]
+struct Slot {
+    prefix: u128,
+    span: Span,
+    upper: bool,
+}
+
+/// The decoded body: its fields as `name=value` pieces in body order, and where each lies.
+struct Decoded {
+    text: String,
+    slots: Vec<Slot>,
+}
+
+/// Decodes a plain body in one pass; `None` as soon as it is not plain. The rules are
+/// [`super::form`]'s: pairs split at `&` (empty pieces skipped), name and value at the first
+/// `=`, `+` a space, `%XX` decoded once. The `&`, `%` and `+` are found with `memchr`, as
+/// there; a piece without `%` or `+` is copied as it is (the body was checked for UTF-8 once,
+/// and a cut at an ASCII byte never splits a character), a decoded one is checked alone.
+fn decode(body: &[u8]) -> Option<Decoded> {
+    let body_text = std::str::from_utf8(body).ok()?;
+    let mut text = String::with_capacity(body.len());
+    let mut slots = Vec::with_capacity(memchr::memchr_iter(b'&', body).count() + 1);
+    let mut escapes = memchr::memchr2_iter(b'%', b'+', body).peekable();
+    let mut scratch = Vec::new();
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'&', body).chain(std::iter::once(body.len())) {
+        let piece = start..end;
+        start = end + 1;
+        if piece.is_empty() {
+            continue;
+        }
+        let equals = body
+            .get(piece.clone())?
+            .iter()
+            .position(|&b| b == b'=')
+            .map(|at| piece.start + at);
+        let (name, value) = match equals {
+            Some(at) => (piece.start..at, at + 1..piece.end),
+            None => (piece.clone(), piece.end..piece.end),
+        };
+        let mut name_escaped = false;
+        let mut value_escaped = false;
+        while let Some(at) = escapes.next_if(|&at| at < piece.end) {
+            if at < name.end {
+                name_escaped = true;
+            } else {
+                value_escaped = true;
+            }
+        }
+        let name_start = text.len();
+        put(&mut text, body_text, name, name_escaped, &mut scratch)?;
+        let name_end = text.len();
+        let decoded_name = text.get(name_start..name_end)?;
+        if decoded_name.is_empty() || decoded_name.contains('[') {
+            return None;
+        }
+        let upper = decoded_name.bytes().any(|b| b.is_ascii_uppercase());
+        let prefix = prefix(decoded_name);
+        text.push('=');
+        let value_start = text.len();
+        put(&mut text, body_text, value, value_escaped, &mut scratch)?;
+        slots.push(Slot {
+            prefix,
+            span: Span {
+                name: name_start,
+                name_end,
+                value: value_start,
+                end: text.len(),
+            },
+            upper,
+        });
+    }
+    Some(Decoded { text, slots })
+}
+
+/// Appends the piece `range` of the body to `text`, decoded when `escaped` (it holds a `%`
+/// or `+`); `None` for an invalid escape or a decoded piece that is not UTF-8.
+fn put(
+    text: &mut String,
+    body: &str,
+    range: std::ops::Range<usize>,
+    escaped: bool,
+    scratch: &mut Vec<u8>,
+) -> Option<()> {
+    let raw = body.get(range)?;
+    if !escaped {
+        text.push_str(raw);
+        return Some(());
+    }
+    scratch.clear();
+    let mut rest = raw.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = tail;
+        match byte {
+            b'+' => scratch.push(b' '),
+            b'%' => match rest {
+                [high, low, after @ ..] => {
+                    scratch.push(hex_digit(*high)? << 4 | hex_digit(*low)?);
+                    rest = after;
+                }
+                _ => return None,
+            },
+            other => scratch.push(other),
+        }
+    }
+    text.push_str(std::str::from_utf8(scratch).ok()?);
+    Some(())
+}
