@@ -16,11 +16,14 @@
 //!
 //! What it saves: the general path decodes into pairs, sorts a view of them, copies the
 //! signed pieces into a text to hash and copies every field once more into the event's
-//! buffer. Here the body is decoded once, as `name=value` pieces, into the buffer the event
-//! keeps; the index of those pieces is sorted once by the names as sent, for the signature;
-//! the hash reads the pieces in place (`name=value`, then the passphrase, fed to the hasher:
-//! no buffer holds the passphrase). Then the names with upper case (rare) are lowered in the
-//! buffer and moved to their place in the index, which the event keeps.
+//! buffer. Here the body is copied once into the buffer the event keeps, where most pairs
+//! already read `name=value` and are used in place; the few that need decoding are decoded
+//! to its end (see [`decode`]). The index of those pieces is sorted by the names as sent,
+//! for the signature, trying first the order the previous body sorted into (see
+//! [`sort_by_name`]); the hash reads the pieces in place (`name=value`, then the passphrase,
+//! fed to the hasher: no buffer holds the passphrase). Then the names with upper case
+//! (rare) are lowered in the buffer and moved to their place in the index, which the event
+//! keeps.
 
 use super::fields::prefix;
 use super::form::hex_digit;
@@ -29,6 +32,8 @@ use super::{AcceptedIpn, KeyCase, business_key};
 use crate::domain::{IpnEvent, Span};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha512};
+use std::cell::RefCell;
+use std::cmp::Ordering;
 use subtle::ConstantTimeEq;
 
 /// The signature field this path reads. A body that signs with `SHASIGN` only has no
@@ -41,15 +46,9 @@ pub(super) fn accept(body: &[u8], passphrases: &[SecretString]) -> Option<Accept
         .iter()
         .map(|p| p.expose_secret())
         .find(|p| !p.is_empty())?;
-    let Decoded { text, mut slots } = decode(body)?;
+    let Decoded { text, slots } = decode(body)?;
+    let slots = sort_by_name(&text, &slots)?;
     let name = |slot: &Slot| text.get(slot.span.name..slot.span.name_end).unwrap_or("");
-    slots.sort_unstable_by(|a, b| a.prefix.cmp(&b.prefix).then_with(|| name(a).cmp(name(b))));
-    let repeated = slots
-        .windows(2)
-        .any(|pair| matches!(pair, [a, b] if a.prefix == b.prefix && name(a) == name(b)));
-    if repeated {
-        return None;
-    }
     let signature = slots
         .binary_search_by(|slot| name(slot).cmp(SIGNATURE))
         .ok()
@@ -115,6 +114,58 @@ fn lower_names(mut text: String, mut slots: Vec<Slot>) -> Option<(String, Vec<Sl
     Some((text, slots))
 }
 
+thread_local! {
+    /// The order the last plain body's fields sorted into on this thread, as positions in
+    /// body order. Digistore24 sends the fields of one kind of IPN in one order, so the next
+    /// body's most likely sorts the same.
+    static LAST_ORDER: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `slots` sorted byte-wise by name (as sent); `None` when a name is repeated.
+///
+/// The order the previous body sorted into on this thread is tried first: when it puts
+/// these names in strictly increasing order, it is their sorted order (a permutation that
+/// is strictly increasing is the only sorted one, and no name repeats), found with one
+/// comparison per field instead of a sort's dozen (issue 13: the sort was a tenth of the
+/// receipt's instructions). Otherwise the positions are sorted, by the 16-byte prefix of
+/// the name first, and kept for the next body.
+fn sort_by_name(text: &str, slots: &[Slot]) -> Option<Vec<Slot>> {
+    let name = |slot: &Slot| text.get(slot.span.name..slot.span.name_end).unwrap_or("");
+    let order = |a: &Slot, b: &Slot| a.prefix.cmp(&b.prefix).then_with(|| name(a).cmp(name(b)));
+    let increasing = |sorted: &[Slot]| {
+        sorted
+            .windows(2)
+            .all(|pair| matches!(pair, [a, b] if order(a, b) == Ordering::Less))
+    };
+    let place = |positions: &[u32]| -> Vec<Slot> {
+        positions
+            .iter()
+            .filter_map(|&at| slots.get(usize::try_from(at).ok()?).copied())
+            .collect()
+    };
+    LAST_ORDER.with_borrow_mut(|last| {
+        if last.len() == slots.len() {
+            let sorted = place(last);
+            if sorted.len() == slots.len() && increasing(&sorted) {
+                return Some(sorted);
+            }
+        }
+        let mut positions: Vec<u32> = (0..slots.len())
+            .map(u32::try_from)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        positions.sort_unstable_by(
+            |&a, &b| match (slots.get(a as usize), slots.get(b as usize)) {
+                (Some(a), Some(b)) => order(a, b),
+                _ => Ordering::Equal,
+            },
+        );
+        let sorted = place(&positions);
+        *last = positions;
+        increasing(&sorted).then_some(sorted)
+    })
+}
+
 /// One field of the decoded body: where it lies, its name's sort prefix, and whether the
 /// name has ASCII upper case.
 #[derive(Clone, Copy)]
@@ -133,11 +184,17 @@ struct Decoded {
 /// Decodes a plain body in one pass; `None` as soon as it is not plain. The rules are
 /// [`super::form`]'s: pairs split at `&` (empty pieces skipped), name and value at the first
 /// `=`, `+` a space, `%XX` decoded once. The `&`, `%` and `+` are found with `memchr`, as
-/// there; a piece without `%` or `+` is copied as it is (the body was checked for UTF-8 once,
-/// and a cut at an ASCII byte never splits a character), a decoded one is checked alone.
+/// there.
+///
+/// The text starts as a copy of the body (one copy, checked for UTF-8 once): a pair without
+/// `%` or `+` is already `name=value` there and is used in place (a cut at an ASCII byte
+/// never splits a character). A pair that needs decoding (a sixth of Digistore24's) is
+/// decoded to the end of the text as `name=value`, each decoded piece checked alone. So the
+/// text holds the raw form of those pairs and the `&`s too, which no span covers.
 fn decode(body: &[u8]) -> Option<Decoded> {
     let body_text = std::str::from_utf8(body).ok()?;
-    let mut text = String::with_capacity(body.len());
+    let mut text = String::with_capacity(body.len() + body.len() / 2);
+    text.push_str(body_text);
     let mut slots = Vec::with_capacity(memchr::memchr_iter(b'&', body).count() + 1);
     let mut escapes = memchr::memchr2_iter(b'%', b'+', body).peekable();
     let mut scratch = Vec::new();
@@ -166,27 +223,35 @@ fn decode(body: &[u8]) -> Option<Decoded> {
                 value_escaped = true;
             }
         }
-        let name_start = text.len();
-        put(&mut text, body_text, name, name_escaped, &mut scratch)?;
-        let name_end = text.len();
-        let decoded_name = text.get(name_start..name_end)?;
-        if decoded_name.is_empty() || decoded_name.contains('[') {
-            return None;
-        }
-        let upper = decoded_name.bytes().any(|b| b.is_ascii_uppercase());
-        let prefix = prefix(decoded_name);
-        text.push('=');
-        let value_start = text.len();
-        put(&mut text, body_text, value, value_escaped, &mut scratch)?;
-        slots.push(Slot {
-            prefix,
-            span: Span {
+        let span = if name_escaped || value_escaped {
+            let name_start = text.len();
+            put(&mut text, body_text, name, name_escaped, &mut scratch)?;
+            let name_end = text.len();
+            text.push('=');
+            let value_start = text.len();
+            put(&mut text, body_text, value, value_escaped, &mut scratch)?;
+            Span {
                 name: name_start,
                 name_end,
                 value: value_start,
                 end: text.len(),
-            },
-            upper,
+            }
+        } else {
+            Span {
+                name: name.start,
+                name_end: name.end,
+                value: value.start,
+                end: value.end,
+            }
+        };
+        let decoded_name = text.get(span.name..span.name_end)?;
+        if decoded_name.is_empty() || decoded_name.contains('[') {
+            return None;
+        }
+        slots.push(Slot {
+            prefix: prefix(decoded_name),
+            span,
+            upper: decoded_name.bytes().any(|b| b.is_ascii_uppercase()),
         });
     }
     Some(Decoded { text, slots })
