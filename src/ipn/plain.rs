@@ -138,10 +138,14 @@ fn sort_by_name(text: &str, slots: &[Slot]) -> Option<Vec<Slot>> {
             .all(|pair| matches!(pair, [a, b] if order(a, b) == Ordering::Less))
     };
     let place = |positions: &[u32]| -> Vec<Slot> {
-        positions
-            .iter()
-            .filter_map(|&at| slots.get(usize::try_from(at).ok()?).copied())
-            .collect()
+        // Sized up front: a `collect` of a `filter_map` grows the vector six times.
+        let mut sorted = Vec::with_capacity(positions.len());
+        sorted.extend(
+            positions
+                .iter()
+                .filter_map(|&at| slots.get(usize::try_from(at).ok()?).copied()),
+        );
+        sorted
     };
     LAST_ORDER.with_borrow_mut(|last| {
         if last.len() == slots.len() {
@@ -150,10 +154,7 @@ fn sort_by_name(text: &str, slots: &[Slot]) -> Option<Vec<Slot>> {
                 return Some(sorted);
             }
         }
-        let mut positions: Vec<u32> = (0..slots.len())
-            .map(u32::try_from)
-            .collect::<Result<_, _>>()
-            .ok()?;
+        let mut positions: Vec<u32> = (0..u32::try_from(slots.len()).ok()?).collect();
         positions.sort_unstable_by(
             |&a, &b| match (slots.get(a as usize), slots.get(b as usize)) {
                 (Some(a), Some(b)) => order(a, b),
