@@ -48,22 +48,22 @@ pub(super) fn accept(body: &[u8], passphrases: &[SecretString]) -> Option<Accept
         .find(|p| !p.is_empty())?;
     let Decoded { text, slots } = decode(body)?;
     let slots = sort_by_name(&text, &slots)?;
-    let name = |slot: &Slot| text.get(slot.span.name..slot.span.name_end).unwrap_or("");
+    let name = |slot: &Slot| text.get(slot.name()).unwrap_or("");
     let signature = slots
         .binary_search_by(|slot| name(slot).cmp(SIGNATURE))
         .ok()
         .and_then(|at| slots.get(at))
-        .and_then(|slot| text.get(slot.span.value..slot.span.end))
+        .and_then(|slot| text.get(slot.value()))
         .filter(|value| !value.is_empty())?;
     let mut wanted = [0u8; 64];
     hex::decode_to_slice(signature, &mut wanted).ok()?;
 
     let mut hasher = Sha512::new();
     for slot in &slots {
-        if slot.span.value == slot.span.end || SIGNATURE_FIELDS.contains(&name(slot)) {
+        if slot.value().is_empty() || SIGNATURE_FIELDS.contains(&name(slot)) {
             continue;
         }
-        hasher.update(text.get(slot.span.name..slot.span.end)?);
+        hasher.update(text.get(slot.piece())?);
         hasher.update(passphrase.as_bytes());
     }
     let matched: bool = hasher.finalize().as_slice().ct_eq(&wanted).into();
@@ -71,7 +71,7 @@ pub(super) fn accept(body: &[u8], passphrases: &[SecretString]) -> Option<Accept
         return None;
     }
     let (text, slots) = lower_names(text, slots)?;
-    let event = IpnEvent::from_spans(text, slots.into_iter().map(|slot| slot.span).collect());
+    let event = IpnEvent::from_spans(text, slots.iter().map(Slot::span).collect());
     let business_key = business_key(&event);
     Some(AcceptedIpn {
         event,
@@ -95,11 +95,11 @@ fn lower_names(mut text: String, mut slots: Vec<Slot>) -> Option<(String, Vec<Sl
         !slot.upper
     });
     for mut slot in moved {
-        let name = text.get_mut(slot.span.name..slot.span.name_end)?;
+        let name = text.get_mut(slot.name())?;
         name.make_ascii_lowercase();
         slot.prefix = prefix(name);
         slot.upper = false;
-        let name = |s: &Slot| text.get(s.span.name..s.span.name_end).unwrap_or("");
+        let name = |s: &Slot| text.get(s.name()).unwrap_or("");
         let place = slots.binary_search_by(|other| {
             other
                 .prefix
@@ -130,7 +130,7 @@ thread_local! {
 /// receipt's instructions). Otherwise the positions are sorted, by the 16-byte prefix of
 /// the name first, and kept for the next body.
 fn sort_by_name(text: &str, slots: &[Slot]) -> Option<Vec<Slot>> {
-    let name = |slot: &Slot| text.get(slot.span.name..slot.span.name_end).unwrap_or("");
+    let name = |slot: &Slot| text.get(slot.name()).unwrap_or("");
     let order = |a: &Slot, b: &Slot| a.prefix.cmp(&b.prefix).then_with(|| name(a).cmp(name(b)));
     let increasing = |sorted: &[Slot]| {
         sorted
@@ -167,13 +167,42 @@ fn sort_by_name(text: &str, slots: &[Slot]) -> Option<Vec<Slot>> {
     })
 }
 
-/// One field of the decoded body: where it lies, its name's sort prefix, and whether the
-/// name has ASCII upper case.
+/// One field of the decoded body: its name's sort prefix, where it lies (the name is
+/// `name..name_end`, the value `value..end`, the signed piece `name=value` `name..end`), and
+/// whether the name has ASCII upper case. Offsets are `u32` to keep a slot at 48 bytes: the
+/// slots of Digistore24's ~150 fields stay under the 8 KiB from which the unit's
+/// `mmap_threshold` maps each allocation on its own (a page fault per page, every IPN).
 #[derive(Clone, Copy)]
 struct Slot {
     prefix: u128,
-    span: Span,
+    name: u32,
+    name_end: u32,
+    value: u32,
+    end: u32,
     upper: bool,
+}
+
+impl Slot {
+    fn name(&self) -> std::ops::Range<usize> {
+        self.name as usize..self.name_end as usize
+    }
+
+    fn value(&self) -> std::ops::Range<usize> {
+        self.value as usize..self.end as usize
+    }
+
+    fn piece(&self) -> std::ops::Range<usize> {
+        self.name as usize..self.end as usize
+    }
+
+    fn span(&self) -> Span {
+        Span {
+            name: self.name as usize,
+            name_end: self.name_end as usize,
+            value: self.value as usize,
+            end: self.end as usize,
+        }
+    }
 }
 
 /// The decoded body: its fields as `name=value` pieces in body order, and where each lies.
@@ -224,36 +253,33 @@ fn decode(body: &[u8]) -> Option<Decoded> {
                 value_escaped = true;
             }
         }
-        let span = if name_escaped || value_escaped {
+        let [name, name_end, value, end] = if name_escaped || value_escaped {
             let name_start = text.len();
             put(&mut text, body_text, name, name_escaped, &mut scratch)?;
             let name_end = text.len();
             text.push('=');
             let value_start = text.len();
             put(&mut text, body_text, value, value_escaped, &mut scratch)?;
-            Span {
-                name: name_start,
-                name_end,
-                value: value_start,
-                end: text.len(),
-            }
+            [name_start, name_end, value_start, text.len()]
         } else {
-            Span {
-                name: name.start,
-                name_end: name.end,
-                value: value.start,
-                end: value.end,
-            }
+            [name.start, name.end, value.start, value.end]
+        }
+        .map(u32::try_from);
+        let mut slot = Slot {
+            prefix: 0,
+            name: name.ok()?,
+            name_end: name_end.ok()?,
+            value: value.ok()?,
+            end: end.ok()?,
+            upper: false,
         };
-        let decoded_name = text.get(span.name..span.name_end)?;
+        let decoded_name = text.get(slot.name())?;
         if decoded_name.is_empty() || decoded_name.contains('[') {
             return None;
         }
-        slots.push(Slot {
-            prefix: prefix(decoded_name),
-            span,
-            upper: decoded_name.bytes().any(|b| b.is_ascii_uppercase()),
-        });
+        slot.prefix = prefix(decoded_name);
+        slot.upper = decoded_name.bytes().any(|b| b.is_ascii_uppercase());
+        slots.push(slot);
     }
     Some(Decoded { text, slots })
 }
