@@ -8,7 +8,10 @@
 //!   every body that parses,
 //!   signed or not, as `explain FILE` would;
 //! - the receipt path (`ipn::receive`: parse → verify → event and business key →
-//!   `rules::route` → the store records built by `ingest`), as the HTTP server does;
+//!   `rules::route` → the store records built by `ingest`), as the HTTP server does; the
+//!   server's own call, `ipn::accept` (which takes a one-pass path for a plain body), must
+//!   answer exactly as `receive` does: the same refusal, or the same event, key and
+//!   signing convention;
 //! - for an accepted body, [`Harness::round_trip`]: the records are ingested into a real
 //!   [`Store`], and every body that was inserted (not a duplicate) is read back with
 //!   [`Store::ipn`], received and routed again (and also parsed the way `replay` does), and
@@ -168,6 +171,19 @@ impl Harness {
     /// Runs one body through the explain and receipt paths.
     pub fn check(&self, body: &[u8]) -> Result<Outcome, String> {
         let passphrases = self.passphrases()?;
+        let accepted = ipn::accept(body, passphrases);
+        let received = ipn::receive(body, passphrases).map(|r| ipn::AcceptedIpn {
+            event: r.event,
+            business_key: r.business_key,
+            key_case: r.key_case,
+        });
+        if accepted != received {
+            return Err(format!(
+                "accept and receive answered differently: {:?} against {:?}",
+                accepted.as_ref().map(|a| &a.business_key),
+                received.as_ref().map(|r| &r.business_key)
+            ));
+        }
         let pairs = match ipn::parse_form(body) {
             Ok(pairs) => pairs,
             Err(e) => {
