@@ -1113,6 +1113,33 @@ enum Given {
     Garbage(String),
 }
 
+impl Given {
+    /// `pairs` with the signature field `sig_name` as given (signed by `candidates[i]`).
+    fn apply(
+        &self,
+        pairs: &[(String, String)],
+        candidates: &[String],
+        sig_name: &str,
+    ) -> Vec<(String, String)> {
+        let mut body_pairs = pairs.to_vec();
+        let value = match self {
+            Given::Signed(i, key_case, lower) => {
+                let sig = reference::sign(pairs, &candidates[*i], *key_case);
+                Some(if *lower {
+                    sig.to_ascii_lowercase()
+                } else {
+                    sig
+                })
+            }
+            Given::Absent => None,
+            Given::Empty => Some(String::new()),
+            Given::Garbage(g) => Some(g.clone()),
+        };
+        body_pairs.extend(value.map(|v| (sig_name.to_owned(), v)));
+        body_pairs
+    }
+}
+
 fn given() -> impl Strategy<Value = Given> {
     prop_oneof![
         4 => (0..3usize, any_case(), any::<bool>()).prop_map(|(i, c, l)| Given::Signed(i, c, l)),
@@ -1160,17 +1187,7 @@ proptest! {
                 );
             }
         }
-        let mut body_pairs = pairs.clone();
-        match &given {
-            Given::Signed(i, key_case, lower) => {
-                let sig = reference::sign(&pairs, &candidates[*i], *key_case);
-                let sig = if *lower { sig.to_ascii_lowercase() } else { sig };
-                body_pairs.push((sig_name.to_owned(), sig));
-            }
-            Given::Absent => {}
-            Given::Empty => body_pairs.push((sig_name.to_owned(), String::new())),
-            Given::Garbage(g) => body_pairs.push((sig_name.to_owned(), g.clone())),
-        }
+        let body_pairs = given.apply(&pairs, &candidates, sig_name);
         let configured: Vec<&str> = configured.iter().map(|&i| candidates[i].as_str()).collect();
         let passphrases = secrets(&configured);
         prop_assert_eq!(
@@ -1227,14 +1244,14 @@ fn every_fixture_but_the_upper_signed_one_takes_the_plain_path() {
 
 #[test]
 fn bodies_the_general_path_warns_about_or_refuses_are_left_to_it() {
-    let secrets = fixture_secrets();
+    let fixture_passphrases = fixture_secrets();
     let sign_body = |pairs: &[(&str, &str)]| {
         let pairs = owned(pairs);
         let signature = sign(&pairs, FIXTURE_PASSPHRASE, KeyCase::Original);
         format!("{}&sha_sign={signature}", encode(&pairs))
     };
     let plain_body = sign_body(&[("event", "on_payment"), ("order_id", "A1")]);
-    assert!(plain::accept(plain_body.as_bytes(), &secrets).is_some());
+    assert!(plain::accept(plain_body.as_bytes(), &fixture_passphrases).is_some());
     let left_to_the_general_path = [
         // a repeated name (warned), an array name (warned), an empty name (dropped, warned)
         format!("order_id=A0&{plain_body}"),
@@ -1252,21 +1269,21 @@ fn bodies_the_general_path_warns_about_or_refuses_are_left_to_it() {
         plain_body.replace("sha_sign=", "sha_sign=00"),
     ];
     for body in &left_to_the_general_path {
-        assert_eq!(plain::accept(body.as_bytes(), &secrets), None, "{body}");
+        assert_eq!(plain::accept(body.as_bytes(), &fixture_passphrases), None, "{body}");
     }
     // A body that is not UTF-8 (refused).
     let not_utf8 = [plain_body.as_bytes(), b"&note=\xff"].concat();
-    assert_eq!(plain::accept(&not_utf8, &secrets), None);
+    assert_eq!(plain::accept(&not_utf8, &fixture_passphrases), None);
     // Names with upper case, as in Digistore24's capture, are plain: lowered in the event.
     let mixed = sign_body(&[
         ("event", "on_payment"),
         ("placeholder_TITLE", "T"),
         ("ZZ", "z"),
     ]);
-    let accepted = plain::accept(mixed.as_bytes(), &secrets).expect("plain");
+    let accepted = plain::accept(mixed.as_bytes(), &fixture_passphrases).expect("plain");
     assert_eq!(
         Ok(accepted.clone()),
-        accept_generally(mixed.as_bytes(), &secrets)
+        accept_generally(mixed.as_bytes(), &fixture_passphrases)
     );
     let names: Vec<&str> = accepted.event.fields().map(|(name, _)| name).collect();
     assert_eq!(names, ["event", "placeholder_title", "sha_sign", "zz"]);
@@ -1274,21 +1291,17 @@ fn bodies_the_general_path_warns_about_or_refuses_are_left_to_it() {
     let pairs = owned(&[("event", "on_payment"), ("order_id", "A1")]);
     let upper = sign(&pairs, FIXTURE_PASSPHRASE, KeyCase::Upper);
     let upper_body = format!("{}&sha_sign={upper}", encode(&pairs));
-    assert_eq!(plain::accept(upper_body.as_bytes(), &secrets), None);
-    assert!(accept(upper_body.as_bytes(), &secrets).is_ok());
-    let two = secrets_of(&["other", FIXTURE_PASSPHRASE]);
+    assert_eq!(plain::accept(upper_body.as_bytes(), &fixture_passphrases), None);
+    assert!(accept(upper_body.as_bytes(), &fixture_passphrases).is_ok());
+    let two = secrets(&["other", FIXTURE_PASSPHRASE]);
     assert_eq!(plain::accept(plain_body.as_bytes(), &two), None);
     assert_eq!(
         accept(plain_body.as_bytes(), &two).map(|a| a.key_case),
         Ok(KeyCase::Original)
     );
     // An empty first passphrase is skipped, as the general path skips it.
-    let empty_first = secrets_of(&["", FIXTURE_PASSPHRASE]);
+    let empty_first = secrets(&["", FIXTURE_PASSPHRASE]);
     assert!(plain::accept(plain_body.as_bytes(), &empty_first).is_some());
-}
-
-fn secrets_of(list: &[&str]) -> Vec<SecretString> {
-    secrets(list)
 }
 
 proptest! {
@@ -1303,17 +1316,7 @@ proptest! {
         given in given(),
         noise in form_bodies(),
     ) {
-        let mut body_pairs = pairs.clone();
-        match &given {
-            Given::Signed(i, key_case, lower) => {
-                let sig = reference::sign(&pairs, &candidates[*i], *key_case);
-                let sig = if *lower { sig.to_ascii_lowercase() } else { sig };
-                body_pairs.push(("sha_sign".to_owned(), sig));
-            }
-            Given::Absent => {}
-            Given::Empty => body_pairs.push(("sha_sign".to_owned(), String::new())),
-            Given::Garbage(g) => body_pairs.push(("sha_sign".to_owned(), g.clone())),
-        }
+        let body_pairs = given.apply(&pairs, &candidates, "sha_sign");
         let configured: Vec<&str> = configured.iter().map(|&i| candidates[i].as_str()).collect();
         let passphrases = secrets(&configured);
         let body = encode(&body_pairs);
