@@ -364,9 +364,11 @@ impl PgStore {
         )
     }
 
-    /// Number of jobs per state, from the counts the triggers of schema migration 3 keep:
-    /// a few rows per state, never a count of every job (issue 13).
+    /// Number of jobs per state, from the counts the triggers of schema migrations 3 and 4
+    /// keep: a few rows per state, never a count of every job (issue 13). At most once every
+    /// [`super::counts::FOLD_EVERY`] the rows of ended connections are folded first.
     pub async fn job_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.fold_job_counts_if_due().await;
         self.count(
             async {
                 let client = self.client().await?;
@@ -611,17 +613,18 @@ async fn prepare(tx: &Transaction<'_>, sql: &str) -> Result<tokio_postgres::Stat
     tx.prepare_cached(sql).await.map_err(pg_error)
 }
 
-/// The advisory lock class (first key of `pg_advisory_xact_lock(int4, int4)`, a key space
-/// apart from the one-key locks such as the migration lock) of "one Digistore24 order of
-/// one integration"; the second key is a hash of the pair (a collision only makes two
-/// orders wait for each other). "ipno" in ASCII.
-/// Jobs per state from the counts kept by schema migration 3: the shards of a state summed.
+/// Jobs per state from the counts kept by schema migrations 3 and 4: the shards of a state
+/// (one per writing backend, and shard 0 for folded ones, see [`super::counts`]) summed.
 /// States without a job (any more) are left out, as the `GROUP BY` over `jobs` this
 /// replaced left them out, and as SQLite does (`WHERE n > 0`); a negative sum (which only
 /// a bug could make) is not hidden but refused by the caller.
 pub(super) const JOB_COUNTS_SQL: &str =
     "SELECT state, SUM(n)::BIGINT FROM job_counts GROUP BY state HAVING SUM(n) <> 0";
 
+/// The advisory lock class (first key of `pg_advisory_xact_lock(int4, int4)`, a key space
+/// apart from the one-key locks such as the migration lock) of "one Digistore24 order of
+/// one integration"; the second key is a hash of the pair (a collision only makes two
+/// orders wait for each other). "ipno" in ASCII.
 const ORDER_LOCK_CLASS: i32 = 0x6970_6e6f;
 
 /// Takes, until the end of `tx`, the lock of the jobs of Digistore24 order `order_key` in

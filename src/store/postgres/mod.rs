@@ -11,11 +11,16 @@
 //! so PostgreSQL's own group commit does what the SQLite writer thread does by hand.
 //! Duplicates are refused across instances by the unique constraint
 //! `ipns (source, business_key)`.
+//!
+//! Jobs per state are kept by triggers in `job_counts`, one row per state and writing
+//! backend, and the rows of backends that are gone are folded at open and from reads of
+//! the counts (see [`counts`]).
 
 mod alerts;
 mod audit;
 pub mod batch;
 pub mod claims;
+pub mod counts;
 mod jobs;
 mod review;
 mod rows;
@@ -43,6 +48,8 @@ pub struct PgStore {
     stats: Arc<Stats>,
     /// The dispatcher locks of this instance (see [`claims`]).
     claims: Arc<claims::Claims>,
+    /// When the job counts were last folded (see [`counts`]).
+    fold_clock: Arc<counts::FoldClock>,
 }
 
 #[derive(Default)]
@@ -84,9 +91,14 @@ impl PgStore {
             shown,
             stats: Arc::new(Stats::default()),
             claims,
+            fold_clock: Arc::new(counts::FoldClock::started()),
         };
         let mut client = store.client().await?;
         schema::migrate(&mut client).await?;
+        // The counts are right without it; a fold that fails is tried again on a read.
+        if let Err(e) = counts::fold(&mut client).await {
+            tracing::warn!(error = %e, "cannot fold the job counts at start");
+        }
         Ok(store)
     }
 

@@ -23,6 +23,13 @@ use crate::store::StoreError;
 /// read as a big-endian `i64`, unlikely to collide with another application's keys.
 pub const MIGRATION_LOCK: i64 = 0x6970_6e62_7264_6731;
 
+/// The advisory lock key (`pg_advisory_xact_lock`) that serialises the folds of the job
+/// counts (`FOLD_SQL` in `counts.rs`): the ASCII of "ipnbfold" read as a big-endian `i64`.
+/// Only a fold writes the rows of shard 0, and the TRUNCATE trigger of migration 4 takes
+/// the same lock (written there as its decimal value, which a test checks) before it
+/// clears the counts.
+pub const FOLD_LOCK: i64 = 0x6970_6e62_666f_6c64;
+
 /// Migration `i` brings the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     // 1: the SQLite schema as of its version 6.
@@ -245,13 +252,88 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER job_counts_truncate AFTER TRUNCATE ON jobs
         FOR EACH STATEMENT EXECUTE FUNCTION job_counts_clear();
     "#,
+    // 4: the shard of a count is the writing backend's own pid, so that two concurrent
+    // transactions never touch the same counter row. Under migration 3 two backends with
+    // the same `pid % 16` shared their rows: a transaction of several kinds of change (a
+    // batch of results moving jobs to `delivered` and `dead`) could lock `(dead, s)` then
+    // `(pending, s)` while another of its shard (a `queue retry`) locked them the other
+    // way round, a deadlock PostgreSQL broke only after `deadlock_timeout` by failing one
+    // of them. A backend runs one transaction at a time, so a row of its pid is written by
+    // nobody else while it lives: writers never wait on each other's counts at all.
+    // `shard` is widened to INTEGER (a pid); the rows already there keep their values as
+    // rows of "shards" 0–15 that are (almost always) no live pid. The trigger keeps its
+    // behaviour otherwise: the counts commit or roll back with the change, only an UPDATE
+    // that changes `state` touches them, TRUNCATE clears them.
+    // Rows of backends that are gone are *folded* into the row `(state, 0)` (see
+    // `FOLD_SQL` in `store/postgres/counts.rs`): at each start of an instance and at most
+    // once a minute on a read of the counts, so the table stays a few rows per state.
+    // Only folds write shard 0 (no backend has pid 0), serialised by the advisory lock
+    // `FOLD_LOCK` (7597693940278455396, "ipnbfold"); a TRUNCATE of `jobs` takes that lock
+    // before it clears the counts, so a fold and a TRUNCATE queue instead of locking rows
+    // in opposite orders.
+    r#"
+    ALTER TABLE job_counts ALTER COLUMN shard TYPE INTEGER;
+    CREATE OR REPLACE FUNCTION job_counts_keep() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        own_shard INTEGER := pg_backend_pid();
+        state_1 TEXT;
+        delta_1 BIGINT;
+        state_2 TEXT;
+        delta_2 BIGINT;
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            state_1 := NEW.state;
+            delta_1 := 1;
+        ELSIF TG_OP = 'DELETE' THEN
+            state_1 := OLD.state;
+            delta_1 := -1;
+        ELSIF OLD.state < NEW.state THEN
+            state_1 := OLD.state;
+            delta_1 := -1;
+            state_2 := NEW.state;
+            delta_2 := 1;
+        ELSE
+            state_1 := NEW.state;
+            delta_1 := 1;
+            state_2 := OLD.state;
+            delta_2 := -1;
+        END IF;
+        INSERT INTO job_counts AS c (state, shard, n) VALUES (state_1, own_shard, delta_1)
+            ON CONFLICT (state, shard) DO UPDATE SET n = c.n + EXCLUDED.n;
+        IF state_2 IS NOT NULL THEN
+            INSERT INTO job_counts AS c (state, shard, n) VALUES (state_2, own_shard, delta_2)
+                ON CONFLICT (state, shard) DO UPDATE SET n = c.n + EXCLUDED.n;
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE OR REPLACE FUNCTION job_counts_clear() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_advisory_xact_lock(7597693940278455396);
+        DELETE FROM job_counts;
+        RETURN NULL;
+    END
+    $$;
+    "#,
 ];
 
 /// The schema version this build writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The SQL of the migration to `version` (tests check what a migration spells out).
+#[cfg(test)]
+pub(super) fn migration(version: usize) -> Option<&'static str> {
+    MIGRATIONS.get(version.checked_sub(1)?).copied()
+}
+
 /// Brings the database to [`CURRENT_VERSION`], under the migration lock.
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    migrate_up_to(client, CURRENT_VERSION).await
+}
+
+/// Applies the migrations up to version `target` (tests build an older database with it;
+/// a database already past `target` is left as it is).
+pub(super) async fn migrate_up_to(client: &mut Client, target: i64) -> Result<(), StoreError> {
     let tx = client.transaction().await.map_err(pg_error)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
@@ -276,7 +358,8 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
              use a newer ipn-bridge"
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    let migrations = MIGRATIONS.iter().enumerate().take(target as usize);
+    for (i, sql) in migrations.skip(version as usize) {
         tx.batch_execute(sql).await.map_err(pg_error)?;
         let next = i as i64 + 1;
         tx.execute("UPDATE ipn_bridge_schema SET version = $1", &[&next])
