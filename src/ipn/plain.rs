@@ -94,6 +94,10 @@ pub(super) fn accept(body: &[u8], passphrases: &[SecretString]) -> Option<Accept
 /// The event's names are lower case (see [`IpnEvent`]): each name of `slots` (sorted by
 /// name, unique) that has upper case is lowered in `text` and moved to its place; `None`
 /// when it then equals another name (the general path refuses such twins).
+///
+/// A few such names (Digistore24 sends two) are each inserted at their place; more than
+/// [`FEW_UPPER`] are put back by one sort, so a signed body of thousands of upper-case
+/// names costs a sort, not thousands of insertions into a long vector.
 fn lower_names(mut text: String, mut slots: Vec<Slot>) -> Option<(String, Vec<Slot>)> {
     if !slots.iter().any(|slot| slot.upper) {
         return Some((text, slots));
@@ -105,25 +109,33 @@ fn lower_names(mut text: String, mut slots: Vec<Slot>) -> Option<(String, Vec<Sl
         }
         !slot.upper
     });
-    for mut slot in moved {
+    for slot in &mut moved {
         let name = text.get_mut(slot.name())?;
         name.make_ascii_lowercase();
         slot.prefix = prefix(name);
         slot.upper = false;
-        let name = |s: &Slot| text.get(s.name()).unwrap_or("");
-        let place = slots.binary_search_by(|other| {
-            other
-                .prefix
-                .cmp(&slot.prefix)
-                .then_with(|| name(other).cmp(name(&slot)))
-        });
-        match place {
+    }
+    let name = |s: &Slot| text.get(s.name()).unwrap_or("");
+    let order = |a: &Slot, b: &Slot| a.prefix.cmp(&b.prefix).then_with(|| name(a).cmp(name(b)));
+    if moved.len() > FEW_UPPER {
+        slots.extend(moved);
+        slots.sort_unstable_by(order);
+        let unique = slots
+            .windows(2)
+            .all(|pair| matches!(pair, [a, b] if order(a, b) == Ordering::Less));
+        return unique.then_some((text, slots));
+    }
+    for slot in moved {
+        match slots.binary_search_by(|other| order(other, &slot)) {
             Ok(_) => return None,
             Err(at) => slots.insert(at, slot),
         }
     }
     Some((text, slots))
 }
+
+/// Names with upper case that [`lower_names`] inserts one by one; more are sorted in.
+const FEW_UPPER: usize = 8;
 
 thread_local! {
     /// The order the last plain body's fields sorted into on this thread, as positions in

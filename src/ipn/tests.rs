@@ -1269,7 +1269,11 @@ fn bodies_the_general_path_warns_about_or_refuses_are_left_to_it() {
         plain_body.replace("sha_sign=", "sha_sign=00"),
     ];
     for body in &left_to_the_general_path {
-        assert_eq!(plain::accept(body.as_bytes(), &fixture_passphrases), None, "{body}");
+        assert_eq!(
+            plain::accept(body.as_bytes(), &fixture_passphrases),
+            None,
+            "{body}"
+        );
     }
     // A body that is not UTF-8 (refused).
     let not_utf8 = [plain_body.as_bytes(), b"&note=\xff"].concat();
@@ -1291,7 +1295,10 @@ fn bodies_the_general_path_warns_about_or_refuses_are_left_to_it() {
     let pairs = owned(&[("event", "on_payment"), ("order_id", "A1")]);
     let upper = sign(&pairs, FIXTURE_PASSPHRASE, KeyCase::Upper);
     let upper_body = format!("{}&sha_sign={upper}", encode(&pairs));
-    assert_eq!(plain::accept(upper_body.as_bytes(), &fixture_passphrases), None);
+    assert_eq!(
+        plain::accept(upper_body.as_bytes(), &fixture_passphrases),
+        None
+    );
     assert!(accept(upper_body.as_bytes(), &fixture_passphrases).is_ok());
     let two = secrets(&["other", FIXTURE_PASSPHRASE]);
     assert_eq!(plain::accept(plain_body.as_bytes(), &two), None);
@@ -1386,4 +1393,36 @@ fn the_order_of_the_previous_body_is_only_a_guess() {
         assert_eq!(names, expected);
         assert_eq!(Ok(accepted), accept_generally(body.as_bytes(), &secrets));
     }
+}
+
+#[test]
+fn many_upper_case_names_are_sorted_in_and_twins_among_them_left_to_the_general_path() {
+    let passphrases = fixture_secrets();
+    let sign_body = |pairs: &[(String, String)]| {
+        let signature = sign(pairs, FIXTURE_PASSPHRASE, KeyCase::Original);
+        format!("{}&sha_sign={signature}", encode(pairs))
+    };
+    let mut pairs: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("Field_{i:02}"), format!("v{i}")))
+        .collect();
+    pairs.push(("event".to_owned(), "connection_test".to_owned()));
+    let body = sign_body(&pairs);
+    let accepted = plain::accept(body.as_bytes(), &passphrases).expect("plain");
+    assert_eq!(
+        Ok(accepted.clone()),
+        accept_generally(body.as_bytes(), &passphrases)
+    );
+    assert_eq!(accepted.event.get("field_07"), Some("v7"));
+    let names: Vec<&str> = accepted.event.fields().map(|(name, _)| name).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted);
+
+    pairs.push(("FIELD_07".to_owned(), "twin".to_owned()));
+    let twins = sign_body(&pairs);
+    assert_eq!(plain::accept(twins.as_bytes(), &passphrases), None);
+    assert!(matches!(
+        accept(twins.as_bytes(), &passphrases),
+        Err(IpnError::Malformed(_))
+    ));
 }
