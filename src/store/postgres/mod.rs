@@ -15,6 +15,13 @@
 //! Jobs per state are kept by triggers in `job_counts`, one row per state and writing
 //! backend, and the rows of backends that are gone are folded at open and from reads of
 //! the counts (see [`counts`]).
+//!
+//! TLS (see [`tls`]): only `sslmode=require` in the URL turns it on, for every connection
+//! (the pool's and the lock connection of [`claims`]), and then the server is always
+//! verified, chain and host name, against the system's CA certificates plus those of
+//! `[store] ca_file`; `prefer`, `disable` and no `sslmode` are plain connections, as before
+//! TLS was built in. A connection that fails says what failed after [`PgStore::shown_url`],
+//! which never carries the password.
 
 mod alerts;
 mod audit;

@@ -96,6 +96,12 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileE
 
 /// The rustls configuration of every TLS connection of one store: the system's roots plus
 /// those of `ca_file`, whose problems are [`StoreError::Invalid`] naming the key and path.
+///
+/// Guess (README, "What rests on a guess"): a PostgreSQL server reached over TLS presents
+/// a certificate naming the URL's host (DNS or IP SAN) that chains to one of these roots,
+/// as libpq's `sslmode=verify-full` requires (PostgreSQL documentation, libpq "SSL
+/// Support", "Client Verification of Server Certificates"); no reference here records what
+/// each managed service presents.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, StoreError> {
     let mut roots = RootCertStore::empty();
     let system = rustls_native_certs::load_native_certs();
