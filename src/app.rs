@@ -146,6 +146,10 @@ fn keep_restart_only_settings(old: &Config, mut new: Config) -> Config {
         tracing::warn!("store.url changes only with a restart");
     }
     new.store.url = old.store.url.clone();
+    if new.store.ca_file != old.store.ca_file {
+        tracing::warn!("store.ca_file changes only with a restart");
+        new.store.ca_file = old.store.ca_file.clone();
+    }
     if new.server.max_connections != old.server.max_connections {
         tracing::warn!(
             running = old.server.max_connections,
@@ -169,9 +173,11 @@ fn keep_restart_only_settings(old: &Config, mut new: Config) -> Config {
 pub async fn open_store(config: &Config, empty: EmptyFile) -> anyhow::Result<Store> {
     use secrecy::ExposeSecret;
     match &config.store.url {
-        Some(url) => Store::connect_postgres(url.expose_secret())
-            .await
-            .context("cannot open the PostgreSQL store ([store] url)"),
+        Some(url) => {
+            Store::connect_postgres_with_ca(url.expose_secret(), config.store.ca_file.as_deref())
+                .await
+                .context("cannot open the PostgreSQL store ([store] url)")
+        }
         None => Store::open_exclusive(&config.store.path, empty)
             .with_context(|| format!("cannot open the store {}", config.store.path.display())),
     }
@@ -541,6 +547,20 @@ to = ["ops@example.com"]
         assert_eq!(kept.server.max_connections, 512);
         assert!(
             logs.contains("server.max_connections changes only with a restart"),
+            "{logs}"
+        );
+    }
+
+    #[test]
+    fn store_ca_file_keeps_its_running_value_on_reload() {
+        let mut old = config("smtp_password = \"s1\"\n");
+        old.store.ca_file = Some("/etc/ipn-bridge/db-ca.pem".into());
+        let mut new = old.clone();
+        new.store.ca_file = Some("/etc/ipn-bridge/other-ca.pem".into());
+        let (kept, logs) = logs_of(|| keep_restart_only_settings(&old, new));
+        assert_eq!(kept.store.ca_file, old.store.ca_file);
+        assert!(
+            logs.contains("store.ca_file changes only with a restart"),
             "{logs}"
         );
     }

@@ -138,3 +138,63 @@ fn the_example_configuration_explains_the_digital_capture_as_a_complete_import()
     assert!(!stdout.contains("affId"), "{stdout}");
     assert!(!stdout.contains("change-me"), "the password is redacted");
 }
+
+/// The example configuration with its `[store] path = …` line replaced by `store`, written
+/// into `dir`; returns the file's path.
+fn example_with_store(dir: &std::path::Path, store: &str) -> std::path::PathBuf {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/connectors.toml.example"
+    ))
+    .expect("example");
+    let line = example
+        .lines()
+        .find(|l| l.starts_with("path = "))
+        .expect("[store] path in the example");
+    let path = dir.join("connectors.toml");
+    std::fs::write(&path, example.replacen(line, store, 1)).expect("write");
+    path
+}
+
+#[test]
+fn check_config_refuses_a_store_ca_file_beside_a_sqlite_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("db-ca.pem"), "").expect("ca");
+    let path = example_with_store(dir.path(), "path = \"x.db\"\nca_file = \"db-ca.pem\"");
+    let out = bin()
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`ca_file` in [store]"), "{stderr}");
+    assert!(stderr.contains("SQLite"), "{stderr}");
+}
+
+#[test]
+fn check_config_names_the_key_and_path_of_a_missing_store_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-ca.pem");
+    let path = example_with_store(
+        dir.path(),
+        &format!(
+            "url = \"postgres://bridge:pw-not-shown@db.example/ipn?sslmode=require\"\n\
+             ca_file = \"{}\"",
+            missing.display()
+        ),
+    );
+    let out = bin()
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`ca_file` in [store]"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: cannot read it", missing.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pw-not-shown"), "{stderr}");
+}

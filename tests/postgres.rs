@@ -278,3 +278,108 @@ async fn two_daemons_share_one_queue_and_one_rate_limit_and_survive_a_sigkill() 
     assert_eq!(fake.orders().len(), found.len(), "a replay imported again");
     drop(survivor);
 }
+
+/// `[store] url` with `?sslmode=require` and `[store] ca_file` (the test server's CA): a
+/// daemon stores and delivers an IPN, and every connection it holds — pooled and the
+/// dispatcher-lock one — is TLS. The operator commands read `ca_file` too; without it the
+/// same URL is refused with the certificate error, never showing the URL's password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_and_the_operator_commands_reach_postgres_over_verified_tls() {
+    let Some(url) = ipn_bridge::store::testing::fresh_database().await else {
+        return;
+    };
+    let Some(ca) = ipn_bridge::store::testing::test_ca_file() else {
+        return;
+    };
+    const PASSWORD: &str = "tls-pw-not-shown";
+    let tls_url = format!(
+        "{}?sslmode=require",
+        url.replacen(
+            "postgres://postgres@",
+            &format!("postgres://postgres:{PASSWORD}@"),
+            1
+        )
+    );
+    let fake = FakeKonnektive::start(fixture_konnektive()).await;
+    let setup = Setup::new(&fake.base_url);
+    let work = Workdir::new();
+    let url_line = "url = { file = \"database-url\" }";
+    let ca_line = format!("ca_file = \"{}\"", ca.display());
+    let to_postgres = on_postgres(&work, &tls_url);
+    let with_ca = format!("{url_line}\n{ca_line}");
+    let daemon = Daemon::spawn_edited(&work, &setup, "tls.log", move |toml| {
+        to_postgres(toml).replacen(url_line, &with_ca, 1)
+    });
+    let health: serde_json::Value =
+        serde_json::from_str(&get(daemon.addr, "/healthz").await).expect("healthz JSON");
+    assert_eq!(health["store_writable"], true, "{health}");
+
+    let (_, body) = ipn(0);
+    let mut acked = [false];
+    post_all(daemon.addr, &[body], &mut acked, false).await;
+    assert!(acked[0], "acknowledged");
+    wait_for(Duration::from_secs(20), "the delivery", || async {
+        (fake.orders().len() == 1).then_some(())
+    })
+    .await;
+
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("admin connection");
+    tokio::spawn(connection);
+    let db = url.rsplit('/').next().expect("database name").to_owned();
+    let counts = || async {
+        let row = admin
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE s.ssl),
+                        count(*) FILTER (WHERE a.application_name = 'ipn-bridge dispatcher locks')
+                   FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+                  WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
+                &[&db],
+            )
+            .await
+            .expect("pg_stat_ssl");
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+        )
+    };
+    let (all, tls, locks) = wait_for(Duration::from_secs(10), "the lock connection", || async {
+        let c = counts().await;
+        (c.2 > 0).then_some(c)
+    })
+    .await;
+    assert!(all >= 2, "{all} connections");
+    assert_eq!(
+        tls, all,
+        "{all} connections, {tls} with TLS ({locks} lock connections)"
+    );
+
+    let queue_list = |config: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_ipn-bridge"))
+            .args(["queue", "list", "--limit", "0", "-c"])
+            .arg(config)
+            .output()
+            .expect("queue list")
+    };
+    let listed = queue_list(&work.config_path());
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let without_ca = work.dir.path().join("without-ca.toml");
+    let text = std::fs::read_to_string(work.config_path()).expect("config");
+    assert!(text.contains(&ca_line), "{text}");
+    std::fs::write(&without_ca, text.replacen(&ca_line, "", 1)).expect("write");
+    let refused = queue_list(&without_ca);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("TLS: invalid peer certificate: UnknownIssuer"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(PASSWORD), "the password leaked: {stderr}");
+    drop(daemon);
+}

@@ -51,9 +51,12 @@ pub async fn open_store(config_path: &Path) -> anyhow::Result<Store> {
 pub async fn open_existing_store(config: &crate::config::Config) -> anyhow::Result<Store> {
     use secrecy::ExposeSecret;
     if let Some(url) = &config.store.url {
-        return Store::connect_postgres(url.expose_secret())
-            .await
-            .context("cannot open the PostgreSQL store ([store] url)");
+        return Store::connect_postgres_with_ca(
+            url.expose_secret(),
+            config.store.ca_file.as_deref(),
+        )
+        .await
+        .context("cannot open the PostgreSQL store ([store] url)");
     }
     let db = &config.store.path;
     if !db.exists() {

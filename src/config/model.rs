@@ -43,6 +43,11 @@ pub struct Store {
     /// `[store] url` (any secret form): a PostgreSQL connection string, for several daemons
     /// sharing one database. `None`: the SQLite file at `path`. Never both in the file.
     pub url: Option<secrecy::SecretString>,
+    /// `[store] ca_file`: a PEM file of CA certificates trusted, besides the system's, for
+    /// TLS to PostgreSQL (`url` with `sslmode=require`); checked readable with at least one
+    /// certificate when loaded, relative to the configuration file's directory. Only with
+    /// `url`.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

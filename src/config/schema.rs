@@ -18,6 +18,10 @@
 //!   carry credentials (it is logged), and neither may `public_url` or `base_url`.
 //! - `[integration.NAME.fields]` may not set `loginId`, `password` or the integration's
 //!   `order_ref_field` (which carries the bridge's own order reference).
+//! - `[store] ca_file` is read when the file is loaded (relative to the configuration file's
+//!   directory, like a secret's `file`) and must hold at least one usable CA certificate
+//!   (parsed by `store::postgres::tls`, the one home of that rule); it needs `url`, and
+//!   warns when `url` does not ask for TLS (`sslmode=require`), where it would go unused.
 //! - A `products` list must not be empty (it would match nothing; `active = false` says that).
 //! - `[integration.NAME.fallback_address]` values are checked against the Konnektive field
 //!   lengths of `connectors::konnektive::request::FIELD_MAX_CHARS` (the one home of those
@@ -36,6 +40,7 @@ use super::secret::{Environment, SecretResolver};
 use super::template::{is_name, parse_template};
 use crate::connectors::konnektive::request::max_chars;
 use crate::domain::{ActionKind, OrderEvent, OtherEvent};
+use crate::store::postgres::tls::{CaFileError, parse_ca_pem, tls_required};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -76,7 +81,7 @@ const ROOT_KEYS: [&str; 7] = [
     "integration",
 ];
 const SERVER_KEYS: [&str; 4] = ["listen", "max_body_bytes", "public_url", "max_connections"];
-const STORE_KEYS: [&str; 2] = ["path", "url"];
+const STORE_KEYS: [&str; 3] = ["path", "url", "ca_file"];
 const DELIVERY_KEYS: [&str; 4] = ["timeout", "retry_initial", "retry_max", "give_up_after"];
 const ALERTS_KEYS: [&str; 6] = [
     "smtp_url",
@@ -179,6 +184,7 @@ pub(crate) fn walk(
         out: Findings::default(),
         secrets: SecretResolver::new(env, path),
         store_secrets: SecretResolver::new(store_env, path),
+        store_env,
     };
     let config = walker.config(&Section::root(tree), path);
     let mut plain_secret_spans = walker.secrets.plain_spans;
@@ -212,6 +218,7 @@ fn default_store() -> Store {
     Store {
         path: PathBuf::from(DEFAULT_STORE_PATH),
         url: None,
+        ca_file: None,
     }
 }
 
@@ -237,6 +244,13 @@ fn postgres_url_is_valid(
          value, or in ~/.pgpass)",
     );
     false
+}
+
+/// Whether a valid `[store] url` turns TLS on (see [`crate::store::postgres::tls`]).
+fn store_url_requires_tls(url: &SecretString) -> bool {
+    url.expose_secret()
+        .parse::<tokio_postgres::Config>()
+        .is_ok_and(|config| tls_required(config.get_ssl_mode()))
 }
 
 /// `[A-Za-z0-9_-]+`, the form of source, target and integration names.
@@ -275,6 +289,8 @@ struct Walker<'t, 'e> {
     /// Resolves `[store] url`: the operator commands read it for real even where they
     /// leave every other secret unread (they need the database, nothing else).
     store_secrets: SecretResolver<'e>,
+    /// Reads `[store] ca_file` (the environment of `[store] url`: read for real).
+    store_env: &'e dyn Environment,
 }
 
 impl Walker<'_, '_> {
@@ -286,7 +302,7 @@ impl Walker<'_, '_> {
             None => default_server(),
         };
         let store = match root.child("store", &mut self.out) {
-            Some(s) => self.store(&s),
+            Some(s) => self.store(&s, path),
             None => default_store(),
         };
         let delivery = match root.child("delivery", &mut self.out) {
@@ -440,7 +456,9 @@ impl Walker<'_, '_> {
         server
     }
 
-    fn store(&mut self, s: &Section<'_, '_>) -> Store {
+    /// `[store]`; `config_path` is the configuration file's (a relative `ca_file` is
+    /// relative to its directory).
+    fn store(&mut self, s: &Section<'_, '_>, config_path: &Path) -> Store {
         s.reject_unknown(&STORE_KEYS, &mut self.out);
         let mut store = default_store();
         if let Some(f) = s.get("path")
@@ -461,6 +479,39 @@ impl Walker<'_, '_> {
                 .store_secrets
                 .resolve(&f, &mut self.out)
                 .filter(|url| postgres_url_is_valid(url, &f, &mut self.out));
+        }
+        if let Some(f) = s.get("ca_file") {
+            if s.get("url").is_none() {
+                f.error_hint(
+                    &mut self.out,
+                    "is the CA of a PostgreSQL server (`url` with `?sslmode=require`); a \
+                     SQLite store (`path`) has no server to verify",
+                    "remove `ca_file`, or set `url` instead of `path`",
+                );
+            } else if let Some(name) = f.non_empty_str(&mut self.out) {
+                let file = config_path
+                    .parent()
+                    .map_or_else(|| PathBuf::from(name), |dir| dir.join(name));
+                let read = self
+                    .store_env
+                    .read_file(&file)
+                    .map_err(CaFileError::from)
+                    .and_then(|pem| parse_ca_pem(pem.as_bytes()));
+                match read {
+                    Ok(_) => store.ca_file = Some(file),
+                    Err(e) => f.error(&mut self.out, format!("{}: {e}", file.display())),
+                }
+            }
+            if let Some(url) = &store.url
+                && !store_url_requires_tls(url)
+            {
+                self.out.warning(
+                    f.span(),
+                    "`ca_file` in [store] is not used: `url` does not ask for TLS \
+                     (`sslmode=require`; no sslmode, `prefer` and `disable` mean no TLS)",
+                    Some("add `?sslmode=require` to `url`, or remove `ca_file`".to_owned()),
+                );
+            }
         }
         store
     }

@@ -1729,6 +1729,9 @@ fn fallback_address_errors_have_line_and_column() {
 #[path = "tests/ds24.rs"]
 mod ds24;
 
+#[path = "tests/store_tls.rs"]
+mod store_tls;
+
 #[test]
 fn a_postgres_store_url_is_a_secret_in_any_form() {
     use secrecy::ExposeSecret;

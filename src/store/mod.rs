@@ -512,6 +512,17 @@ impl Store {
         Ok(Store::Postgres(PgStore::connect(url).await?))
     }
 
+    /// [`Store::connect_postgres`], also trusting the CA certificates of the PEM file
+    /// `ca_file` (`[store] ca_file`) for TLS (see [`postgres::tls`]).
+    pub async fn connect_postgres_with_ca(
+        url: &str,
+        ca_file: Option<&Path>,
+    ) -> Result<Store, StoreError> {
+        Ok(Store::Postgres(
+            PgStore::connect_with_ca(url, ca_file).await?,
+        ))
+    }
+
     /// Commits what is queued and stops the writer thread, for every clone of this handle:
     /// later operations fail with [`StoreError::Closed`]. Returns when the thread has ended.
     pub async fn close(self) {

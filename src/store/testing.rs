@@ -13,6 +13,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// prints with its defaults.
 pub const DEFAULT_TEST_PG: &str = "postgres://postgres@127.0.0.1:54329/postgres";
 
+/// The data directory `scripts/test-postgres` uses when `IPN_BRIDGE_PG_DIR` is not set.
+pub const DEFAULT_TEST_PG_DIR: &str = "/tmp/ipn-bridge-test-pg";
+
+/// The test CA that `scripts/test-postgres` makes in its data directory (`IPN_BRIDGE_PG_DIR`
+/// or [`DEFAULT_TEST_PG_DIR`]) and whose server certificate names `127.0.0.1` and
+/// `localhost`; `None` (with a message on stderr) when that file is not there, e.g. for a
+/// server the script did not start.
+pub fn test_ca_file() -> Option<std::path::PathBuf> {
+    let dir = std::env::var("IPN_BRIDGE_PG_DIR").unwrap_or_else(|_| DEFAULT_TEST_PG_DIR.into());
+    let ca = std::path::Path::new(&dir).join("ipnb-test-ca.crt");
+    if ca.is_file() {
+        Some(ca)
+    } else {
+        eprintln!(
+            "SKIPPED: PostgreSQL TLS test skipped, no test CA at {} (run scripts/test-postgres \
+             with the same IPN_BRIDGE_PG_DIR)",
+            ca.display()
+        );
+        None
+    }
+}
+
 /// The URL of a new, empty database on the test server, or `None` (with a message on
 /// stderr saying why and how to start the server) when there is no server.
 pub async fn fresh_database() -> Option<String> {

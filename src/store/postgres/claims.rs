@@ -33,8 +33,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
+use super::tls::MakeRustls;
 use super::{PgStore, pg_error};
 use crate::store::{Claim, StoreError, reconciled_kind_names};
 
@@ -62,6 +63,8 @@ pub const PING_EVERY: Duration = Duration::from_secs(1);
 /// The dedicated lock connection and the targets it holds.
 pub(super) struct Claims {
     config: tokio_postgres::Config,
+    /// The store's TLS (see [`super::tls`]).
+    tls: MakeRustls,
     state: Mutex<State>,
 }
 
@@ -74,7 +77,7 @@ struct State {
 }
 
 impl Claims {
-    pub(super) fn new(config: tokio_postgres::Config) -> Claims {
+    pub(super) fn new(config: tokio_postgres::Config, tls: MakeRustls) -> Claims {
         let mut config = config;
         config
             .keepalives(true)
@@ -82,6 +85,7 @@ impl Claims {
             .application_name("ipn-bridge dispatcher locks");
         Claims {
             config,
+            tls,
             state: Mutex::new(State::default()),
         }
     }
@@ -186,7 +190,12 @@ impl PgStore {
             }
             state.held.clear();
             state.client = None;
-            let (client, connection) = self.claims.config.connect(NoTls).await.map_err(pg_error)?;
+            let (client, connection) = self
+                .claims
+                .config
+                .connect(self.claims.tls.clone())
+                .await
+                .map_err(pg_error)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "dispatcher lock connection ended");

@@ -15,6 +15,13 @@
 //! Jobs per state are kept by triggers in `job_counts`, one row per state and writing
 //! backend, and the rows of backends that are gone are folded at open and from reads of
 //! the counts (see [`counts`]).
+//!
+//! TLS (see [`tls`]): only `sslmode=require` in the URL turns it on, for every connection
+//! (the pool's and the lock connection of [`claims`]), and then the server is always
+//! verified, chain and host name, against the system's CA certificates plus those of
+//! `[store] ca_file`; `prefer`, `disable` and no `sslmode` are plain connections, as before
+//! TLS was built in. A connection that fails says what failed after [`PgStore::shown_url`],
+//! which never carries the password.
 
 mod alerts;
 mod audit;
@@ -25,12 +32,14 @@ mod jobs;
 mod review;
 mod rows;
 pub mod schema;
+pub mod tls;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 
 use super::StoreError;
@@ -66,18 +75,38 @@ impl std::fmt::Debug for PgStore {
 
 impl PgStore {
     /// Connects to `url` (`postgres://user[:password]@host[:port]/db`, or the key=value form)
-    /// and migrates the schema (see [`schema`]).
+    /// and migrates the schema (see [`schema`]); TLS only under `sslmode=require`, trusting
+    /// the system's CA certificates (see [`tls`]).
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+        PgStore::connect_with_ca(url, None).await
+    }
+
+    /// [`PgStore::connect`], also trusting the CA certificates of the PEM file `ca_file`
+    /// (`[store] ca_file`) for TLS. Every connection, pooled or the lock connection of
+    /// [`claims`], uses the same TLS.
+    pub async fn connect_with_ca(url: &str, ca_file: Option<&Path>) -> Result<PgStore, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Invalid(format!(
                 "[store] url is not a PostgreSQL connection string: {e}"
             ))
         })?;
         let shown: Arc<str> = shown_url(&config).into();
-        let claims = Arc::new(claims::Claims::new(config.clone()));
+        let tls = if tls::tls_required(config.get_ssl_mode()) {
+            tls::MakeRustls::new(tls::client_config(ca_file)?)
+        } else {
+            if let Some(path) = ca_file {
+                tracing::warn!(
+                    ca_file = %path.display(),
+                    "[store] ca_file is not used: the url does not ask for TLS (sslmode=require)"
+                );
+            }
+            config.ssl_mode(SslMode::Disable);
+            tls::MakeRustls::off()
+        };
+        let claims = Arc::new(claims::Claims::new(config.clone(), tls.clone()));
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -112,6 +141,11 @@ impl PgStore {
         self.pool.get().await.map_err(|e| match e {
             // After `close`, as on SQLite.
             deadpool_postgres::PoolError::Closed => StoreError::Closed,
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Unavailable(format!(
+                "cannot connect to PostgreSQL at {}: {}",
+                self.shown,
+                tls::describe_connect_error(&e)
+            )),
             e => StoreError::Unavailable(format!(
                 "cannot connect to PostgreSQL at {}: {e}",
                 self.shown
@@ -177,8 +211,8 @@ fn shown_url(config: &tokio_postgres::Config) -> String {
 /// `Unavailable` (try again later), a schema or data problem `Internal`.
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     let Some(code) = e.code() else {
-        // No SQLSTATE: the connection itself failed (closed, reset, timed out).
-        return StoreError::Unavailable(format!("PostgreSQL: {e}"));
+        // No SQLSTATE: the connection itself failed (closed, reset, timed out, TLS).
+        return StoreError::Unavailable(format!("PostgreSQL: {}", tls::describe_connect_error(&e)));
     };
     let class = &code.code()[..2];
     let unavailable = matches!(class, "08" | "53" | "57" | "58")

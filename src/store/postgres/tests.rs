@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::*;
 
 mod counts;
+mod tls;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_starting_at_once_migrate_once() {
