@@ -36,13 +36,7 @@ fn check_config_names_every_mistake_with_its_line_and_column() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("connectors.toml");
     std::fs::write(&path, TWO_MISTAKES).expect("write");
-    let out = bin()
-        .args(["check-config", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_by_check_config(&path);
     // The misspelled key on line 13, the bad duration on line 22.
     assert!(stderr.contains("connectors.toml:13:1:"), "{stderr}");
     assert!(stderr.contains("campain_id"), "{stderr}");
@@ -141,6 +135,17 @@ fn the_example_configuration_explains_the_digital_capture_as_a_complete_import()
 
 /// The example configuration with its `[store] path = …` line replaced by `store`, written
 /// into `dir`; returns the file's path.
+/// What `check-config -c path` prints on stderr; it must exit 1 (the file is refused).
+fn refused_by_check_config(path: &std::path::Path) -> String {
+    let out = bin()
+        .args(["check-config", "-c"])
+        .arg(path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn example_with_store(dir: &std::path::Path, store: &str) -> std::path::PathBuf {
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -161,13 +166,7 @@ fn check_config_refuses_a_store_ca_file_beside_a_sqlite_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("db-ca.pem"), "").expect("ca");
     let path = example_with_store(dir.path(), "path = \"x.db\"\nca_file = \"db-ca.pem\"");
-    let out = bin()
-        .args(["check-config", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_by_check_config(&path);
     assert!(stderr.contains("`ca_file` in [store]"), "{stderr}");
     assert!(stderr.contains("SQLite"), "{stderr}");
 }
@@ -184,13 +183,7 @@ fn check_config_names_the_key_and_path_of_a_missing_store_ca_file() {
             missing.display()
         ),
     );
-    let out = bin()
-        .args(["check-config", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_by_check_config(&path);
     assert!(stderr.contains("`ca_file` in [store]"), "{stderr}");
     assert!(
         stderr.contains(&format!("{}: cannot read it", missing.display())),

@@ -153,6 +153,24 @@ fn report(outcome: crate::domain::Outcome) -> crate::domain::AttemptReport {
     }
 }
 
+/// Leases two due jobs of target `crm` and delivers the first (the other stays leased), so
+/// the counts have jobs in more than one state.
+async fn lease_two_deliver_one(store: &PgStore) {
+    let leased = store.lease_due("crm", 1_000, 2).await.expect("lease");
+    let (report, disposition) = delivered();
+    store
+        .finish_attempt(
+            leased[0].id,
+            leased[0].attempt_id,
+            report,
+            disposition,
+            None,
+            1_100,
+        )
+        .await
+        .expect("finish");
+}
+
 fn delivered() -> (crate::domain::AttemptReport, crate::store::Disposition) {
     let receipt = crate::domain::Receipt {
         order_id: Some("K-1".into()),
@@ -699,19 +717,7 @@ async fn a_database_migrated_from_version_2_with_jobs_gets_correct_counts() {
             .await
             .expect("ingest");
     }
-    let leased = store.lease_due("crm", 1_000, 2).await.expect("lease");
-    let (report, disposition) = delivered();
-    store
-        .finish_attempt(
-            leased[0].id,
-            leased[0].attempt_id,
-            report,
-            disposition,
-            None,
-            1_100,
-        )
-        .await
-        .expect("finish");
+    lease_two_deliver_one(&store).await;
     store.close().await;
     // Back to version 2, as the previous build left it; the jobs stay.
     own_connection(&url)

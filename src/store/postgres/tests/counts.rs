@@ -12,7 +12,7 @@ use tokio_postgres::error::SqlState;
 
 use super::super::counts::FOLD_EVERY;
 use super::super::schema;
-use super::{counted, delivered, own_connection};
+use super::{counted, lease_two_deliver_one, own_connection};
 use crate::store::postgres::PgStore;
 use crate::store::tests::ipn;
 
@@ -393,19 +393,7 @@ async fn a_database_migrated_from_version_3_with_jobs_keeps_its_counts() {
     let Some((url, store, ids)) = store_with_jobs(5).await else {
         return;
     };
-    let leased = store.lease_due("crm", 1_000, 2).await.expect("lease");
-    let (report, disposition) = delivered();
-    store
-        .finish_attempt(
-            leased[0].id,
-            leased[0].attempt_id,
-            report,
-            disposition,
-            None,
-            1_100,
-        )
-        .await
-        .expect("finish");
+    lease_two_deliver_one(&store).await;
     store.close().await;
     back_to_version_3(&url).await;
     // Counted by migration 3's triggers in the shards of an ended and of a live backend.

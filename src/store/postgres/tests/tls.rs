@@ -29,8 +29,19 @@ fn url_with(config: &tokio_postgres::Config, host: &str, query: &str) -> String 
     }
 }
 
-/// `(TLS on this connection, TLS on every connection of the database, lock connections)`.
-async fn ssl_of_connections(store: &PgStore) -> (bool, bool, i64) {
+/// TLS on the connections of `store`'s database, as `pg_stat_ssl` reports it.
+struct Ssl {
+    /// On the pooled connection that asks.
+    own: bool,
+    /// On every connection of the database.
+    all: bool,
+    /// On any connection of the database.
+    any: bool,
+    /// Dispatcher-lock connections of the database.
+    lock_connections: i64,
+}
+
+async fn ssl_of_connections(store: &PgStore) -> Ssl {
     let client = store.client().await.expect("client");
     let own: bool = client
         .query_one(
@@ -42,7 +53,7 @@ async fn ssl_of_connections(store: &PgStore) -> (bool, bool, i64) {
         .get(0);
     let row = client
         .query_one(
-            "SELECT bool_and(s.ssl),
+            "SELECT bool_and(s.ssl), bool_or(s.ssl),
                     count(*) FILTER (WHERE a.application_name = 'ipn-bridge dispatcher locks')
                FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
               WHERE a.datname = current_database()",
@@ -50,7 +61,12 @@ async fn ssl_of_connections(store: &PgStore) -> (bool, bool, i64) {
         )
         .await
         .expect("all ssl");
-    (own, row.get(0), row.get(1))
+    Ssl {
+        own,
+        all: row.get(0),
+        any: row.get(1),
+        lock_connections: row.get(2),
+    }
 }
 
 #[tokio::test]
@@ -76,7 +92,12 @@ async fn sslmode_require_with_the_ca_file_uses_verified_tls_on_every_connection(
             .claim_target("crm", 1_000, 1_000)
             .await
             .expect("claim");
-        let (own, all, lock_connections) = ssl_of_connections(&store).await;
+        let Ssl {
+            own,
+            all,
+            lock_connections,
+            ..
+        } = ssl_of_connections(&store).await;
         assert!(own, "{host}: the pooled connection is not TLS");
         assert_eq!(lock_connections, 1, "{host}: no lock connection to look at");
         assert!(
@@ -143,7 +164,10 @@ async fn without_sslmode_require_connections_stay_plain_although_the_server_offe
     )
     .await
     .expect("tls");
-    assert!(ssl_of_connections(&tls).await.0, "the server offers no TLS");
+    assert!(
+        ssl_of_connections(&tls).await.own,
+        "the server offers no TLS"
+    );
     tls.close().await;
     for query in ["", "sslmode=prefer", "sslmode=disable"] {
         let store = PgStore::connect_with_ca(&url_with(&config, "127.0.0.1", query), Some(&ca))
@@ -153,28 +177,12 @@ async fn without_sslmode_require_connections_stay_plain_although_the_server_offe
             .claim_target("crm", 1_000, 1_000)
             .await
             .expect("claim");
-        let (own, any_tls, lock_connections) = {
-            let client = store.client().await.expect("client");
-            let own: bool = client
-                .query_one(
-                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-                    &[],
-                )
-                .await
-                .expect("own ssl")
-                .get(0);
-            let row = client
-                .query_one(
-                    "SELECT bool_or(s.ssl),
-                            count(*) FILTER (WHERE a.application_name = 'ipn-bridge dispatcher locks')
-                       FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
-                      WHERE a.datname = current_database()",
-                    &[],
-                )
-                .await
-                .expect("any ssl");
-            (own, row.get::<_, bool>(0), row.get::<_, i64>(1))
-        };
+        let Ssl {
+            own,
+            any: any_tls,
+            lock_connections,
+            ..
+        } = ssl_of_connections(&store).await;
         assert!(!own, "{query:?}: the pooled connection uses TLS");
         assert_eq!(lock_connections, 1, "{query:?}: no lock connection");
         assert!(!any_tls, "{query:?}: a connection uses TLS");
