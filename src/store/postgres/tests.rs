@@ -555,6 +555,21 @@ async fn counted(url: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Back to schema version 2 with the jobs in place: migration 3's counts, triggers and
+/// functions dropped, as a build from before it left the database.
+async fn back_to_version_2(client: &tokio_postgres::Client) {
+    client
+        .batch_execute(
+            "DROP TRIGGER job_counts_insert ON jobs; DROP TRIGGER job_counts_delete ON jobs;
+             DROP TRIGGER job_counts_update ON jobs; DROP TRIGGER job_counts_truncate ON jobs;
+             DROP FUNCTION job_counts_keep(); DROP FUNCTION job_counts_clear();
+             DROP TABLE job_counts;
+             UPDATE ipn_bridge_schema SET version = 2;",
+        )
+        .await
+        .expect("downgrade");
+}
+
 async fn own_connection(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -720,17 +735,7 @@ async fn a_database_migrated_from_version_2_with_jobs_gets_correct_counts() {
     lease_two_deliver_one(&store).await;
     store.close().await;
     // Back to version 2, as the previous build left it; the jobs stay.
-    own_connection(&url)
-        .await
-        .batch_execute(
-            "DROP TRIGGER job_counts_insert ON jobs; DROP TRIGGER job_counts_delete ON jobs;
-             DROP TRIGGER job_counts_update ON jobs; DROP TRIGGER job_counts_truncate ON jobs;
-             DROP FUNCTION job_counts_keep(); DROP FUNCTION job_counts_clear();
-             DROP TABLE job_counts;
-             UPDATE ipn_bridge_schema SET version = 2;",
-        )
-        .await
-        .expect("downgrade");
+    back_to_version_2(&own_connection(&url).await).await;
 
     let store = PgStore::connect(&url).await.expect("migrates");
     let expected = BTreeMap::from([

@@ -12,7 +12,7 @@ use tokio_postgres::error::SqlState;
 
 use super::super::counts::FOLD_EVERY;
 use super::super::schema;
-use super::{counted, lease_two_deliver_one, own_connection};
+use super::{back_to_version_2, counted, lease_two_deliver_one, own_connection};
 use crate::store::postgres::PgStore;
 use crate::store::tests::ipn;
 
@@ -183,16 +183,7 @@ async fn prepare_opposite_changes(url: &str, ids: &[i64]) {
 /// the jobs in place (its counts in shard 0, `shard SMALLINT`, its `pid % 16` trigger).
 async fn back_to_version_3(url: &str) {
     let mut client = own_connection(url).await;
-    client
-        .batch_execute(
-            "DROP TRIGGER job_counts_insert ON jobs; DROP TRIGGER job_counts_delete ON jobs;
-             DROP TRIGGER job_counts_update ON jobs; DROP TRIGGER job_counts_truncate ON jobs;
-             DROP FUNCTION job_counts_keep(); DROP FUNCTION job_counts_clear();
-             DROP TABLE job_counts;
-             UPDATE ipn_bridge_schema SET version = 2;",
-        )
-        .await
-        .expect("downgrade");
+    back_to_version_2(&client).await;
     schema::migrate_up_to(&mut client, 3)
         .await
         .expect("migration 3");
