@@ -54,14 +54,17 @@ impl SqliteStore {
     }
 }
 
+/// Whether an IPN of this order and transaction was stored (index `ipns_order`: an order has
+/// a handful of IPNs, so no index of its own is kept for the transaction).
+pub(super) const RECEIVED_SQL: &str =
+    "SELECT 1 FROM ipns WHERE source = ?1 AND order_id = ?2 AND transaction_id = ?3 LIMIT 1";
+
 fn received(
     c: &Connection,
     source: &str,
     wanted: Vec<(String, String)>,
 ) -> Result<HashSet<(String, String)>, StoreError> {
-    let mut stmt = c.prepare_cached(
-        "SELECT 1 FROM ipns WHERE source = ?1 AND order_id = ?2 AND transaction_id = ?3 LIMIT 1",
-    )?;
+    let mut stmt = c.prepare_cached(RECEIVED_SQL)?;
     let mut out = HashSet::new();
     for (order, transaction) in wanted {
         let found = stmt

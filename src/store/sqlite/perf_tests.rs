@@ -6,6 +6,7 @@ use super::*;
 use crate::domain::{AttemptReport, Outcome, Receipt};
 use crate::store::review::ReviewFilter;
 use crate::store::tests::{delivered, ipn, report};
+use std::collections::HashSet;
 
 /// Jobs per state counted from the rows themselves.
 fn counted(path: &Path) -> BTreeMap<String, u64> {
@@ -584,4 +585,57 @@ async fn an_operator_store_closes_at_once_beside_a_long_reader() {
         "took {took:?}: the close waited for the reader"
     );
     reader.execute_batch("COMMIT").expect("end");
+}
+
+/// The indexes SQLite keeps on `ipns`, by name.
+fn ipns_indexes(conn: &Connection) -> Vec<String> {
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'ipns' ORDER BY name")
+        .expect("prepare");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+/// Migration 8 (issue 13): `ipns` keeps three indexes, each with a reader, and the audit's
+/// lookup finds an order's IPNs by `ipns_order` instead of a transaction index of its own
+/// (one index page fewer in every commit of received IPNs). A database of schema 7, which
+/// has that index, loses it at open and keeps its rows, and the audit still finds them.
+#[tokio::test]
+async fn the_audit_lookup_uses_the_order_index_and_no_transaction_index_is_kept() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&path).expect("open");
+    store.ingest(ipn("k1", "A", false)).await.expect("ingest");
+    store.close().await;
+    let conn = Connection::open(&path).expect("open");
+    let kept = ["ipns_order", "ipns_received", "sqlite_autoindex_ipns_1"];
+    assert_eq!(ipns_indexes(&conn), kept);
+    let audit = plan(&conn, super::audit::RECEIVED_SQL);
+    assert!(audit.contains("USING INDEX ipns_order"), "{audit}");
+
+    // Back to schema 7, as an older build left it.
+    conn.execute_batch(
+        "CREATE INDEX ipns_transaction ON ipns (transaction_id); PRAGMA user_version = 7;",
+    )
+    .expect("downgrade");
+    drop(conn);
+    let store = SqliteStore::open(&path).expect("migrates");
+    let wanted = vec![
+        ("A".to_owned(), "t-k1".to_owned()),
+        ("A".to_owned(), "t-k2".to_owned()),
+    ];
+    let found = store
+        .received_transactions("ds24", wanted)
+        .await
+        .expect("audit lookup");
+    assert_eq!(found, HashSet::from([("A".to_owned(), "t-k1".to_owned())]));
+    store.close().await;
+    let conn = Connection::open(&path).expect("open");
+    assert_eq!(ipns_indexes(&conn), kept);
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, SCHEMA_VERSION);
 }
