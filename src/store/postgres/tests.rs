@@ -841,3 +841,64 @@ async fn two_instances_working_at_once_keep_counts_equal_to_a_count_of_the_rows(
     a.close().await;
     b.close().await;
 }
+
+/// The indexes of `ipns`, by name.
+async fn ipns_indexes(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'ipns' ORDER BY indexname",
+            &[],
+        )
+        .await
+        .expect("indexes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Migration 5 (issue 13): no index of `ipns` by transaction alone, as in SQLite; a
+/// database of version 4, which has it, loses it when an instance starts, and the audit's
+/// lookup (order and transaction) still finds what is stored.
+#[tokio::test]
+async fn ipns_keep_no_transaction_index_and_a_version_4_database_loses_it() {
+    let Some(url) = crate::store::testing::fresh_database().await else {
+        return;
+    };
+    let store = PgStore::connect(&url).await.expect("connect");
+    store
+        .ingest(crate::store::tests::ipn("k1", "A", false))
+        .await
+        .expect("ingest");
+    store.close().await;
+    let client = own_connection(&url).await;
+    let kept = ipns_indexes(&client).await;
+    assert!(kept.contains(&"ipns_order".to_owned()), "{kept:?}");
+    assert!(!kept.contains(&"ipns_transaction".to_owned()), "{kept:?}");
+    client
+        .batch_execute(
+            "CREATE INDEX ipns_transaction ON ipns (transaction_id);
+             UPDATE ipn_bridge_schema SET version = 4;",
+        )
+        .await
+        .expect("downgrade");
+    let store = PgStore::connect(&url).await.expect("migrates");
+    let wanted = vec![
+        ("A".to_owned(), "t-k1".to_owned()),
+        ("A".to_owned(), "t-k2".to_owned()),
+    ];
+    assert_eq!(
+        store
+            .received_transactions("ds24", wanted)
+            .await
+            .expect("audit lookup"),
+        std::collections::HashSet::from([("A".to_owned(), "t-k1".to_owned())])
+    );
+    store.close().await;
+    assert_eq!(ipns_indexes(&client).await, kept);
+    let version: i64 = client
+        .query_one("SELECT version FROM ipn_bridge_schema", &[])
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(version, schema::CURRENT_VERSION);
+}

@@ -414,7 +414,7 @@ async fn a_database_migrated_from_version_3_with_jobs_keeps_its_counts() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, schema::CURRENT_VERSION);
     assert_eq!(shard_type(&observer).await, "integer");
     assert_eq!(store.job_counts().await.expect("counts"), totals);
     only_live_shards_and_0(&observer).await;
