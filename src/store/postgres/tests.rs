@@ -17,12 +17,7 @@ async fn two_instances_starting_at_once_migrate_once() {
     let (a, b) = tokio::join!(PgStore::connect(&url), PgStore::connect(&url));
     let (a, b) = (a.expect("first instance"), b.expect("second instance"));
     let client = a.client().await.expect("client");
-    let version: i64 = client
-        .query_one("SELECT version FROM ipn_bridge_schema", &[])
-        .await
-        .expect("version")
-        .get(0);
-    assert_eq!(version, schema::CURRENT_VERSION);
+    assert_eq!(schema_version(&client).await, schema::CURRENT_VERSION);
     let tables: i64 = client
         .query_one(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'jobs'",
@@ -570,6 +565,15 @@ async fn back_to_version_2(client: &tokio_postgres::Client) {
         .expect("downgrade");
 }
 
+/// The schema version the database records.
+async fn schema_version(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT version FROM ipn_bridge_schema", &[])
+        .await
+        .expect("version")
+        .get(0)
+}
+
 async fn own_connection(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -895,10 +899,5 @@ async fn ipns_keep_no_transaction_index_and_a_version_4_database_loses_it() {
     );
     store.close().await;
     assert_eq!(ipns_indexes(&client).await, kept);
-    let version: i64 = client
-        .query_one("SELECT version FROM ipn_bridge_schema", &[])
-        .await
-        .expect("version")
-        .get(0);
-    assert_eq!(version, schema::CURRENT_VERSION);
+    assert_eq!(schema_version(&client).await, schema::CURRENT_VERSION);
 }

@@ -12,7 +12,7 @@ use tokio_postgres::error::SqlState;
 
 use super::super::counts::FOLD_EVERY;
 use super::super::schema;
-use super::{back_to_version_2, counted, lease_two_deliver_one, own_connection};
+use super::{back_to_version_2, counted, lease_two_deliver_one, own_connection, schema_version};
 use crate::store::postgres::PgStore;
 use crate::store::tests::ipn;
 
@@ -409,12 +409,7 @@ async fn a_database_migrated_from_version_3_with_jobs_keeps_its_counts() {
     assert_eq!(counted(&url).await, totals);
 
     let store = PgStore::connect(&url).await.expect("migrates");
-    let version: i64 = observer
-        .query_one("SELECT version FROM ipn_bridge_schema", &[])
-        .await
-        .expect("version")
-        .get(0);
-    assert_eq!(version, schema::CURRENT_VERSION);
+    assert_eq!(schema_version(&observer).await, schema::CURRENT_VERSION);
     assert_eq!(shard_type(&observer).await, "integer");
     assert_eq!(store.job_counts().await.expect("counts"), totals);
     only_live_shards_and_0(&observer).await;
