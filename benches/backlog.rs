@@ -34,7 +34,8 @@
 //! measurements follow, except what only SQLite has: instead of the file size and the
 //! `quick_check`, the database's `pg_database_size`; the comparison line times the job
 //! counts by `GROUP BY` (before migration 3) and the `queue list --state dead` query, and
-//! peak RSS is read right after the reads (no background check to wait for).
+//! peak RSS is read right after the reads (no background check to wait for). `--keep`
+//! leaves the database in place (its name is printed) for `EXPLAIN`s on the biggest size.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -59,6 +60,8 @@ struct Options {
     body: Option<usize>,
     /// `--postgres URL`: the server to run on instead of a SQLite file.
     postgres: Option<String>,
+    /// `--keep`: leave the PostgreSQL database after the run (to EXPLAIN on it).
+    keep: bool,
 }
 
 fn options() -> Options {
@@ -66,6 +69,7 @@ fn options() -> Options {
     let mut sizes = Vec::new();
     let mut body = None;
     let mut postgres = None;
+    let mut keep = false;
     let mut i = 0;
     while i < args.len() {
         if args[i] == "--body" {
@@ -79,6 +83,7 @@ fn options() -> Options {
             i += 2;
             continue;
         }
+        keep |= args[i] == "--keep";
         if let Ok(n) = args[i].parse::<u64>() {
             sizes.push(n);
         }
@@ -92,6 +97,7 @@ fn options() -> Options {
         sizes,
         body,
         postgres,
+        keep,
     }
 }
 
@@ -521,13 +527,14 @@ fn main() {
         sizes,
         body,
         postgres: pg_url,
+        keep,
     } = options();
     let dir = tempfile::Builder::new()
         .prefix("backlog-bench")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("tempdir");
     let backend = match pg_url {
-        Some(url) => Backend::Postgres(Box::new(postgres::Scratch::create(&url))),
+        Some(url) => Backend::Postgres(Box::new(postgres::Scratch::create(&url, keep))),
         None => Backend::Sqlite(dir.path().join("backlog.db")),
     };
     let addr = free_port();

@@ -105,11 +105,13 @@ pub struct Scratch {
     pub url: String,
     /// Connected to the scratch database (taken out before the drop).
     db: Option<Pg>,
+    /// Leave the database when the value is dropped (`--keep`).
+    keep: bool,
 }
 
 impl Scratch {
-    /// Creates the database on the server at `admin_url`.
-    pub fn create(admin_url: &str) -> Scratch {
+    /// Creates the database on the server at `admin_url`; `keep`: never drop it.
+    pub fn create(admin_url: &str, keep: bool) -> Scratch {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -124,6 +126,7 @@ impl Scratch {
             name,
             url,
             db: None,
+            keep,
         };
         scratch.db = Some(Pg::connect(&scratch.url).expect("connect to the scratch database"));
         scratch
@@ -254,6 +257,13 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         self.db = None;
+        if self.keep {
+            println!(
+                "kept database {} (--keep): drop it with DROP DATABASE",
+                self.name
+            );
+            return;
+        }
         let dropped = Pg::connect(&self.admin_url).and_then(|admin| {
             admin.batch(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
