@@ -24,6 +24,18 @@
 //! * for comparison, the queries these paths ran before issue 13 on the same file (the
 //!   job counts by `GROUP BY`, the `queue list --state dead` query with its `IS NULL OR`
 //!   filters) and how long the whole-file `quick_check` took (before, it ran before ready).
+//!
+//! PostgreSQL mode: `cargo bench --bench backlog -- --postgres URL [sizes…]`, where the role
+//! of `URL` may `CREATE DATABASE`. The run creates a database of its own (a unique name) on
+//! that server, points the daemon's `[store] url` at it, seeds it through the daemon as
+//! above, copies the seed by SQL in batches through the tables (so the `job_counts`
+//! triggers count every copy; checked against `COUNT(*)`), vacuums and analyses, and drops
+//! the database at the end, also after a failed run (see `backlog/postgres.rs`). The same
+//! measurements follow, except what only SQLite has: instead of the file size and the
+//! `quick_check`, the database's `pg_database_size`; the comparison line times the job
+//! counts by `GROUP BY` (before migration 3) and the `queue list --state dead` query, and
+//! peak RSS is read right after the reads (no background check to wait for). `--keep`
+//! leaves the database in place (its name is printed) for `EXPLAIN`s on the biggest size.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -34,6 +46,8 @@ use std::time::{Duration, Instant};
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "backlog/postgres.rs"]
+mod postgres;
 
 use common::PASSPHRASE;
 
@@ -41,10 +55,21 @@ const DEFAULT_SIZES: [u64; 3] = [1_000, 100_000, 1_000_000];
 /// Longest wait for the background `quick_check` of the biggest file.
 const CHECK_LIMIT: Duration = Duration::from_secs(600);
 
-fn options() -> (Vec<u64>, Option<usize>) {
+struct Options {
+    sizes: Vec<u64>,
+    body: Option<usize>,
+    /// `--postgres URL`: the server to run on instead of a SQLite file.
+    postgres: Option<String>,
+    /// `--keep`: leave the PostgreSQL database after the run (to EXPLAIN on it).
+    keep: bool,
+}
+
+fn options() -> Options {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut sizes = Vec::new();
     let mut body = None;
+    let mut postgres = None;
+    let mut keep = false;
     let mut i = 0;
     while i < args.len() {
         if args[i] == "--body" {
@@ -52,6 +77,13 @@ fn options() -> (Vec<u64>, Option<usize>) {
             i += 2;
             continue;
         }
+        if args[i] == "--postgres" {
+            postgres = args.get(i + 1).cloned();
+            assert!(postgres.is_some(), "--postgres needs a URL");
+            i += 2;
+            continue;
+        }
+        keep |= args[i] == "--keep";
         if let Ok(n) = args[i].parse::<u64>() {
             sizes.push(n);
         }
@@ -61,7 +93,37 @@ fn options() -> (Vec<u64>, Option<usize>) {
         sizes = DEFAULT_SIZES.to_vec();
     }
     sizes.sort_unstable();
-    (sizes, body)
+    Options {
+        sizes,
+        body,
+        postgres,
+        keep,
+    }
+}
+
+/// Where the backlog lives.
+enum Backend {
+    /// The SQLite file.
+    Sqlite(PathBuf),
+    /// A database of this run on a PostgreSQL server.
+    Postgres(Box<postgres::Scratch>),
+}
+
+impl Backend {
+    /// The body of the configuration's `[store]` table.
+    fn store_toml(&self) -> String {
+        match self {
+            Backend::Sqlite(db) => format!("path = \"{}\"", db.display()),
+            Backend::Postgres(pg) => format!("url = \"{}\"", pg.url),
+        }
+    }
+
+    fn grow(&self, to: u64, body: Option<usize>) {
+        match self {
+            Backend::Sqlite(db) => grow(db, to, body),
+            Backend::Postgres(pg) => pg.grow(to, body),
+        }
+    }
 }
 
 /// A Konnektive that refuses every request ("IP must be whitelisted"), on a thread of its
@@ -112,7 +174,7 @@ fn free_port() -> SocketAddr {
         .expect("a free port")
 }
 
-fn write_config(dir: &Path, addr: SocketAddr, base_url: &str) -> PathBuf {
+fn write_config(dir: &Path, addr: SocketAddr, base_url: &str, store: &str) -> PathBuf {
     let config = dir.join("connectors.toml");
     std::fs::write(
         &config,
@@ -121,7 +183,7 @@ fn write_config(dir: &Path, addr: SocketAddr, base_url: &str) -> PathBuf {
 listen = "{addr}"
 
 [store]
-path = "{db}"
+{store}
 
 [delivery]
 timeout = "5s"
@@ -147,7 +209,6 @@ campaign_id = 12
 [integration.main.on]
 payment = "import_order"
 "#,
-            db = dir.join("backlog.db").display(),
         ),
     )
     .expect("write the configuration");
@@ -228,11 +289,18 @@ fn start(config: &Path, addr: SocketAddr, dir: &Path, tag: &str) -> Daemon {
     }
 }
 
-fn stop(mut d: Daemon) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &d.child.id().to_string()])
-        .status();
-    let _ = d.child.wait();
+/// Stops the daemon (SIGTERM, then waits for it), also when a failed run unwinds.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn stop(d: Daemon) {
+    drop(d);
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
@@ -312,18 +380,177 @@ fn grow(db: &Path, to: u64, body: Option<usize>) {
     );
 }
 
+/// The operator's reads beside the running daemon (see the module doc).
+struct Reads {
+    healthz: (Duration, Duration),
+    metrics: (Duration, Duration),
+    queue_list: (Duration, Duration),
+}
+
+impl Reads {
+    fn take(d: &Daemon, config: &Path) -> Reads {
+        let healthz = timed(20, || {
+            let _ = http(d.addr, "GET", "/healthz", b"");
+        });
+        let metrics = timed(20, || {
+            let _ = http(d.addr, "GET", "/metrics", b"");
+        });
+        let queue_list = timed(5, || {
+            let out = Command::new(env!("CARGO_BIN_EXE_ipn-bridge"))
+                .args(["queue", "list", "--limit", "50", "-c"])
+                .arg(config)
+                .stderr(Stdio::null())
+                .output()
+                .expect("queue list");
+            assert!(out.status.success(), "queue list failed");
+        });
+        Reads {
+            healthz,
+            metrics,
+            queue_list,
+        }
+    }
+
+    /// The lines both modes print: ready, `/healthz` and `/metrics`, `queue list`.
+    fn print(&self, d: &Daemon) {
+        let ms = |t: Duration| t.as_secs_f64() * 1e3;
+        println!(
+            "  ready: READY=1 after {:.0} ms, first /healthz 200 after {:.0} ms",
+            ms(d.ready),
+            ms(d.healthy)
+        );
+        println!(
+            "  /healthz median {:.1} ms, slowest {:.1} ms; /metrics median {:.1} ms, slowest {:.1} ms",
+            ms(self.healthz.0),
+            ms(self.healthz.1),
+            ms(self.metrics.0),
+            ms(self.metrics.1)
+        );
+        println!(
+            "  queue list --limit 50 (whole process): median {:.0} ms, slowest {:.0} ms",
+            ms(self.queue_list.0),
+            ms(self.queue_list.1)
+        );
+    }
+}
+
+/// The SQLite mode's figures after the reads: waits for the background `quick_check`, then
+/// prints the comparison with before issue 13, the common lines, and peak RSS.
+fn report_sqlite(d: &Daemon, db: &Path, reads: &Reads) {
+    let check_started = Instant::now();
+    let checked = loop {
+        let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+        if log.contains("finished in the background") {
+            break "finished";
+        }
+        if log.contains("is damaged (quick_check") {
+            break "found damage";
+        }
+        if !log.contains("in the background") {
+            break "done before ready";
+        }
+        if check_started.elapsed() > CHECK_LIMIT {
+            break "still running";
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let hwm = vm_hwm_kib(d.child.id());
+    let took = std::fs::read_to_string(&d.log)
+        .unwrap_or_default()
+        .split("took_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "-".into());
+    // The queries these paths ran before issue 13, on the same file, for comparison.
+    let observer = rusqlite::Connection::open(db).expect("open to compare");
+    let (old_counts, _) = timed(3, || {
+        let mut stmt = observer
+            .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+            .expect("prepare");
+        let _ = stmt
+            .query_map([], |r| r.get::<_, i64>(1))
+            .map(|rows| rows.count());
+    });
+    let (old_list, _) = timed(3, || {
+        let mut stmt = observer
+            .prepare_cached(
+                "SELECT j.id FROM jobs j JOIN ipns i ON i.id = j.ipn_id
+                 WHERE (?1 IS NULL OR j.state = ?1) AND (?2 IS NULL OR j.integration = ?2)
+                   AND (?3 IS NULL OR j.created_at >= ?3)
+                 ORDER BY j.id DESC LIMIT 50",
+            )
+            .expect("prepare");
+        let _ = stmt
+            .query_map(
+                rusqlite::params!["dead", None::<String>, None::<i64>],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|rows| rows.count());
+    });
+    drop(observer);
+    println!(
+        "  before issue 13, same file: job counts by GROUP BY (every /healthz and /metrics) \
+         {:.0} ms; queue list --state dead query {:.0} ms; quick_check of the whole file \
+         {took} ms (now after ready)",
+        old_counts.as_secs_f64() * 1e3,
+        old_list.as_secs_f64() * 1e3
+    );
+    reads.print(d);
+    println!(
+        "  peak RSS (VmHWM) {:.1} MiB; background quick_check: {checked} ({:.1} s after the reads)",
+        hwm as f64 / 1024.0,
+        check_started.elapsed().as_secs_f64()
+    );
+}
+
+/// The PostgreSQL mode's figures after the reads: peak RSS now (there is no background
+/// check), the comparison queries on the same database, the common lines, the database size.
+fn report_postgres(d: &Daemon, pg: &postgres::Scratch, reads: &Reads) {
+    let hwm = vm_hwm_kib(d.child.id());
+    let (old_counts, dead_list) = pg.compare();
+    println!(
+        "  for comparison, same database: job counts by GROUP BY (every /healthz and /metrics \
+         before migration 3) {:.0} ms; queue list --state dead query {:.0} ms",
+        old_counts.as_secs_f64() * 1e3,
+        dead_list.as_secs_f64() * 1e3
+    );
+    reads.print(d);
+    println!(
+        "  peak RSS (VmHWM) {:.1} MiB; database {:.0} MB (pg_database_size)",
+        hwm as f64 / 1024.0,
+        pg.size_mb()
+    );
+}
+
 fn main() {
-    let (sizes, body) = options();
+    let Options {
+        sizes,
+        body,
+        postgres: pg_url,
+        keep,
+    } = options();
     let dir = tempfile::Builder::new()
         .prefix("backlog-bench")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("tempdir");
-    let db = dir.path().join("backlog.db");
+    let backend = match pg_url {
+        Some(url) => Backend::Postgres(Box::new(postgres::Scratch::create(&url, keep))),
+        None => Backend::Sqlite(dir.path().join("backlog.db")),
+    };
     let addr = free_port();
-    let config = write_config(dir.path(), addr, &refusing_konnektive());
+    let config = write_config(
+        dir.path(),
+        addr,
+        &refusing_konnektive(),
+        &backend.store_toml(),
+    );
     println!(
-        "backlog benchmark on {} CPU(s); release binary, SQLite WAL synchronous=FULL; raw body {} bytes",
+        "backlog benchmark on {} CPU(s); release binary, {}; raw body {} bytes",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
+        match &backend {
+            Backend::Sqlite(_) => "SQLite WAL synchronous=FULL".to_owned(),
+            Backend::Postgres(pg) => pg.describe(),
+        },
         body.map_or("4082 (fixture)".to_owned(), |b| b.to_string())
     );
 
@@ -360,103 +587,13 @@ fn main() {
 
     for size in sizes {
         println!("{size} pending jobs:");
-        grow(&db, size, body);
+        backend.grow(size, body);
         let d = start(&config, addr, dir.path(), &size.to_string());
-        let (h_med, h_max) = timed(20, || {
-            let _ = http(d.addr, "GET", "/healthz", b"");
-        });
-        let (m_med, m_max) = timed(20, || {
-            let _ = http(d.addr, "GET", "/metrics", b"");
-        });
-        let (q_med, q_max) = timed(5, || {
-            let out = Command::new(env!("CARGO_BIN_EXE_ipn-bridge"))
-                .args(["queue", "list", "--limit", "50", "-c"])
-                .arg(&config)
-                .stderr(Stdio::null())
-                .output()
-                .expect("queue list");
-            assert!(out.status.success(), "queue list failed");
-        });
-        let check_started = Instant::now();
-        let checked = loop {
-            let log = std::fs::read_to_string(&d.log).unwrap_or_default();
-            if log.contains("finished in the background") {
-                break "finished";
-            }
-            if log.contains("is damaged (quick_check") {
-                break "found damage";
-            }
-            if !log.contains("in the background") {
-                break "done before ready";
-            }
-            if check_started.elapsed() > CHECK_LIMIT {
-                break "still running";
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let hwm = vm_hwm_kib(d.child.id());
-        let took = std::fs::read_to_string(&d.log)
-            .unwrap_or_default()
-            .split("took_ms=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next().map(str::to_owned))
-            .unwrap_or_else(|| "-".into());
-        // The queries these paths ran before issue 13, on the same file, for comparison.
-        let observer = rusqlite::Connection::open(&db).expect("open to compare");
-        let (old_counts, _) = timed(3, || {
-            let mut stmt = observer
-                .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-                .expect("prepare");
-            let _ = stmt
-                .query_map([], |r| r.get::<_, i64>(1))
-                .map(|rows| rows.count());
-        });
-        let (old_list, _) = timed(3, || {
-            let mut stmt = observer
-                .prepare_cached(
-                    "SELECT j.id FROM jobs j JOIN ipns i ON i.id = j.ipn_id
-                     WHERE (?1 IS NULL OR j.state = ?1) AND (?2 IS NULL OR j.integration = ?2)
-                       AND (?3 IS NULL OR j.created_at >= ?3)
-                     ORDER BY j.id DESC LIMIT 50",
-                )
-                .expect("prepare");
-            let _ = stmt
-                .query_map(
-                    rusqlite::params!["dead", None::<String>, None::<i64>],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|rows| rows.count());
-        });
-        drop(observer);
-        println!(
-            "  before issue 13, same file: job counts by GROUP BY (every /healthz and /metrics) \
-             {:.0} ms; queue list --state dead query {:.0} ms; quick_check of the whole file \
-             {took} ms (now after ready)",
-            old_counts.as_secs_f64() * 1e3,
-            old_list.as_secs_f64() * 1e3
-        );
-        println!(
-            "  ready: READY=1 after {:.0} ms, first /healthz 200 after {:.0} ms",
-            d.ready.as_secs_f64() * 1e3,
-            d.healthy.as_secs_f64() * 1e3
-        );
-        println!(
-            "  /healthz median {:.1} ms, slowest {:.1} ms; /metrics median {:.1} ms, slowest {:.1} ms",
-            h_med.as_secs_f64() * 1e3,
-            h_max.as_secs_f64() * 1e3,
-            m_med.as_secs_f64() * 1e3,
-            m_max.as_secs_f64() * 1e3
-        );
-        println!(
-            "  queue list --limit 50 (whole process): median {:.0} ms, slowest {:.0} ms",
-            q_med.as_secs_f64() * 1e3,
-            q_max.as_secs_f64() * 1e3
-        );
-        println!(
-            "  peak RSS (VmHWM) {:.1} MiB; background quick_check: {checked} ({:.1} s after the reads)",
-            hwm as f64 / 1024.0,
-            check_started.elapsed().as_secs_f64()
-        );
+        let reads = Reads::take(&d, &config);
+        match &backend {
+            Backend::Sqlite(db) => report_sqlite(&d, db, &reads),
+            Backend::Postgres(pg) => report_postgres(&d, pg, &reads),
+        }
         stop(d);
     }
 }
