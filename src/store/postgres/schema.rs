@@ -315,11 +315,15 @@ const MIGRATIONS: &[&str] = &[
     END
     $$;
     "#,
-    // 5: as SQLite's migration 8 (issue 13), no index of `ipns` by transaction alone: every
-    // statement that looks for a transaction names its order too and finds the order's few
-    // IPNs by `ipns_order`, so the index only cost a write per stored IPN.
+    // 5: as SQLite's migration 8 (issue 13), IPNs are looked up by transaction, not by
+    // order: Digistore24's order ids are 8 characters in no order, so each stored IPN wrote
+    // its `ipns_order` entry into a different index page; transaction ids count up. The
+    // lookups name a transaction (the audit's) or a transaction or parent transaction (the
+    // payment a refund reverses).
     r#"
-    DROP INDEX IF EXISTS ipns_transaction;
+    DROP INDEX IF EXISTS ipns_order;
+    CREATE INDEX IF NOT EXISTS ipns_transaction ON ipns (transaction_id);
+    CREATE INDEX IF NOT EXISTS ipns_parent_transaction ON ipns (parent_transaction_id);
     "#,
 ];
 

@@ -860,11 +860,12 @@ async fn ipns_indexes(client: &tokio_postgres::Client) -> Vec<String> {
         .collect()
 }
 
-/// Migration 5 (issue 13): no index of `ipns` by transaction alone, as in SQLite; a
-/// database of version 4, which has it, loses it when an instance starts, and the audit's
-/// lookup (order and transaction) still finds what is stored.
+/// Migration 5 (issue 13): as in SQLite, IPNs are found by transaction (ids Digistore24
+/// counts up), no index of `ipns` is kept by order (ids in no order); a database of
+/// version 4, which has the order index, loses it when an instance starts, and the audit's
+/// lookup and the payment a refund reverses still find what is stored.
 #[tokio::test]
-async fn ipns_keep_no_transaction_index_and_a_version_4_database_loses_it() {
+async fn ipns_are_looked_up_by_transaction_and_a_version_4_database_loses_its_order_index() {
     let Some(url) = crate::store::testing::fresh_database().await else {
         return;
     };
@@ -876,11 +877,13 @@ async fn ipns_keep_no_transaction_index_and_a_version_4_database_loses_it() {
     store.close().await;
     let client = own_connection(&url).await;
     let kept = ipns_indexes(&client).await;
-    assert!(kept.contains(&"ipns_order".to_owned()), "{kept:?}");
-    assert!(!kept.contains(&"ipns_transaction".to_owned()), "{kept:?}");
+    for index in ["ipns_transaction", "ipns_parent_transaction"] {
+        assert!(kept.contains(&index.to_owned()), "{kept:?}");
+    }
+    assert!(!kept.contains(&"ipns_order".to_owned()), "{kept:?}");
     client
         .batch_execute(
-            "CREATE INDEX ipns_transaction ON ipns (transaction_id);
+            "DROP INDEX ipns_parent_transaction; CREATE INDEX ipns_order ON ipns (order_id);
              UPDATE ipn_bridge_schema SET version = 4;",
         )
         .await
@@ -897,6 +900,12 @@ async fn ipns_keep_no_transaction_index_and_a_version_4_database_loses_it() {
             .expect("audit lookup"),
         std::collections::HashSet::from([("A".to_owned(), "t-k1".to_owned())])
     );
+    let route = store
+        .payment_route("main", "A", "1", "t-k1")
+        .await
+        .expect("payment lookup")
+        .expect("the payment's route");
+    assert!(route.skipped, "{route:?}");
     store.close().await;
     assert_eq!(ipns_indexes(&client).await, kept);
     assert_eq!(schema_version(&client).await, schema::CURRENT_VERSION);

@@ -54,8 +54,8 @@ impl SqliteStore {
     }
 }
 
-/// Whether an IPN of this order and transaction was stored (index `ipns_order`: an order has
-/// a handful of IPNs, so no index of its own is kept for the transaction).
+/// Whether an IPN of this order and transaction was stored (index `ipns_transaction`: a
+/// transaction has an IPN or a few).
 pub(super) const RECEIVED_SQL: &str =
     "SELECT 1 FROM ipns WHERE source = ?1 AND order_id = ?2 AND transaction_id = ?3 LIMIT 1";
 

@@ -109,6 +109,16 @@ const INSERT_IPN_SQL: &str =
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT (source, business_key) DO NOTHING";
 
+/// How an integration routed a payment IPN, found by the payment's transaction (indexes
+/// `ipns_transaction` and `ipns_parent_transaction`; a transaction has an IPN or a few).
+const PAYMENT_ROUTE_SQL: &str = "SELECT i.id, r.decision, r.reason, r.job_id
+     FROM ipns i JOIN routes r ON r.ipn_id = i.id
+     WHERE i.order_id = ?2 AND i.event = 'on_payment'
+       AND COALESCE(i.order_item_id, i.product_id) = ?3
+       AND (i.transaction_id = ?4 OR i.parent_transaction_id = ?4)
+       AND r.integration = ?1
+     ORDER BY i.id DESC, r.id DESC LIMIT 1";
+
 /// The first dead earlier job a new job of an order must be held behind.
 const HOLD_REASON_SQL: &str =
     "SELECT 'held: job ' || id || ' of the same Digistore24 order is dead'
@@ -871,24 +881,16 @@ impl SqliteStore {
         );
         self.read(move |c| {
             let (integration, order, item, payment) = args;
-            Ok(c.prepare_cached(
-                "SELECT i.id, r.decision, r.reason, r.job_id
-                 FROM ipns i JOIN routes r ON r.ipn_id = i.id
-                 WHERE i.order_id = ?2 AND i.event = 'on_payment'
-                   AND COALESCE(i.order_item_id, i.product_id) = ?3
-                   AND (i.transaction_id = ?4 OR i.parent_transaction_id = ?4)
-                   AND r.integration = ?1
-                 ORDER BY i.id DESC, r.id DESC LIMIT 1",
-            )?
-            .query_row(params![integration, order, item, payment], |r| {
-                Ok(PaymentRoute {
-                    ipn_id: EventId(r.get(0)?),
-                    skipped: r.get::<_, String>(1)? == "skipped",
-                    reason: r.get(2)?,
-                    job_id: r.get::<_, Option<i64>>(3)?.map(JobId),
+            Ok(c.prepare_cached(PAYMENT_ROUTE_SQL)?
+                .query_row(params![integration, order, item, payment], |r| {
+                    Ok(PaymentRoute {
+                        ipn_id: EventId(r.get(0)?),
+                        skipped: r.get::<_, String>(1)? == "skipped",
+                        reason: r.get(2)?,
+                        job_id: r.get::<_, Option<i64>>(3)?.map(JobId),
+                    })
                 })
-            })
-            .optional()?)
+                .optional()?)
         })
         .await
     }

@@ -598,26 +598,42 @@ fn ipns_indexes(conn: &Connection) -> Vec<String> {
         .expect("rows")
 }
 
-/// Migration 8 (issue 13): `ipns` keeps three indexes, each with a reader, and the audit's
-/// lookup finds an order's IPNs by `ipns_order` instead of a transaction index of its own
-/// (one index page fewer in every commit of received IPNs). A database of schema 7, which
-/// has that index, loses it at open and keeps its rows, and the audit still finds them.
+/// Migration 8 (issue 13): IPNs are found by transaction, whose ids Digistore24 counts up,
+/// not by order, whose ids are 8 characters in no order (each IPN's entry of an order index
+/// went into a different page, one more page per IPN in every commit). The audit's lookup
+/// and the payment a refund reverses read the transaction indexes; no index of `ipns` is
+/// kept by order. A database of schema 7 loses its order index at open, gains the parent
+/// transaction's, keeps its rows, and both lookups still find them.
 #[tokio::test]
-async fn the_audit_lookup_uses_the_order_index_and_no_transaction_index_is_kept() {
+async fn ipns_are_looked_up_by_transaction_and_no_order_index_is_kept() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("t.db");
     let store = SqliteStore::open(&path).expect("open");
     store.ingest(ipn("k1", "A", false)).await.expect("ingest");
     store.close().await;
     let conn = Connection::open(&path).expect("open");
-    let kept = ["ipns_order", "ipns_received", "sqlite_autoindex_ipns_1"];
+    let kept = [
+        "ipns_parent_transaction",
+        "ipns_received",
+        "ipns_transaction",
+        "sqlite_autoindex_ipns_1",
+    ];
     assert_eq!(ipns_indexes(&conn), kept);
     let audit = plan(&conn, super::audit::RECEIVED_SQL);
-    assert!(audit.contains("USING INDEX ipns_order"), "{audit}");
+    assert!(audit.contains("USING INDEX ipns_transaction"), "{audit}");
+    let payment = plan(&conn, PAYMENT_ROUTE_SQL);
+    for index in ["ipns_transaction", "ipns_parent_transaction"] {
+        assert!(
+            payment.contains(&format!("USING INDEX {index}")),
+            "{payment}"
+        );
+    }
+    assert!(!payment.contains("SCAN i"), "{payment}");
 
     // Back to schema 7, as an older build left it.
     conn.execute_batch(
-        "CREATE INDEX ipns_transaction ON ipns (transaction_id); PRAGMA user_version = 7;",
+        "DROP INDEX ipns_parent_transaction; CREATE INDEX ipns_order ON ipns (order_id);
+         PRAGMA user_version = 7;",
     )
     .expect("downgrade");
     drop(conn);
@@ -631,6 +647,12 @@ async fn the_audit_lookup_uses_the_order_index_and_no_transaction_index_is_kept(
         .await
         .expect("audit lookup");
     assert_eq!(found, HashSet::from([("A".to_owned(), "t-k1".to_owned())]));
+    let route = store
+        .payment_route("main", "A", "1", "t-k1")
+        .await
+        .expect("payment lookup")
+        .expect("the payment's route");
+    assert!(route.skipped, "{route:?}");
     store.close().await;
     let conn = Connection::open(&path).expect("open");
     assert_eq!(ipns_indexes(&conn), kept);

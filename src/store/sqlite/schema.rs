@@ -199,11 +199,18 @@ const MIGRATIONS: &[&str] = &[
     END;
     CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
     "#,
-    // 8: `ipns_transaction` (from 6) goes (issue 13). Its one reader, the audit's lookup,
-    // names the order too and finds it by `ipns_order`; every commit of received IPNs wrote
-    // one more index page to the WAL for nothing (about 8 % of the frames under ingest).
+    // 8: IPNs are looked up by transaction, not by order (issue 13). Digistore24's order ids
+    // are 8 characters in no order (`A1B2C3D4`), so every stored IPN wrote its entry of
+    // `ipns_order` into a different page: with each commit of received IPNs, one more
+    // index page per IPN went to the WAL and to the database file. Transaction ids are
+    // numbers Digistore24 counts up, so their indexes grow at one end. The two lookups that
+    // read `ipns_order` name a transaction too: the audit's (order and transaction, index
+    // `ipns_transaction` from 6) and the payment a refund reverses (its transaction or
+    // parent transaction, `ipns_transaction` and the new `ipns_parent_transaction`).
     r#"
-    DROP INDEX IF EXISTS ipns_transaction;
+    DROP INDEX IF EXISTS ipns_order;
+    CREATE INDEX IF NOT EXISTS ipns_transaction ON ipns (transaction_id);
+    CREATE INDEX IF NOT EXISTS ipns_parent_transaction ON ipns (parent_transaction_id);
     "#,
 ];
 

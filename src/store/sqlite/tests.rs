@@ -225,7 +225,8 @@ async fn the_ledger_keeps_both_ids_of_an_imported_payment_and_rows_from_before_k
     store.close().await;
     let conn = rusqlite::Connection::open(&path).expect("open");
     conn.execute_batch(
-        "ALTER TABLE ledger DROP COLUMN ds24_parent_transaction_id;
+        "DROP INDEX ipns_parent_transaction;
+         ALTER TABLE ledger DROP COLUMN ds24_parent_transaction_id;
          ALTER TABLE ipns DROP COLUMN parent_transaction_id;
          PRAGMA user_version = 4;
          INSERT INTO ipns (id, source, business_key, event, order_id, order_item_id,
