@@ -325,6 +325,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS ipns_transaction ON ipns (transaction_id);
     CREATE INDEX IF NOT EXISTS ipns_parent_transaction ON ipns (parent_transaction_id);
     "#,
+    // 6: as SQLite's migration 9 (issue 13), `ledger_order` goes: `ledger_item` begins with
+    // the same two columns (integration, order) and answers the same lookups.
+    r#"
+    DROP INDEX IF EXISTS ledger_order;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -846,12 +846,12 @@ async fn two_instances_working_at_once_keep_counts_equal_to_a_count_of_the_rows(
     b.close().await;
 }
 
-/// The indexes of `ipns`, by name.
-async fn ipns_indexes(client: &tokio_postgres::Client) -> Vec<String> {
+/// The indexes of `table`, by name.
+async fn indexes_of(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
     client
         .query(
-            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'ipns' ORDER BY indexname",
-            &[],
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = $1 ORDER BY indexname",
+            &[&table],
         )
         .await
         .expect("indexes")
@@ -876,7 +876,7 @@ async fn ipns_are_looked_up_by_transaction_and_a_version_4_database_loses_its_or
         .expect("ingest");
     store.close().await;
     let client = own_connection(&url).await;
-    let kept = ipns_indexes(&client).await;
+    let kept = indexes_of(&client, "ipns").await;
     for index in ["ipns_transaction", "ipns_parent_transaction"] {
         assert!(kept.contains(&index.to_owned()), "{kept:?}");
     }
@@ -907,6 +907,35 @@ async fn ipns_are_looked_up_by_transaction_and_a_version_4_database_loses_its_or
         .expect("the payment's route");
     assert!(route.skipped, "{route:?}");
     store.close().await;
-    assert_eq!(ipns_indexes(&client).await, kept);
+    assert_eq!(indexes_of(&client, "ipns").await, kept);
+    assert_eq!(schema_version(&client).await, schema::CURRENT_VERSION);
+}
+
+/// Migration 6 (issue 13): as in SQLite, the ledger keeps one index by order, `ledger_item`
+/// (integration, order, item, job), not also `ledger_order` (integration, order); a
+/// database of version 5 loses `ledger_order` when an instance starts.
+#[tokio::test]
+async fn the_ledger_keeps_one_index_by_order_and_a_version_5_database_loses_the_other() {
+    let Some(url) = crate::store::testing::fresh_database().await else {
+        return;
+    };
+    PgStore::connect(&url).await.expect("connect").close().await;
+    let client = own_connection(&url).await;
+    let kept = indexes_of(&client, "ledger").await;
+    assert!(kept.contains(&"ledger_item".to_owned()), "{kept:?}");
+    assert!(!kept.contains(&"ledger_order".to_owned()), "{kept:?}");
+    client
+        .batch_execute(
+            "CREATE INDEX ledger_order ON ledger (integration, ds24_order_id);
+             UPDATE ipn_bridge_schema SET version = 5;",
+        )
+        .await
+        .expect("downgrade");
+    PgStore::connect(&url)
+        .await
+        .expect("migrates")
+        .close()
+        .await;
+    assert_eq!(indexes_of(&client, "ledger").await, kept);
     assert_eq!(schema_version(&client).await, schema::CURRENT_VERSION);
 }

@@ -119,6 +119,12 @@ const PAYMENT_ROUTE_SQL: &str = "SELECT i.id, r.decision, r.reason, r.job_id
        AND r.integration = ?1
      ORDER BY i.id DESC, r.id DESC LIMIT 1";
 
+/// The delivered imports of one Digistore24 order in one integration, newest first (index
+/// `ledger_item`, which begins with the integration and the order).
+const LEDGER_IMPORTS_OF_ORDER: &str = "FROM ledger
+     WHERE integration = ?1 AND ds24_order_id = ?2 AND action = 'import_order'
+     ORDER BY job_id DESC";
+
 /// The first dead earlier job a new job of an order must be held behind.
 const HOLD_REASON_SQL: &str =
     "SELECT 'held: job ' || id || ' of the same Digistore24 order is dead'
@@ -817,13 +823,10 @@ impl SqliteStore {
         let integration = integration.to_owned();
         let import = import.clone();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT reference, target_order_id, target_customer_id, purchase_ids,
-                        transaction_ids
-                 FROM ledger
-                 WHERE integration = ?1 AND ds24_order_id = ?2 AND action = 'import_order'
-                 ORDER BY job_id DESC",
-            )?;
+                        transaction_ids {LEDGER_IMPORTS_OF_ORDER}"
+            ))?;
             let rows = stmt.query_map(params![integration, import.ds24_order_id], |r| {
                 <(String, Option<String>, Option<String>, String, String)>::try_from(r)
             })?;
@@ -853,9 +856,7 @@ impl SqliteStore {
         let (integration, order) = (integration.to_owned(), ds24_order_id.to_owned());
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {LEDGER_COLUMNS} FROM ledger
-                 WHERE integration = ?1 AND ds24_order_id = ?2 AND action = 'import_order'
-                 ORDER BY job_id DESC"
+                "SELECT {LEDGER_COLUMNS} {LEDGER_IMPORTS_OF_ORDER}"
             ))?;
             let rows = stmt.query_map(params![integration, order], ledger_row)?;
             rows.map(|row| decode_ledger_row(row?)).collect()

@@ -587,12 +587,14 @@ async fn an_operator_store_closes_at_once_beside_a_long_reader() {
     reader.execute_batch("COMMIT").expect("end");
 }
 
-/// The indexes SQLite keeps on `ipns`, by name.
-fn ipns_indexes(conn: &Connection) -> Vec<String> {
+/// The indexes SQLite keeps on `table`, by name.
+fn indexes_of(conn: &Connection, table: &str) -> Vec<String> {
     let mut stmt = conn
-        .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'ipns' ORDER BY name")
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1 ORDER BY name",
+        )
         .expect("prepare");
-    stmt.query_map([], |r| r.get(0))
+    stmt.query_map([table], |r| r.get(0))
         .expect("query")
         .collect::<Result<_, _>>()
         .expect("rows")
@@ -618,7 +620,7 @@ async fn ipns_are_looked_up_by_transaction_and_no_order_index_is_kept() {
         "ipns_transaction",
         "sqlite_autoindex_ipns_1",
     ];
-    assert_eq!(ipns_indexes(&conn), kept);
+    assert_eq!(indexes_of(&conn, "ipns"), kept);
     let audit = plan(&conn, super::audit::RECEIVED_SQL);
     assert!(audit.contains("USING INDEX ipns_transaction"), "{audit}");
     let payment = plan(&conn, PAYMENT_ROUTE_SQL);
@@ -655,9 +657,36 @@ async fn ipns_are_looked_up_by_transaction_and_no_order_index_is_kept() {
     assert!(route.skipped, "{route:?}");
     store.close().await;
     let conn = Connection::open(&path).expect("open");
-    assert_eq!(ipns_indexes(&conn), kept);
+    assert_eq!(indexes_of(&conn, "ipns"), kept);
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(version, SCHEMA_VERSION);
+}
+
+/// Migration 9 (issue 13): the ledger keeps one index by order, `ledger_item`, which begins
+/// with the integration and the order; `ledger_order` (those two columns alone) cost every
+/// delivered job a second entry in a page of its own. Both lookups of an order's imports
+/// read `ledger_item`, and a database of schema 8 loses `ledger_order` at open.
+#[tokio::test]
+async fn an_orders_imports_are_found_by_ledger_item_and_no_second_order_index_is_kept() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("t.db");
+    SqliteStore::open(&path).expect("open").close().await;
+    let conn = Connection::open(&path).expect("open");
+    assert_eq!(indexes_of(&conn, "ledger"), ["ledger_item"]);
+    let lookup = plan(&conn, &format!("SELECT job_id {LEDGER_IMPORTS_OF_ORDER}"));
+    assert!(lookup.contains("INDEX ledger_item"), "{lookup}");
+    assert!(!lookup.contains("SCAN"), "{lookup}");
+
+    // Back to schema 8, as an older build left it.
+    conn.execute_batch(
+        "CREATE INDEX ledger_order ON ledger (integration, ds24_order_id);
+         PRAGMA user_version = 8;",
+    )
+    .expect("downgrade");
+    drop(conn);
+    SqliteStore::open(&path).expect("migrates").close().await;
+    let conn = Connection::open(&path).expect("open");
+    assert_eq!(indexes_of(&conn, "ledger"), ["ledger_item"]);
 }

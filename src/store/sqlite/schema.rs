@@ -212,6 +212,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS ipns_transaction ON ipns (transaction_id);
     CREATE INDEX IF NOT EXISTS ipns_parent_transaction ON ipns (parent_transaction_id);
     "#,
+    // 9: `ledger_order (integration, ds24_order_id)` goes (issue 13): `ledger_item` begins
+    // with the same two columns and answers the same lookups. Order ids are in no order, so
+    // each delivered job wrote its entry of each into a page of its own (40,000 jobs with
+    // ids as Digistore24's: the writer's CPU per job 50–54 µs with it, 43–45 without).
+    r#"
+    DROP INDEX IF EXISTS ledger_order;
+    "#,
 ];
 
 /// The schema version this build writes.
