@@ -187,6 +187,30 @@ pub(crate) fn order(reference: &str) -> Order {
     }
 }
 
+/// What the backends' upgrade tests of issue 13's index changes check after the upgrade:
+/// `ipn("k1", "A", false)`, stored before it, is still found by transaction, by the audit's
+/// lookup and as the payment a refund reverses.
+pub(crate) async fn k1_found_by_transaction(store: &Store) {
+    let wanted = vec![
+        ("A".to_owned(), "t-k1".to_owned()),
+        ("A".to_owned(), "t-k2".to_owned()),
+    ];
+    let found = store
+        .received_transactions("ds24", wanted)
+        .await
+        .expect("audit lookup");
+    assert_eq!(
+        found,
+        std::collections::HashSet::from([("A".to_owned(), "t-k1".to_owned())])
+    );
+    let route = store
+        .payment_route("main", "A", "1", "t-k1")
+        .await
+        .expect("payment lookup")
+        .expect("the payment's route");
+    assert!(route.skipped, "{route:?}");
+}
+
 pub(crate) fn ipn(key: &str, order_id: &str, with_job: bool) -> NewIpn {
     let routes = if with_job {
         vec![NewRoute {
