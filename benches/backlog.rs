@@ -299,10 +299,6 @@ impl Drop for Daemon {
     }
 }
 
-fn stop(d: Daemon) {
-    drop(d);
-}
-
 fn vm_hwm_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -577,7 +573,7 @@ fn main() {
     }
     // Let the first (refused) attempt settle, so the target pauses and the job waits.
     std::thread::sleep(Duration::from_millis(500));
-    stop(Daemon {
+    drop(Daemon {
         child: seed,
         addr,
         log: PathBuf::new(),
@@ -594,6 +590,6 @@ fn main() {
             Backend::Sqlite(db) => report_sqlite(&d, db, &reads),
             Backend::Postgres(pg) => report_postgres(&d, pg, &reads),
         }
-        stop(d);
+        drop(d);
     }
 }

@@ -22,7 +22,7 @@
 use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{FromSql, ToSql};
 
 /// Copies per transaction while growing (see the module doc).
 const BATCH: i64 = 10_000;
@@ -57,14 +57,8 @@ impl Pg {
             .unwrap_or_else(|e| panic!("{e}: {sql}"))
     }
 
-    fn int(&self, sql: &str) -> i64 {
-        self.runtime
-            .block_on(self.client.query_one(sql, &[]))
-            .unwrap_or_else(|e| panic!("{e}: {sql}"))
-            .get(0)
-    }
-
-    fn text(&self, sql: &str) -> String {
+    /// The one value of the one row `sql` answers.
+    fn one<T: for<'a> FromSql<'a>>(&self, sql: &str) -> T {
         self.runtime
             .block_on(self.client.query_one(sql, &[]))
             .unwrap_or_else(|e| panic!("{e}: {sql}"))
@@ -141,34 +135,36 @@ impl Scratch {
         let db = self.db();
         format!(
             "PostgreSQL {} (fsync={}, synchronous_commit={}, shared_buffers={}), database {}",
-            db.text("SHOW server_version"),
-            db.text("SHOW fsync"),
-            db.text("SHOW synchronous_commit"),
-            db.text("SHOW shared_buffers"),
+            db.one::<String>("SHOW server_version"),
+            db.one::<String>("SHOW fsync"),
+            db.one::<String>("SHOW synchronous_commit"),
+            db.one::<String>("SHOW shared_buffers"),
             self.name
         )
     }
 
     /// `pg_database_size` of the scratch database, in MB.
     pub fn size_mb(&self) -> f64 {
-        self.db().int("SELECT pg_database_size(current_database())") as f64 / 1e6
+        self.db()
+            .one::<i64>("SELECT pg_database_size(current_database())") as f64
+            / 1e6
     }
 
     /// Copies the seed IPN and its job until `to` jobs exist, all `pending` and due.
     pub fn grow(&self, to: u64, body: Option<usize>) {
         let db = self.db();
-        let have = db.int("SELECT COUNT(*) FROM jobs");
+        let have = db.one::<i64>("SELECT COUNT(*) FROM jobs");
         let to = i64::try_from(to).expect("size fits i64");
         if have >= to {
             return;
         }
         assert_eq!(
-            db.int("SELECT COUNT(*) FROM ipns"),
+            db.one::<i64>("SELECT COUNT(*) FROM ipns"),
             have,
             "one IPN per job, as the seed and its copies are"
         );
-        let seed_ipn = db.int("SELECT MIN(id) FROM ipns");
-        let seed_job = db.int("SELECT MIN(id) FROM jobs");
+        let seed_ipn = db.one::<i64>("SELECT MIN(id) FROM ipns");
+        let seed_job = db.one::<i64>("SELECT MIN(id) FROM jobs");
         if let Some(bytes) = body {
             let bytes = i32::try_from(bytes).expect("--body fits i32");
             db.execute(
@@ -215,8 +211,8 @@ impl Scratch {
         db.batch("VACUUM (ANALYZE) ipns, jobs, job_counts")
             .expect("vacuum");
         let vacuum = t.elapsed();
-        let counted = db.int("SELECT COALESCE(SUM(n), 0)::BIGINT FROM job_counts");
-        let jobs = db.int("SELECT COUNT(*) FROM jobs");
+        let counted = db.one::<i64>("SELECT COALESCE(SUM(n), 0)::BIGINT FROM job_counts");
+        let jobs = db.one::<i64>("SELECT COUNT(*) FROM jobs");
         assert_eq!(
             counted, jobs,
             "job_counts must count every job the copies added"
